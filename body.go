@@ -1,0 +1,170 @@
+package failover
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+)
+
+// replayBody hands each attempt a fresh reader of the request body: the
+// caller's own body for the first attempt when GetBody can make the next
+// ones, else a copy buffered once (up to a cap). The caller's body is closed
+// exactly once: by the base transport that read it, or by close.
+type replayBody struct {
+	req        *http.Request
+	buf        []byte // the buffered body, when the request has no GetBody
+	buffered   bool
+	single     io.ReadCloser // a body too large to buffer: one attempt only
+	sentOrig   bool          // the caller's body went to an attempt
+	replayable bool
+	getBody    func() (io.ReadCloser, error) // set on outgoing requests
+}
+
+// newReplayBody prepares req's body for replay. A body above limit bytes
+// without GetBody is sent once, unbuffered beyond its first limit bytes.
+func newReplayBody(req *http.Request, limit int64) (*replayBody, error) {
+	b := &replayBody{req: req, replayable: true}
+	switch {
+	case req.Body == nil || req.Body == http.NoBody:
+		return b, nil
+	case req.GetBody != nil:
+		b.getBody = req.GetBody
+		return b, nil
+	}
+	prefix, err := io.ReadAll(io.LimitReader(req.Body, limit+1))
+	if err != nil {
+		_ = req.Body.Close()
+		return nil, fmt.Errorf("failover: reading the request body: %w", err)
+	}
+	if int64(len(prefix)) > limit {
+		b.replayable = false
+		b.single = &multiReadCloser{Reader: io.MultiReader(bytes.NewReader(prefix), req.Body), closer: req.Body}
+		return b, nil
+	}
+	_ = req.Body.Close()
+	b.buf, b.buffered = prefix, true
+	b.getBody = b.fromBuffer
+	return b, nil
+}
+
+func (b *replayBody) fromBuffer() (io.ReadCloser, error) {
+	return io.NopCloser(bytes.NewReader(b.buf)), nil
+}
+
+// next returns the body for the next attempt, nil for a request without one.
+func (b *replayBody) next() (io.ReadCloser, error) {
+	switch {
+	case b.single != nil:
+		rc := b.single
+		b.single = nil
+		b.sentOrig = true
+		return rc, nil
+	case b.buffered:
+		return b.fromBuffer()
+	case b.req.Body == nil || b.req.Body == http.NoBody:
+		return b.req.Body, nil
+	case !b.sentOrig:
+		b.sentOrig = true
+		return b.req.Body, nil
+	}
+	rc, err := b.getBody()
+	if err != nil {
+		return nil, fmt.Errorf("failover: GetBody for a new attempt: %w", err)
+	}
+	if rc == nil {
+		return nil, errors.New("failover: GetBody for a new attempt returned a nil body")
+	}
+	return rc, nil
+}
+
+// close closes the caller's body if no attempt took it.
+func (b *replayBody) close() {
+	if b.single != nil {
+		_ = b.single.Close()
+		return
+	}
+	if !b.sentOrig && !b.buffered && b.req.Body != nil {
+		_ = b.req.Body.Close()
+	}
+}
+
+type multiReadCloser struct {
+	io.Reader
+	closer io.Closer
+}
+
+func (m *multiReadCloser) Close() error { return m.closer.Close() }
+
+// readPrefix reads up to limit bytes of body. When that is the whole body it
+// closes body and returns a replacement reading from memory; otherwise the
+// replacement reads the prefix, then the rest of body, and closes body.
+func readPrefix(body io.ReadCloser, limit int64) ([]byte, io.ReadCloser) {
+	if body == nil || body == http.NoBody {
+		return nil, body
+	}
+	prefix, err := io.ReadAll(io.LimitReader(body, limit+1))
+	if err == nil && int64(len(prefix)) <= limit {
+		_ = body.Close()
+		return prefix, &memBody{Reader: bytes.NewReader(prefix)}
+	}
+	if err != nil {
+		// A read error: hand the caller what arrived, then the error.
+		return prefix, &multiReadCloser{Reader: io.MultiReader(bytes.NewReader(prefix), errReader{err}), closer: body}
+	}
+	return prefix[:limit], &multiReadCloser{Reader: io.MultiReader(bytes.NewReader(prefix), body), closer: body}
+}
+
+type errReader struct{ err error }
+
+func (r errReader) Read([]byte) (int, error) { return 0, r.err }
+
+// memBody is a response body held in memory.
+type memBody struct{ *bytes.Reader }
+
+func (memBody) Close() error { return nil }
+
+// keepBody returns resp with its body in memory, so that its connection is
+// released while later attempts run: the prefix already read when that was
+// all of it, else at most the prefix (the rest is discarded).
+func keepBody(resp *http.Response, prefix []byte) *http.Response {
+	if resp.Body == nil {
+		return resp
+	}
+	if _, ok := resp.Body.(*memBody); ok {
+		return resp
+	}
+	if mb, ok := unwrapCancel(resp.Body).(*memBody); ok {
+		_ = resp.Body.Close() // releases the attempt's context
+		resp.Body = mb
+		return resp
+	}
+	_ = resp.Body.Close()
+	resp.Body = &memBody{Reader: bytes.NewReader(prefix)}
+	resp.ContentLength = int64(len(prefix))
+	resp.Header.Del("Content-Length")
+	return resp
+}
+
+// cancelOnClose ends an attempt's context when the caller closes the body,
+// so a per-attempt timeout never cuts a stream yet nothing leaks.
+type cancelOnClose struct {
+	io.ReadCloser
+	cancel func(error)
+	once   sync.Once
+}
+
+func (c *cancelOnClose) Close() error {
+	err := c.ReadCloser.Close()
+	c.once.Do(func() { c.cancel(nil) })
+	return err
+}
+
+func unwrapCancel(rc io.ReadCloser) io.ReadCloser {
+	if c, ok := rc.(*cancelOnClose); ok {
+		return c.ReadCloser
+	}
+	return rc
+}

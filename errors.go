@@ -1,0 +1,127 @@
+package failover
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+var (
+	// ErrNoEndpoints is returned by [New] for a Config without endpoints.
+	ErrNoEndpoints = errors.New("failover: no endpoints configured")
+
+	// ErrNoEndpointAvailable ends a request when no endpoint may take it
+	// now (each is disabled, open, cooling down, at its rate limit, or
+	// already tried and not to be tried again) and waiting for one would
+	// not fit the request's context or [Config].MaxWait.
+	ErrNoEndpointAvailable = errors.New("failover: no endpoint available")
+
+	// ErrAttemptsExhausted ends a request whose every allowed attempt
+	// failed without an upstream response to return.
+	ErrAttemptsExhausted = errors.New("failover: attempts exhausted")
+
+	// ErrAttemptTimeout is the cause of an attempt cut by its endpoint's
+	// Timeout before the response headers arrived.
+	ErrAttemptTimeout = errors.New("failover: attempt timed out before the response headers")
+)
+
+// errAttemptTimeout is the cancellation cause of an attempt's context.
+var errAttemptTimeout = ErrAttemptTimeout
+
+// timeoutError is an attempt cut by its endpoint's Timeout. It matches
+// [ErrAttemptTimeout] and reports Timeout() true, as net errors do.
+type timeoutError struct{ after time.Duration }
+
+func (e *timeoutError) Error() string {
+	return "failover: no response headers within " + e.after.String()
+}
+func (e *timeoutError) Is(target error) bool { return target == ErrAttemptTimeout }
+func (e *timeoutError) Timeout() bool        { return true }
+
+// errNotSent is reported to a breaker for a request it allowed but that was
+// not sent, or not through the endpoint's fault; the breaker ignores it.
+var errNotSent = errors.New("failover: attempt not sent")
+
+// Breaker reports for attempts that were sent.
+var (
+	errFailed      = errors.New("failover: attempt failed")
+	errThrottled   = errors.New("failover: endpoint throttled")
+	errKeyRejected = errors.New("failover: key rejected")
+)
+
+// AttemptError is why one attempt of a request failed. Its message names
+// the endpoint, never its URL or key.
+type AttemptError struct {
+	// Endpoint is the Name of the endpoint tried.
+	Endpoint string
+	// Attempt is the attempt's number within the request, from 1.
+	Attempt int
+	// Outcome is the classifier's verdict on the attempt.
+	Outcome Outcome
+	// StatusCode is the upstream's status, or 0 when no response arrived.
+	StatusCode int
+	// Err is the transport error, or nil when a response arrived.
+	Err error
+}
+
+// Error describes the attempt, such as `attempt 2 on "backup": status 503`.
+func (e *AttemptError) Error() string {
+	var b strings.Builder
+	b.WriteString("attempt ")
+	b.WriteString(strconv.Itoa(e.Attempt))
+	b.WriteString(" on ")
+	b.WriteString(strconv.Quote(e.Endpoint))
+	b.WriteString(": ")
+	switch {
+	case e.Err != nil:
+		b.WriteString(e.Err.Error())
+	case e.StatusCode != 0:
+		fmt.Fprintf(&b, "status %d (%s)", e.StatusCode, e.Outcome)
+	default:
+		b.WriteString(e.Outcome.String())
+	}
+	return b.String()
+}
+
+// Unwrap returns the transport error, if any.
+func (e *AttemptError) Unwrap() error { return e.Err }
+
+// Error is returned by [Transport.RoundTrip] when a routed request ends
+// without an upstream response to return: every attempt failed with a
+// transport error, no endpoint was available, or the caller's context ended.
+// errors.Is and errors.As see through it to each attempt's cause and to Err,
+// so errors.Is(err, context.DeadlineExceeded) works as with a plain
+// transport.
+type Error struct {
+	// Attempts lists the attempts made, in order; it may be empty.
+	Attempts []error
+	// Err is why the request stopped: ErrAttemptsExhausted,
+	// ErrNoEndpointAvailable (possibly wrapped with detail), a body
+	// error, or the context's cause.
+	Err error
+}
+
+// Error says how many attempts were made and why each failed.
+func (e *Error) Error() string {
+	var b strings.Builder
+	b.WriteString(e.Err.Error())
+	if len(e.Attempts) > 0 {
+		fmt.Fprintf(&b, " after %d attempt(s): ", len(e.Attempts))
+		for i, a := range e.Attempts {
+			if i > 0 {
+				b.WriteString("; ")
+			}
+			b.WriteString(a.Error())
+		}
+	}
+	return b.String()
+}
+
+// Unwrap returns Err followed by each attempt's error.
+func (e *Error) Unwrap() []error {
+	out := make([]error, 0, 1+len(e.Attempts))
+	out = append(out, e.Err)
+	return append(out, e.Attempts...)
+}

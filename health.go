@@ -1,0 +1,117 @@
+package failover
+
+import (
+	"math"
+	"time"
+
+	"github.com/sony/gobreaker/v2"
+)
+
+// State is an endpoint's condition as [Transport.Health] reports it. The
+// zero value is [StateClosed].
+type State int
+
+const (
+	// StateClosed: the breaker is closed and the endpoint takes traffic.
+	StateClosed State = iota
+	// StateHalfOpen: the breaker lets trial requests through.
+	StateHalfOpen
+	// StateOpen: the breaker is open; the endpoint gets no requests until
+	// its open timeout passes.
+	StateOpen
+	// StateCoolingDown: the breaker is closed but the endpoint rests after
+	// a 429 or a Retry-After until CooldownUntil.
+	StateCoolingDown
+	// StateDisabled: the endpoint is configured Disabled and never chosen.
+	StateDisabled
+)
+
+var stateNames = [...]string{"closed", "half-open", "open", "cooling-down", "disabled"}
+
+// String returns the state's name: "closed", "half-open", "open",
+// "cooling-down" or "disabled".
+func (s State) String() string {
+	if s >= 0 && int(s) < len(stateNames) {
+		return stateNames[s]
+	}
+	return "unknown"
+}
+
+// MarshalText encodes the state as its name.
+func (s State) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// EndpointHealth is a snapshot of one endpoint's live state, for health
+// pages and decisions. It never carries a key.
+type EndpointHealth struct {
+	Name     string `json:"name"`
+	BaseURL  string `json:"base_url"` // without query or user information
+	Priority int    `json:"priority"`
+	Weight   int    `json:"weight"`
+	// State is the breaker's state, or cooling-down or disabled.
+	State State `json:"state"`
+	// StateSince is when the breaker last changed state (or New ran).
+	StateSince time.Time `json:"state_since"`
+	// Requests counts attempts sent to the endpoint.
+	Requests uint64 `json:"requests"`
+	// Failures counts attempts that failed (any failed [Outcome]).
+	Failures uint64 `json:"failures"`
+	// ConsecutiveFailures counts failed attempts since the last success.
+	ConsecutiveFailures uint64 `json:"consecutive_failures"`
+	// InFlight counts attempts awaiting their response headers.
+	InFlight int64 `json:"in_flight"`
+	// LastError describes the last failed attempt: a status or a transport
+	// error. Empty when none failed.
+	LastError   string    `json:"last_error,omitempty"`
+	LastErrorAt time.Time `json:"last_error_at,omitzero"`
+	// Latency is an exponentially weighted moving average of the time to
+	// the response headers (the newest attempt weighs 0.2).
+	Latency time.Duration `json:"latency_ns"`
+	// CooldownUntil is when a cooldown ends; zero when none is running.
+	CooldownUntil time.Time `json:"cooldown_until,omitzero"`
+	// Tokens is the rate limiter's available tokens; -1 when the endpoint
+	// is not rate limited.
+	Tokens float64 `json:"tokens"`
+}
+
+// Health returns a snapshot of every endpoint, in configuration order. It is
+// safe for concurrent use and cheap enough for a health page, not meant for
+// every request.
+func (t *Transport) Health() []EndpointHealth {
+	now := t.now()
+	out := make([]EndpointHealth, len(t.endpoints))
+	for i, e := range t.endpoints {
+		bs := e.breaker.State() // lets an expired open state turn half-open
+		t.flushTransitions(e)
+		h := EndpointHealth{
+			Name:                e.name,
+			BaseURL:             redactURL(e.cfg.BaseURL),
+			Priority:            e.cfg.Priority,
+			Weight:              e.cfg.Weight,
+			State:               State(bs),
+			StateSince:          time.Unix(0, e.stateSince.Load()),
+			Requests:            e.stats.requests.Load(),
+			Failures:            e.stats.failures.Load(),
+			ConsecutiveFailures: e.stats.consecutive.Load(),
+			InFlight:            e.stats.inflight.Load(),
+			Latency:             time.Duration(math.Float64frombits(e.stats.latencyEWMA.Load()) * float64(time.Second)),
+			Tokens:              -1,
+		}
+		if le := e.stats.lastErr.Load(); le != nil {
+			h.LastError, h.LastErrorAt = le.msg, le.at
+		}
+		if until := e.coolingUntil(now.UnixNano()); until != 0 {
+			h.CooldownUntil = time.Unix(0, until)
+			if bs == gobreaker.StateClosed {
+				h.State = StateCoolingDown
+			}
+		}
+		if e.limiter != nil {
+			h.Tokens = e.limiter.TokensAt(now)
+		}
+		if e.cfg.Disabled {
+			h.State = StateDisabled
+		}
+		out[i] = h
+	}
+	return out
+}

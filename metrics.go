@@ -1,0 +1,202 @@
+package failover
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/sony/gobreaker/v2"
+)
+
+// metrics holds the collectors of one Transport. A nil *metrics (no
+// Registerer) makes every method a no-op.
+type metrics struct {
+	attempts   *prometheus.CounterVec
+	duration   *prometheus.HistogramVec
+	inflight   *prometheus.GaugeVec
+	breaker    *prometheus.GaugeVec
+	cooldowns  *prometheus.CounterVec
+	spillovers *prometheus.CounterVec
+	wait       *prometheus.HistogramVec
+	failedOver prometheus.Counter
+	exhausted  prometheus.Counter
+	waitBy     [waitReasons]prometheus.Observer
+}
+
+// waitReason indexes metrics.waitBy.
+type waitReason int
+
+const (
+	waitRateLimit waitReason = iota
+	waitCooldown
+	waitBackoff
+	waitReasons
+)
+
+var waitReasonNames = [waitReasons]string{"rate_limit", "cooldown", "backoff"}
+
+// commonCodes are the status codes whose attempt counters are resolved in
+// New; others are looked up when they first occur.
+var commonCodes = [...]int{200, 201, 204, 400, 401, 403, 404, 408, 409, 413, 422, 429, 500, 502, 503, 504}
+
+// endpointMetrics are one endpoint's children, resolved once in New so that
+// the hot path does no label lookup. A nil *endpointMetrics is a no-op.
+type endpointMetrics struct {
+	vec        *prometheus.CounterVec
+	name       string
+	byCode     [len(commonCodes)]prometheus.Counter
+	errors     prometheus.Counter
+	timeouts   prometheus.Counter
+	duration   prometheus.Observer
+	inflights  prometheus.Gauge
+	state      prometheus.Gauge
+	cooldowns  prometheus.Counter
+	spillovers prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer, eps []*endpoint) (*metrics, error) {
+	if reg == nil {
+		return nil, nil
+	}
+	ep := []string{"endpoint"}
+	m := &metrics{
+		attempts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "failover_attempts_total",
+			Help: "Attempts sent to each endpoint, by outcome: the status code, or error or timeout when no response arrived.",
+		}, []string{"endpoint", "outcome"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "failover_attempt_duration_seconds",
+			Help:    "Time from sending an attempt until its response headers arrived (or it failed).",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+		}, ep),
+		inflight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "failover_attempts_in_flight",
+			Help: "Attempts sent to each endpoint that have not yet received their response headers.",
+		}, ep),
+		breaker: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "failover_breaker_state",
+			Help: "Circuit breaker state of each endpoint: 0 closed, 1 half-open, 2 open.",
+		}, ep),
+		cooldowns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "failover_cooldowns_total",
+			Help: "Cooldowns started on each endpoint after a 429 or a Retry-After.",
+		}, ep),
+		spillovers: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "failover_rate_limit_spillovers_total",
+			Help: "Requests passed on to another endpoint because this endpoint was at its rate limit.",
+		}, ep),
+		wait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "failover_wait_seconds",
+			Help:    "Time a request waited before an attempt, by reason: rate_limit, cooldown or backoff.",
+			Buckets: []float64{.001, .005, .01, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"reason"}),
+		failedOver: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "failover_requests_failed_over_total",
+			Help: "Requests answered by an endpoint after at least one failed attempt.",
+		}),
+		exhausted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "failover_requests_exhausted_total",
+			Help: "Requests that ended without a successful attempt.",
+		}),
+	}
+	for _, c := range []prometheus.Collector{m.attempts, m.duration, m.inflight, m.breaker, m.cooldowns, m.spillovers, m.wait, m.failedOver, m.exhausted} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	for i, name := range waitReasonNames {
+		m.waitBy[i] = m.wait.WithLabelValues(name)
+	}
+	return m, nil
+}
+
+// forEndpoint resolves e's children; nil when metrics are off.
+func (m *metrics) forEndpoint(e *endpoint) *endpointMetrics {
+	if m == nil {
+		return nil
+	}
+	em := &endpointMetrics{
+		vec:        m.attempts,
+		name:       e.name,
+		errors:     m.attempts.WithLabelValues(e.name, "error"),
+		timeouts:   m.attempts.WithLabelValues(e.name, "timeout"),
+		duration:   m.duration.WithLabelValues(e.name),
+		inflights:  m.inflight.WithLabelValues(e.name),
+		state:      m.breaker.WithLabelValues(e.name),
+		cooldowns:  m.cooldowns.WithLabelValues(e.name),
+		spillovers: m.spillovers.WithLabelValues(e.name),
+	}
+	for i, code := range commonCodes {
+		em.byCode[i] = m.attempts.WithLabelValues(e.name, statusLabel(code))
+	}
+	em.state.Set(float64(gobreaker.StateClosed))
+	return em
+}
+
+func (m *endpointMetrics) attempt(resp *http.Response, label string) {
+	if m == nil {
+		return
+	}
+	switch {
+	case resp != nil:
+		for i, code := range commonCodes {
+			if code == resp.StatusCode {
+				m.byCode[i].Inc()
+				return
+			}
+		}
+		m.vec.WithLabelValues(m.name, label).Inc()
+	case label == "timeout":
+		m.timeouts.Inc()
+	default:
+		m.errors.Inc()
+	}
+}
+
+func (m *endpointMetrics) latency(d time.Duration) {
+	if m != nil {
+		m.duration.Observe(d.Seconds())
+	}
+}
+
+func (m *endpointMetrics) inflight(delta float64) {
+	if m != nil {
+		m.inflights.Add(delta)
+	}
+}
+
+func (m *endpointMetrics) breakerState(s gobreaker.State) {
+	if m != nil {
+		m.state.Set(float64(s))
+	}
+}
+
+func (m *endpointMetrics) cooldown() {
+	if m != nil {
+		m.cooldowns.Inc()
+	}
+}
+
+func (m *endpointMetrics) spilled() {
+	if m != nil {
+		m.spillovers.Inc()
+	}
+}
+
+func (m *metrics) waited(r waitReason, d time.Duration) {
+	if m != nil {
+		m.waitBy[r].Observe(d.Seconds())
+	}
+}
+
+func (m *metrics) requestDone(failedAttempts int, ok bool) {
+	if m == nil {
+		return
+	}
+	switch {
+	case !ok:
+		m.exhausted.Inc()
+	case failedAttempts > 0:
+		m.failedOver.Inc()
+	}
+}

@@ -1,0 +1,661 @@
+package failover
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"net/http"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sony/gobreaker/v2"
+	"golang.org/x/time/rate"
+)
+
+// Endpoint is one upstream that can serve the client's requests: a base URL,
+// the key to present there, and how much traffic it should take.
+//
+// The zero value is not usable: BaseURL is required. Every other field has a
+// documented default for its zero value. An Endpoint is copied into the
+// [Transport] by [New]; changing it afterwards has no effect.
+type Endpoint struct {
+	// Name labels the endpoint in metrics, logs, health and errors. The
+	// default is the host of BaseURL, suffixed with "-2", "-3", ... where
+	// several endpoints share a host. Names must be unique.
+	Name string
+
+	// BaseURL is the absolute http or https URL requests are sent to. It may
+	// carry a path prefix (https://proxy.example/openai/v1), which replaces
+	// the client-side base path of each request, and a query, whose
+	// parameters are set on every request (Azure's api-version). It must not
+	// carry user information. Required.
+	BaseURL string
+
+	// APIKey is sent as "Authorization: Bearer <APIKey>", replacing the
+	// caller's Authorization header. Empty keeps the caller's header as it is.
+	APIKey string
+
+	// Priority orders endpoints: lower numbers are preferred, and a higher
+	// number receives traffic only while no endpoint of a lower number is
+	// eligible. The zero value is the highest preference; negative numbers
+	// are allowed.
+	Priority int
+
+	// Weight is the endpoint's share of the traffic among the endpoints of
+	// its Priority (smooth weighted round robin). Zero means 1; negative is
+	// an error.
+	Weight int
+
+	// MaxRPS is the most requests per second this endpoint is sent. Zero
+	// means unlimited; negative is an error.
+	MaxRPS float64
+
+	// Burst is how many requests the endpoint may take at once above its
+	// steady MaxRPS. Zero means max(1, ceil(MaxRPS)); negative is an error.
+	// Ignored when MaxRPS is zero.
+	Burst int
+
+	// Timeout bounds one attempt on this endpoint, from sending the request
+	// until the response headers arrive; it never cuts a response body or a
+	// stream. Zero means no per-attempt timeout (the caller's context still
+	// applies); negative is an error.
+	Timeout time.Duration
+
+	// Disabled keeps the endpoint configured (in health and metrics) but
+	// never chosen. The zero value, false, means enabled.
+	Disabled bool
+
+	// Header holds extra headers set on every request to this endpoint,
+	// replacing the caller's values for the same keys. Nil means none.
+	Header http.Header
+}
+
+// String returns the endpoint's name and base URL, never its key.
+func (e Endpoint) String() string {
+	return fmt.Sprintf("%s (%s)", e.Name, redactURL(e.BaseURL))
+}
+
+// endpoint is an Endpoint with its live state. Its configuration is
+// immutable after New; its state is atomics, the breaker's own short lock and
+// the limiter's own short lock: no lock of the Transport's.
+type endpoint struct {
+	cfg     Endpoint
+	index   int    // position in Transport.endpoints
+	name    string // == cfg.Name
+	scheme  string
+	host    string
+	path    string // path prefix without trailing slash
+	rawPath string // escaped path prefix, "" when it equals path
+	query   url.Values
+	auth    []string // {"Bearer <key>"}, nil when APIKey is empty
+	header  http.Header
+	timeout time.Duration
+
+	limiter *rate.Limiter // nil when unlimited
+	breaker *gobreaker.TwoStepCircuitBreaker[struct{}]
+
+	// breakerState mirrors the breaker's state (set in OnStateChange) so
+	// the choice can skip an open endpoint without taking the breaker's
+	// lock. openUntil is when an open breaker lets a trial through (unix
+	// nanoseconds).
+	breakerState atomic.Int32
+	openUntil    atomic.Int64
+	stateSince   atomic.Int64
+	keyRejected  atomic.Bool // set while reporting a failure that must open the breaker at once
+	openTimeout  time.Duration
+
+	pendingMu  sync.Mutex
+	pending    []transition
+	hasPending atomic.Bool
+
+	cooldownUntil atomic.Int64 // unix nanoseconds; 0 or past: none
+	throttled     atomic.Int32 // consecutive 429s without Retry-After, for the doubling default
+
+	stats endpointStats
+	m     *endpointMetrics // nil when metrics are off
+}
+
+// endpointStats are the counters behind [EndpointHealth].
+type endpointStats struct {
+	requests    atomic.Uint64
+	failures    atomic.Uint64
+	consecutive atomic.Uint64
+	inflight    atomic.Int64
+	latencyEWMA atomic.Uint64 // float64 bits, seconds
+	lastErr     atomic.Pointer[lastError]
+}
+
+type lastError struct {
+	msg string
+	at  time.Time
+}
+
+// latencyAlpha is the weight of the newest sample in the latency EWMA.
+const latencyAlpha = 0.2
+
+func (s *endpointStats) observeLatency(d time.Duration) {
+	sample := d.Seconds()
+	for {
+		old := s.latencyEWMA.Load()
+		next := sample
+		if old != 0 {
+			prev := math.Float64frombits(old)
+			next = prev + latencyAlpha*(sample-prev)
+		}
+		if s.latencyEWMA.CompareAndSwap(old, math.Float64bits(next)) {
+			return
+		}
+	}
+}
+
+// eligibleAt reports whether the endpoint may be chosen at now as far as its
+// cheap atomic state tells (cooldown and open breaker); the breaker and the
+// limiter have the last word.
+func (e *endpoint) coolingUntil(now int64) int64 {
+	if until := e.cooldownUntil.Load(); until > now {
+		return until
+	}
+	return 0
+}
+
+func (e *endpoint) openAt(now int64) bool {
+	return gobreaker.State(e.breakerState.Load()) == gobreaker.StateOpen && now < e.openUntil.Load()
+}
+
+// tier is the eligible endpoints of one priority with their weighted
+// schedule. A pick is one atomic add on next; a tier of one endpoint needs
+// not even that.
+type tier struct {
+	priority int
+	members  []*endpoint
+	schedule []uint16 // member indexes in smooth weighted round robin order
+	next     atomic.Uint64
+	_        [56]byte // keep next off the cache line of the following tier
+}
+
+// maxSchedule bounds the length of a tier's schedule. Weights whose sum
+// (after dividing by their greatest common divisor) exceeds it are scaled
+// down proportionally, each to at least 1.
+const maxSchedule = 1 << 14
+
+// start returns the member index a request begins its walk of the tier at.
+func (t *tier) start() int {
+	if len(t.members) == 1 {
+		return 0
+	}
+	n := t.next.Add(1) - 1
+	return int(t.schedule[n%uint64(len(t.schedule))])
+}
+
+// buildTiers groups the enabled endpoints by priority, lowest first, and
+// computes each tier's smooth weighted round robin schedule once.
+func buildTiers(eps []*endpoint) []*tier {
+	byPrio := map[int][]*endpoint{}
+	for _, e := range eps {
+		if e.cfg.Disabled {
+			continue
+		}
+		byPrio[e.cfg.Priority] = append(byPrio[e.cfg.Priority], e)
+	}
+	prios := make([]int, 0, len(byPrio))
+	for p := range byPrio {
+		prios = append(prios, p)
+	}
+	sort.Ints(prios)
+	tiers := make([]*tier, 0, len(prios))
+	for _, p := range prios {
+		members := byPrio[p]
+		weights := make([]int, len(members))
+		for i, m := range members {
+			weights[i] = m.cfg.Weight
+		}
+		tiers = append(tiers, &tier{priority: p, members: members, schedule: swrrSchedule(weights)})
+	}
+	return tiers
+}
+
+// swrrSchedule returns one full cycle of smooth weighted round robin (the
+// nginx algorithm) over weights: each index appears weights[i] times, spread
+// as evenly as the algorithm spreads them.
+func swrrSchedule(weights []int) []uint16 {
+	w := normalizeWeights(weights)
+	total := 0
+	for _, x := range w {
+		total += x
+	}
+	current := make([]int, len(w))
+	out := make([]uint16, 0, total)
+	for range total {
+		best := 0
+		for i := range w {
+			current[i] += w[i]
+			if current[i] > current[best] {
+				best = i
+			}
+		}
+		current[best] -= total
+		out = append(out, uint16(best))
+	}
+	return out
+}
+
+// normalizeWeights divides weights by their greatest common divisor and, if
+// their sum still exceeds maxSchedule, scales them down to fit.
+func normalizeWeights(weights []int) []int {
+	w := make([]int, len(weights))
+	g := 0
+	for i, x := range weights {
+		if x <= 0 {
+			x = 1
+		}
+		w[i] = x
+		g = gcd(g, x)
+	}
+	total := 0
+	for i := range w {
+		w[i] /= g
+		total += w[i]
+	}
+	if total <= maxSchedule {
+		return w
+	}
+	scale := float64(maxSchedule-len(w)) / float64(total)
+	for i := range w {
+		w[i] = max(1, int(float64(w[i])*scale))
+	}
+	return w
+}
+
+func gcd(a, b int) int {
+	for b != 0 {
+		a, b = b, a%b
+	}
+	return a
+}
+
+// prepareEndpoints validates the configured endpoints, fills their defaults
+// and builds their live state. Errors name the endpoint by its position and
+// name, never by its key.
+func prepareEndpoints(cfgs []Endpoint) ([]*endpoint, error) {
+	if len(cfgs) == 0 {
+		return nil, ErrNoEndpoints
+	}
+	if len(cfgs) > math.MaxUint16 {
+		return nil, fmt.Errorf("failover: %d endpoints configured, at most %d supported", len(cfgs), math.MaxUint16)
+	}
+	eps := make([]*endpoint, len(cfgs))
+	var errs []error
+	hostCount := map[string]int{}
+	for i, c := range cfgs {
+		e, err := prepareEndpoint(i, c)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		eps[i] = e
+		if c.Name == "" {
+			hostCount[e.host]++
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	// Default names: the host, made unique in configuration order.
+	seen := map[string]int{}
+	names := map[string]bool{}
+	for _, e := range eps {
+		if e.cfg.Name != "" {
+			names[e.cfg.Name] = true
+		}
+	}
+	for _, e := range eps {
+		if e.cfg.Name != "" {
+			continue
+		}
+		base := e.host
+		n := seen[base] + 1
+		name := base
+		if n > 1 {
+			name = fmt.Sprintf("%s-%d", base, n)
+		}
+		for names[name] {
+			n++
+			name = fmt.Sprintf("%s-%d", base, n)
+		}
+		seen[base] = n
+		names[name] = true
+		e.cfg.Name = name
+	}
+	dup := map[string]int{}
+	for i, e := range eps {
+		e.name = e.cfg.Name
+		if j, ok := dup[e.name]; ok {
+			errs = append(errs, fmt.Errorf("failover: endpoint %d: name %q is already used by endpoint %d", i, e.name, j))
+		}
+		dup[e.name] = i
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return eps, nil
+}
+
+func prepareEndpoint(i int, c Endpoint) (*endpoint, error) {
+	label := fmt.Sprintf("failover: endpoint %d", i)
+	if c.Name != "" {
+		label = fmt.Sprintf("failover: endpoint %d (%q)", i, c.Name)
+	}
+	u, err := parseBaseURL(c.BaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("%s: BaseURL: %w", label, err)
+	}
+	switch {
+	case c.Weight < 0:
+		return nil, fmt.Errorf("%s: Weight %d is negative", label, c.Weight)
+	case c.MaxRPS < 0 || math.IsNaN(c.MaxRPS) || math.IsInf(c.MaxRPS, 0):
+		return nil, fmt.Errorf("%s: MaxRPS %v is not a non-negative finite number", label, c.MaxRPS)
+	case c.Burst < 0:
+		return nil, fmt.Errorf("%s: Burst %d is negative", label, c.Burst)
+	case c.Timeout < 0:
+		return nil, fmt.Errorf("%s: Timeout %v is negative", label, c.Timeout)
+	case strings.ContainsAny(c.APIKey, "\r\n"):
+		return nil, fmt.Errorf("%s: APIKey contains a line break", label)
+	}
+	for k, vs := range c.Header {
+		if !validHeaderName(k) {
+			return nil, fmt.Errorf("%s: Header: %q is not a valid header name", label, k)
+		}
+		for _, v := range vs {
+			if strings.ContainsAny(v, "\r\n") {
+				return nil, fmt.Errorf("%s: Header %q: value contains a line break", label, k)
+			}
+		}
+	}
+	if c.Weight == 0 {
+		c.Weight = 1
+	}
+	if c.MaxRPS > 0 && c.Burst == 0 {
+		c.Burst = max(1, int(math.Ceil(c.MaxRPS)))
+	}
+	if c.Header != nil {
+		h := make(http.Header, len(c.Header))
+		for k, vs := range c.Header {
+			ck := http.CanonicalHeaderKey(k)
+			h[ck] = append(h[ck], vs...)
+		}
+		c.Header = h
+	}
+	e := &endpoint{
+		index:   i,
+		scheme:  u.Scheme,
+		host:    u.Host,
+		path:    strings.TrimSuffix(u.Path, "/"),
+		timeout: c.Timeout,
+		header:  c.Header,
+	}
+	if raw := strings.TrimSuffix(u.RawPath, "/"); raw != "" && raw != e.path {
+		e.rawPath = raw
+	}
+	if u.RawQuery != "" {
+		e.query = u.Query()
+	}
+	if c.APIKey != "" {
+		e.auth = []string{"Bearer " + c.APIKey}
+	}
+	if c.MaxRPS > 0 {
+		e.limiter = rate.NewLimiter(rate.Limit(c.MaxRPS), c.Burst)
+	}
+	e.cfg = c
+	return e, nil
+}
+
+// parseBaseURL parses an absolute http(s) URL without user information. Its
+// errors quote no part of the URL beyond the scheme, as a URL may carry a
+// secret in its query.
+func parseBaseURL(s string) (*url.URL, error) {
+	if s == "" {
+		return nil, errors.New("empty; want an absolute http or https URL")
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return nil, errors.New("does not parse as a URL")
+	}
+	switch {
+	case u.Scheme != "http" && u.Scheme != "https":
+		if u.Scheme == "" {
+			return nil, errors.New("has no scheme; want http:// or https://")
+		}
+		return nil, fmt.Errorf("scheme %q is not http or https", u.Scheme)
+	case u.Host == "" || u.Hostname() == "":
+		return nil, errors.New("has no host")
+	case u.User != nil:
+		return nil, errors.New("carries user information; put credentials in APIKey or Header")
+	case u.Fragment != "":
+		return nil, errors.New("carries a fragment")
+	}
+	u.Host = canonicalHost(u.Scheme, u.Host)
+	return u, nil
+}
+
+// canonicalHost lowercases host and removes the scheme's default port.
+func canonicalHost(scheme, host string) string {
+	host = strings.ToLower(host)
+	switch {
+	case scheme == "https" && strings.HasSuffix(host, ":443"):
+		return strings.TrimSuffix(host, ":443")
+	case scheme == "http" && strings.HasSuffix(host, ":80"):
+		return strings.TrimSuffix(host, ":80")
+	}
+	return host
+}
+
+// redactURL returns s without its query and user information, for messages.
+func redactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "(invalid URL)"
+	}
+	u.User = nil
+	u.RawQuery = ""
+	u.ForceQuery = false
+	u.Fragment = ""
+	return u.String()
+}
+
+func validHeaderName(k string) bool {
+	if k == "" {
+		return false
+	}
+	for _, r := range k {
+		if r <= ' ' || r >= 0x7f || strings.ContainsRune(`"(),/:;<=>?@[\]{}`, r) {
+			return false
+		}
+	}
+	return true
+}
+
+// initBreaker gives e its circuit breaker. The breaker's OnStateChange runs
+// under the breaker's lock, so it only records the change; the goroutine
+// that caused it logs it afterwards (flushTransitions).
+func (t *Transport) initBreaker(e *endpoint, bc BreakerConfig) {
+	threshold := uint32(orDefault(bc.FailureThreshold, defaultFailures))
+	timeout := orDefault(bc.OpenTimeout, defaultOpenTimeout)
+	e.openTimeout = timeout
+	e.stateSince.Store(t.now().UnixNano())
+	e.breaker = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
+		Name:        e.name,
+		MaxRequests: uint32(orDefault(bc.HalfOpenRequests, 1)),
+		Timeout:     timeout,
+		ReadyToTrip: func(c gobreaker.Counts) bool {
+			rejected := e.keyRejected.Load()
+			return rejected || c.ConsecutiveFailures >= threshold
+		},
+		IsSuccessful: func(err error) bool { return err == nil },
+		IsExcluded:   func(err error) bool { return err == errNotSent || err == errThrottled },
+		OnStateChange: func(_ string, from, to gobreaker.State) {
+			now := t.now()
+			e.breakerState.Store(int32(to))
+			e.stateSince.Store(now.UnixNano())
+			if to == gobreaker.StateOpen {
+				e.openUntil.Store(now.Add(timeout).UnixNano())
+			}
+			e.pendingMu.Lock()
+			e.pending = append(e.pending, transition{from: from, to: to})
+			e.pendingMu.Unlock()
+			e.hasPending.Store(true)
+		},
+	})
+}
+
+// transition is a breaker state change waiting to be logged.
+type transition struct{ from, to gobreaker.State }
+
+// flushTransitions logs and counts e's breaker state changes recorded since
+// the last flush. It is called after calls into the breaker, outside its
+// lock.
+func (t *Transport) flushTransitions(e *endpoint) {
+	if !e.hasPending.Load() {
+		return
+	}
+	e.pendingMu.Lock()
+	pending := e.pending
+	e.pending = nil
+	e.hasPending.Store(false)
+	e.pendingMu.Unlock()
+	for _, tr := range pending {
+		e.m.breakerState(tr.to)
+		if t.logger != nil {
+			t.logger.Warn("failover: circuit breaker state changed",
+				slog.String("endpoint", e.name), slog.String("from", tr.from.String()), slog.String("to", tr.to.String()))
+		}
+	}
+}
+
+// beginAttempt and endAttempt bracket one attempt on e for its statistics.
+func (e *endpoint) beginAttempt() {
+	e.stats.requests.Add(1)
+	e.stats.inflight.Add(1)
+	e.m.inflight(1)
+}
+
+func (e *endpoint) endAttempt(latency time.Duration) {
+	e.stats.inflight.Add(-1)
+	e.m.inflight(-1)
+	e.stats.observeLatency(latency)
+	e.m.latency(latency)
+}
+
+// record accounts for one classified attempt: statistics, metrics and, for
+// a failure, the debug log line and the last error.
+func (t *Transport) record(e *endpoint, attempt int, v Verdict, resp *http.Response, err error) {
+	label := outcomeLabel(resp, err)
+	e.m.attempt(resp, label)
+	if !v.Outcome.Failed() {
+		if e.stats.consecutive.Load() != 0 {
+			e.stats.consecutive.Store(0)
+		}
+		if v.Outcome == OutcomeSuccess && e.throttled.Load() != 0 {
+			e.throttled.Store(0)
+		}
+		return
+	}
+	e.stats.failures.Add(1)
+	e.stats.consecutive.Add(1)
+	msg := label
+	if err != nil {
+		msg = err.Error()
+	} else if resp != nil {
+		msg = "status " + resp.Status
+	}
+	e.stats.lastErr.Store(&lastError{msg: msg, at: t.now()})
+	if t.logger != nil && t.logger.Enabled(context.Background(), slog.LevelDebug) {
+		t.logger.Debug("failover: attempt failed",
+			slog.String("endpoint", e.name), slog.Int("attempt", attempt),
+			slog.String("outcome", v.Outcome.String()), slog.String("result", label))
+	}
+}
+
+// outcomeLabel is the coarse outcome of an attempt for metrics and logs:
+// the status code, "timeout" or "error".
+func outcomeLabel(resp *http.Response, err error) string {
+	switch {
+	case resp != nil:
+		return statusLabel(resp.StatusCode)
+	case errors.Is(err, ErrAttemptTimeout):
+		return "timeout"
+	default:
+		return "error"
+	}
+}
+
+func statusLabel(code int) string {
+	if code >= 100 && code <= 599 {
+		return strconv.Itoa(code)
+	}
+	return "other"
+}
+
+// reportFailure tells e's breaker about a failed attempt (done runs exactly
+// once) and starts a cooldown when the response asks for one.
+func (t *Transport) reportFailure(e *endpoint, v Verdict, resp *http.Response, done func(error)) {
+	switch v.Outcome {
+	case OutcomeThrottled:
+		done(errThrottled)
+	case OutcomeKeyRejected:
+		e.keyRejected.Store(true)
+		done(errKeyRejected)
+		e.keyRejected.Store(false)
+	default:
+		done(errFailed)
+	}
+	t.flushTransitions(e)
+	if resp == nil {
+		return
+	}
+	if v.Outcome == OutcomeThrottled || resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusTooManyRequests {
+		t.startCooldown(e, resp)
+	}
+}
+
+// startCooldown rests e for the delay resp's headers ask for or, for a 429
+// without one, the default cooldown doubled for each consecutive such 429;
+// capped at MaxCooldown.
+func (t *Transport) startCooldown(e *endpoint, resp *http.Response) {
+	now := t.now()
+	d, ok := retryDelay(resp.Header, now, t.maxCool)
+	if !ok {
+		if resp.StatusCode != http.StatusTooManyRequests {
+			return
+		}
+		n := min(e.throttled.Add(1)-1, 30)
+		d = min(t.cooldown<<n, t.maxCool)
+		if d <= 0 { // overflow
+			d = t.maxCool
+		}
+	}
+	if d <= 0 {
+		return
+	}
+	until := now.Add(d).UnixNano()
+	for {
+		old := e.cooldownUntil.Load()
+		if old >= until {
+			return
+		}
+		if e.cooldownUntil.CompareAndSwap(old, until) {
+			break
+		}
+	}
+	e.m.cooldown()
+	if t.logger != nil {
+		t.logger.Warn("failover: endpoint cooling down",
+			slog.String("endpoint", e.name), slog.Int("status", resp.StatusCode), slog.Duration("for", d))
+	}
+}
