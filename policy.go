@@ -311,6 +311,11 @@ func (t *Transport) choose(ctx context.Context, st *requestState) (*endpoint, fu
 		switch {
 		case p.wait > 0 && fits(p.wait):
 			d = p.wait
+			if p.waitTried {
+				// Its cooldown serves as the backoff: a new round.
+				st.rounds++
+				st.tried.clear()
+			}
 		case p.retryable:
 			reason = waitBackoff
 			d = t.backoff(t.backoffMin, t.backoffMax, st.rounds, nil)
@@ -333,9 +338,10 @@ func (t *Transport) choose(ctx context.Context, st *requestState) (*endpoint, fu
 // pickResult says, when no endpoint could be picked, why, and how long until
 // the soonest might be.
 type pickResult struct {
-	wait      time.Duration // until the soonest untried endpoint is expected free; 0 if none
+	wait      time.Duration // until the soonest endpoint is expected free; 0 if none
 	reason    waitReason    // what that wait is for
-	retryable bool          // some endpoint tried in this round may be tried again after a backoff
+	waitTried bool          // the soonest is an endpoint this request already tried
+	retryable bool          // an endpoint tried in this round is eligible again, after a backoff
 	open      int
 	cooling   int
 	limited   int
@@ -376,17 +382,18 @@ func (t *Transport) pick(now time.Time, st *requestState) (*endpoint, func(error
 				p.avoided++
 				continue
 			}
-			if st.tried.has(e.index) {
-				p.retryable = true
-				continue
-			}
+			tried := st.tried.has(e.index)
 			if until := e.coolingUntil(ns); until != 0 {
 				p.cooling++
-				p.soonest(time.Duration(until-ns), waitCooldown)
+				p.soonest(time.Duration(until-ns), waitCooldown, tried)
 				continue
 			}
 			if e.openAt(ns) {
 				p.open++
+				continue
+			}
+			if tried {
+				p.retryable = true
 				continue
 			}
 			done, err := e.breaker.Allow()
@@ -397,7 +404,7 @@ func (t *Transport) pick(now time.Time, st *requestState) (*endpoint, func(error
 			if e.limiter != nil && !e.limiter.AllowN(now, 1) {
 				done(errNotSent)
 				p.limited++
-				p.soonest(untilToken(e.limiter, now), waitRateLimit)
+				p.soonest(untilToken(e.limiter, now), waitRateLimit, false)
 				e.m.spilled()
 				continue
 			}
@@ -407,10 +414,10 @@ func (t *Transport) pick(now time.Time, st *requestState) (*endpoint, func(error
 	return nil, nil, p
 }
 
-func (p *pickResult) soonest(d time.Duration, r waitReason) {
+func (p *pickResult) soonest(d time.Duration, r waitReason, tried bool) {
 	d = max(d, time.Millisecond)
 	if p.wait == 0 || d < p.wait {
-		p.wait, p.reason = d, r
+		p.wait, p.reason, p.waitTried = d, r, tried
 	}
 }
 

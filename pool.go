@@ -619,7 +619,7 @@ func (t *Transport) reportFailure(e *endpoint, v Verdict, resp *http.Response, d
 	if resp == nil {
 		return
 	}
-	if v.Outcome == OutcomeThrottled || resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusTooManyRequests {
+	if v.Outcome == OutcomeThrottled || resp.StatusCode == http.StatusServiceUnavailable {
 		t.startCooldown(e, resp)
 	}
 }
