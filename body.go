@@ -25,33 +25,31 @@ type replayBody struct {
 
 // newReplayBody prepares req's body for replay. A body above limit bytes
 // without GetBody is sent once, unbuffered beyond its first limit bytes.
-func newReplayBody(req *http.Request, limit int64) (*replayBody, error) {
-	b := &replayBody{req: req, replayable: true}
+// init prepares req's body for replay. A body above limit bytes without
+// GetBody is sent once, unbuffered beyond its first limit bytes.
+func (b *replayBody) init(req *http.Request, limit int64) error {
+	*b = replayBody{req: req, replayable: true}
 	switch {
 	case req.Body == nil || req.Body == http.NoBody:
-		return b, nil
+		return nil
 	case req.GetBody != nil:
 		b.getBody = req.GetBody
-		return b, nil
+		return nil
 	}
 	prefix, err := io.ReadAll(io.LimitReader(req.Body, limit+1))
 	if err != nil {
 		_ = req.Body.Close()
-		return nil, fmt.Errorf("failover: reading the request body: %w", err)
+		return fmt.Errorf("failover: reading the request body: %w", err)
 	}
 	if int64(len(prefix)) > limit {
 		b.replayable = false
 		b.single = &multiReadCloser{Reader: io.MultiReader(bytes.NewReader(prefix), req.Body), closer: req.Body}
-		return b, nil
+		return nil
 	}
 	_ = req.Body.Close()
 	b.buf, b.buffered = prefix, true
-	b.getBody = b.fromBuffer
-	return b, nil
-}
-
-func (b *replayBody) fromBuffer() (io.ReadCloser, error) {
-	return io.NopCloser(bytes.NewReader(b.buf)), nil
+	b.getBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(prefix)), nil }
+	return nil
 }
 
 // next returns the body for the next attempt, nil for a request without one.
@@ -63,7 +61,7 @@ func (b *replayBody) next() (io.ReadCloser, error) {
 		b.sentOrig = true
 		return rc, nil
 	case b.buffered:
-		return b.fromBuffer()
+		return b.getBody()
 	case b.req.Body == nil || b.req.Body == http.NoBody:
 		return b.req.Body, nil
 	case !b.sentOrig:

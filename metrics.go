@@ -133,22 +133,23 @@ func (m *metrics) forEndpoint(e *endpoint) *endpointMetrics {
 	return em
 }
 
-func (m *endpointMetrics) attempt(resp *http.Response, label string) {
+func (m *endpointMetrics) attempt(resp *http.Response, err error) {
 	if m == nil {
 		return
 	}
-	switch {
-	case resp != nil:
+	if resp != nil {
 		for i, code := range commonCodes {
 			if code == resp.StatusCode {
 				m.byCode[i].Inc()
 				return
 			}
 		}
-		m.vec.WithLabelValues(m.name, label).Inc()
-	case label == "timeout":
+		m.vec.WithLabelValues(m.name, statusLabel(resp.StatusCode)).Inc()
+		return
+	}
+	if outcomeLabel(nil, err) == "timeout" {
 		m.timeouts.Inc()
-	default:
+	} else {
 		m.errors.Inc()
 	}
 }

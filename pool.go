@@ -77,9 +77,15 @@ type Endpoint struct {
 	Header http.Header
 }
 
-// String returns the endpoint's name and base URL, never its key.
+// String returns the endpoint's name and base URL, never its key, so that
+// printing an Endpoint or a Config with %v cannot leak a key.
 func (e Endpoint) String() string {
 	return fmt.Sprintf("%s (%s)", e.Name, redactURL(e.BaseURL))
+}
+
+// GoString is String for the %#v verb.
+func (e Endpoint) GoString() string {
+	return "failover.Endpoint{" + e.String() + "}"
 }
 
 // endpoint is an Endpoint with its live state. Its configuration is
@@ -555,8 +561,7 @@ func (e *endpoint) endAttempt(latency time.Duration) {
 // record accounts for one classified attempt: statistics, metrics and, for
 // a failure, the debug log line and the last error.
 func (t *Transport) record(e *endpoint, attempt int, v Verdict, resp *http.Response, err error) {
-	label := outcomeLabel(resp, err)
-	e.m.attempt(resp, label)
+	e.m.attempt(resp, err)
 	if !v.Outcome.Failed() {
 		if e.stats.consecutive.Load() != 0 {
 			e.stats.consecutive.Store(0)
@@ -568,11 +573,12 @@ func (t *Transport) record(e *endpoint, attempt int, v Verdict, resp *http.Respo
 	}
 	e.stats.failures.Add(1)
 	e.stats.consecutive.Add(1)
+	label := outcomeLabel(resp, err)
 	msg := label
 	if err != nil {
 		msg = err.Error()
 	} else if resp != nil {
-		msg = "status " + resp.Status
+		msg = "status " + label
 	}
 	e.stats.lastErr.Store(&lastError{msg: msg, at: t.now()})
 	if t.logger != nil && t.logger.Enabled(context.Background(), slog.LevelDebug) {

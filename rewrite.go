@@ -103,6 +103,12 @@ func underPath(p, base string) bool {
 	return len(p) == len(base) || p[len(base)] == '/' || base == ""
 }
 
+// outgoing is an attempt's request with its URL, allocated together.
+type outgoing struct {
+	req http.Request
+	url url.URL
+}
+
 // rewrite returns the outgoing request for one attempt of in on e: a shallow
 // copy carrying ctx, with scheme, host and base path replaced by
 // the endpoint's, its query parameters set, Authorization replaced by its
@@ -112,9 +118,12 @@ func underPath(p, base string) bool {
 // configuration; the http.RoundTripper contract forbids a transport to
 // modify its request, so none is written to.
 func rewrite(ctx context.Context, in *http.Request, e *endpoint, m match) *http.Request {
-	out := in.WithContext(ctx)
-	u := new(url.URL)
-	*u = *in.URL
+	// One allocation for the request and its URL.
+	o := &outgoing{req: *in, url: *in.URL}
+	out, u := &o.req, &o.url
+	if ctx != in.Context() {
+		out = out.WithContext(ctx)
+	}
 	u.Scheme = e.scheme
 	u.Host = e.host
 	u.User = nil

@@ -310,8 +310,8 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return t.base.RoundTrip(req)
 	}
 	ctx := req.Context()
-	body, err := newReplayBody(req, t.maxBody)
-	if err != nil {
+	var body replayBody
+	if err := body.init(req, t.maxBody); err != nil {
 		return nil, err
 	}
 	attempts := t.attempts
