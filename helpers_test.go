@@ -1,0 +1,263 @@
+package failover
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/failover-go/failover/internal/fakeopenai"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// clientBase is the client-side base URL the tests send to.
+const clientBase = "https://api.openai.com/v1"
+
+// upstream starts a fake OpenAI upstream closed with the test.
+func upstream(t testing.TB, name string, opts ...fakeopenai.Option) *fakeopenai.Server {
+	t.Helper()
+	s := fakeopenai.New(append([]fakeopenai.Option{fakeopenai.WithName(name)}, opts...)...)
+	t.Cleanup(s.Close)
+	return s
+}
+
+// ep returns an endpoint for s named after it, with key "key-<name>".
+func ep(s *fakeopenai.Server, priority int) Endpoint {
+	return Endpoint{Name: s.Name(), BaseURL: s.URL(), APIKey: "key-" + s.Name(), Priority: priority}
+}
+
+// newTestTransport builds a Transport over cfg with a fresh base
+// http.Transport closed with the test, and a clock that records sleeps
+// instead of sleeping unless the test replaces it.
+func newTestTransport(t testing.TB, cfg Config) (*Transport, *fakeClock) {
+	t.Helper()
+	if cfg.Base == nil {
+		base := &http.Transport{DisableCompression: true}
+		t.Cleanup(base.CloseIdleConnections)
+		cfg.Base = base
+	}
+	tr, err := New(cfg)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	clk := &fakeClock{now: time.Unix(1_800_000_000, 0)}
+	tr.now = clk.Now
+	tr.sleep = clk.Sleep
+	return tr, clk
+}
+
+// fakeClock is a clock whose Sleep records the duration and advances the
+// clock instead of sleeping.
+type fakeClock struct {
+	mu     sync.Mutex
+	now    time.Time
+	sleeps []time.Duration
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+func (c *fakeClock) Sleep(ctx context.Context, d time.Duration) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.sleeps = append(c.sleeps, d)
+	c.now = c.now.Add(d)
+	return nil
+}
+
+func (c *fakeClock) Sleeps() []time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]time.Duration(nil), c.sleeps...)
+}
+
+// chatBody is a chat completion request body.
+func chatBody(stream bool) string {
+	if stream {
+		return `{"model":"gpt-test","messages":[{"role":"user","content":"hi"}],"stream":true}`
+	}
+	return `{"model":"gpt-test","messages":[{"role":"user","content":"hi"}]}`
+}
+
+// chatRequest builds a POST of a chat completion to base (GetBody set, as
+// http.NewRequest sets it for a strings.Reader).
+func chatRequest(t testing.TB, ctx context.Context, base string, stream bool) *http.Request {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/chat/completions", strings.NewReader(chatBody(stream)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer caller-token")
+	return req
+}
+
+// roundTrip sends req through rt and returns the status and the whole body.
+func roundTrip(t testing.TB, rt http.RoundTripper, req *http.Request) (int, string) {
+	t.Helper()
+	resp, err := rt.RoundTrip(req)
+	if err != nil {
+		t.Fatalf("RoundTrip %s: %v", req.URL, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("reading body: %v", err)
+	}
+	return resp.StatusCode, string(b)
+}
+
+// chat sends one chat completion through rt to the client base URL and
+// returns the status and body.
+func chat(t testing.TB, rt http.RoundTripper) (int, string) {
+	t.Helper()
+	return roundTrip(t, rt, chatRequest(t, context.Background(), clientBase, false))
+}
+
+// scriptedBase is an http.RoundTripper with no network: it answers each
+// request with the response its script gives for the request's host, and
+// records the requests it saw.
+type scriptedBase struct {
+	mu     sync.Mutex
+	script func(req *http.Request, n int) (*http.Response, error) // n counts requests to that host, from 1
+	hits   map[string]int
+	seen   []seenRequest
+	closed atomic.Int64 // response bodies closed
+}
+
+type seenRequest struct {
+	host, path, query, auth string
+	body                    string
+}
+
+func newScriptedBase(script func(req *http.Request, n int) (*http.Response, error)) *scriptedBase {
+	return &scriptedBase{script: script, hits: map[string]int{}}
+}
+
+func (s *scriptedBase) RoundTrip(req *http.Request) (*http.Response, error) {
+	var body []byte
+	if req.Body != nil {
+		body, _ = io.ReadAll(req.Body)
+		_ = req.Body.Close()
+	}
+	s.mu.Lock()
+	s.hits[req.URL.Host]++
+	n := s.hits[req.URL.Host]
+	s.seen = append(s.seen, seenRequest{host: req.URL.Host, path: req.URL.Path, query: req.URL.RawQuery,
+		auth: req.Header.Get("Authorization"), body: string(body)})
+	s.mu.Unlock()
+	resp, err := s.script(req, n)
+	if resp != nil {
+		resp.Request = req
+		if resp.Body == nil {
+			resp.Body = http.NoBody
+		}
+		resp.Body = &closeCounter{ReadCloser: resp.Body, n: &s.closed}
+	}
+	return resp, err
+}
+
+func (s *scriptedBase) Hits(host string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.hits[host]
+}
+
+func (s *scriptedBase) Seen() []seenRequest {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]seenRequest(nil), s.seen...)
+}
+
+// reply returns a response with status code, body and header pairs.
+func reply(code int, body string, kv ...string) *http.Response {
+	h := http.Header{}
+	for i := 0; i+1 < len(kv); i += 2 {
+		h.Add(kv[i], kv[i+1])
+	}
+	return &http.Response{StatusCode: code, Status: http.StatusText(code), Header: h,
+		Body: io.NopCloser(strings.NewReader(body)), ContentLength: int64(len(body)),
+		ProtoMajor: 1, ProtoMinor: 1}
+}
+
+// alwaysOK answers 200 "ok" to everything.
+func alwaysOK(*http.Request, int) (*http.Response, error) { return reply(200, "ok"), nil }
+
+// hostEndpoint is an endpoint for the scripted base, at https://<name>.test/v1.
+func hostEndpoint(name string, priority int) Endpoint {
+	return Endpoint{Name: name, BaseURL: "https://" + name + ".test/v1", APIKey: "key-" + name, Priority: priority}
+}
+
+// closeCounter counts Close calls into n.
+type closeCounter struct {
+	io.ReadCloser
+	n *atomic.Int64
+}
+
+func (c *closeCounter) Close() error {
+	c.n.Add(1)
+	return c.ReadCloser.Close()
+}
+
+// countingBody is a request body without GetBody that counts its closes.
+type countingBody struct {
+	r      io.Reader
+	closes atomic.Int64
+}
+
+func (b *countingBody) Read(p []byte) (int, error) { return b.r.Read(p) }
+func (b *countingBody) Close() error {
+	b.closes.Add(1)
+	return nil
+}
+
+// post builds a POST to u with body as a reader without GetBody.
+func post(t testing.TB, u string, body io.ReadCloser) *http.Request {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, u, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return req
+}
+
+// snapshot captures what RoundTrip must not change on a request.
+func snapshot(req *http.Request) string {
+	var b bytes.Buffer
+	b.WriteString(req.Method + " " + req.URL.String() + " host=" + req.Host + "\n")
+	_ = req.Header.Write(&b)
+	return b.String()
+}
+
+// mustURL parses s.
+func mustURL(t testing.TB, s string) *url.URL {
+	t.Helper()
+	u, err := url.Parse(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
