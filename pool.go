@@ -438,7 +438,8 @@ func parseBaseURL(s string) (*url.URL, error) {
 		if u.Scheme == "" {
 			return nil, errors.New("has no scheme; want http:// or https://")
 		}
-		return nil, fmt.Errorf("scheme %q is not http or https", u.Scheme)
+		// The scheme is not quoted: a key pasted by mistake could be it.
+		return nil, errors.New("scheme is not http or https")
 	case u.Host == "" || u.Hostname() == "":
 		return nil, errors.New("has no host")
 	case u.User != nil:
