@@ -1,7 +1,10 @@
 package failover
 
 import (
+	"encoding/json"
+	"fmt"
 	"math"
+	"net/http"
 	"time"
 
 	"github.com/sony/gobreaker/v2"
@@ -39,6 +42,18 @@ func (s State) String() string {
 
 // MarshalText encodes the state as its name.
 func (s State) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// UnmarshalText decodes a state from its name, so that a [HealthReport]
+// read back from JSON has its states.
+func (s *State) UnmarshalText(b []byte) error {
+	for i, name := range stateNames {
+		if string(b) == name {
+			*s = State(i)
+			return nil
+		}
+	}
+	return fmt.Errorf("failover: unknown endpoint state %q", b)
+}
 
 // EndpointHealth is a snapshot of one endpoint's live state, for health
 // pages and decisions. It never carries a key.
@@ -114,4 +129,57 @@ func (t *Transport) Health() []EndpointHealth {
 		out[i] = h
 	}
 	return out
+}
+
+// Eligible reports whether the endpoint can take a request now, as far as
+// its state tells: enabled, breaker not open, not cooling down. (A
+// momentarily exhausted rate limiter does not make it ineligible.)
+func (h EndpointHealth) Eligible() bool {
+	return h.State == StateClosed || h.State == StateHalfOpen
+}
+
+// HealthReport is the JSON document [Transport.HealthHandler] serves.
+type HealthReport struct {
+	// Status is "ok" while at least one endpoint is eligible, else
+	// "unavailable".
+	Status string `json:"status"`
+	// Eligible counts the endpoints that can take a request now.
+	Eligible int `json:"eligible"`
+	// Endpoints is [Transport.Health].
+	Endpoints []EndpointHealth `json:"endpoints"`
+}
+
+// HealthHandler returns an http.Handler serving a [HealthReport] as JSON,
+// for a host application's health page or a load balancer's check: status
+// 200 while at least one endpoint is eligible, 503 when none is. It carries
+// no key. It answers GET and HEAD, and 405 to other methods.
+func (t *Transport) HealthHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			w.Header().Set("Allow", "GET, HEAD")
+			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+			return
+		}
+		rep := HealthReport{Status: "ok", Endpoints: t.Health()}
+		for _, h := range rep.Endpoints {
+			if h.Eligible() {
+				rep.Eligible++
+			}
+		}
+		code := http.StatusOK
+		if rep.Eligible == 0 {
+			rep.Status, code = "unavailable", http.StatusServiceUnavailable
+		}
+		body, err := json.MarshalIndent(rep, "", "  ")
+		if err != nil {
+			http.Error(w, "encoding health: "+err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "no-store")
+		w.WriteHeader(code)
+		if r.Method == http.MethodGet {
+			_, _ = w.Write(append(body, '\n'))
+		}
+	})
 }

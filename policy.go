@@ -396,13 +396,13 @@ func (t *Transport) pick(now time.Time, st *requestState) (*endpoint, func(error
 				p.retryable = true
 				continue
 			}
-			done, err := e.breaker.Allow()
-			if err != nil {
+			done, ok := e.admit()
+			if !ok {
 				p.open++
 				continue
 			}
 			if e.limiter != nil && !e.limiter.AllowN(now, 1) {
-				done(errNotSent)
+				e.settle(done, errNotSent)
 				p.limited++
 				p.soonest(untilToken(e.limiter, now), waitRateLimit, false)
 				e.m.spilled()

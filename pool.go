@@ -560,17 +560,18 @@ func (e *endpoint) endAttempt(latency time.Duration) {
 }
 
 // record accounts for one classified attempt: statistics, metrics and, for
-// a failure, the debug log line and the last error.
-func (t *Transport) record(e *endpoint, attempt int, v Verdict, resp *http.Response, err error) {
+// a failure, the debug log line and the last error. It reports whether a
+// success ended a streak of failures.
+func (t *Transport) record(e *endpoint, attempt int, v Verdict, resp *http.Response, err error) (endedStreak bool) {
 	e.m.attempt(resp, err)
 	if !v.Outcome.Failed() {
 		if e.stats.consecutive.Load() != 0 {
-			e.stats.consecutive.Store(0)
+			endedStreak = e.stats.consecutive.Swap(0) != 0
 		}
 		if v.Outcome == OutcomeSuccess && e.throttled.Load() != 0 {
 			e.throttled.Store(0)
 		}
-		return
+		return endedStreak
 	}
 	e.stats.failures.Add(1)
 	e.stats.consecutive.Add(1)
@@ -587,6 +588,7 @@ func (t *Transport) record(e *endpoint, attempt int, v Verdict, resp *http.Respo
 			slog.String("endpoint", e.name), slog.Int("attempt", attempt),
 			slog.String("outcome", v.Outcome.String()), slog.String("result", label))
 	}
+	return false
 }
 
 // outcomeLabel is the coarse outcome of an attempt for metrics and logs:
@@ -609,18 +611,59 @@ func statusLabel(code int) string {
 	return "other"
 }
 
-// reportFailure tells e's breaker about a failed attempt (done runs exactly
-// once) and starts a cooldown when the response asks for one.
+// admit asks e's breaker to let an attempt through. On the fast path (the
+// breaker closed and no failure since the last success) it returns a nil
+// done without taking the breaker's lock: a success would teach the breaker
+// nothing, and a failure is reported through settle, which then asks the
+// breaker first. Otherwise done is the breaker's own, to run exactly once
+// through settle.
+func (e *endpoint) admit() (done func(error), ok bool) {
+	if gobreaker.State(e.breakerState.Load()) == gobreaker.StateClosed && e.stats.consecutive.Load() == 0 {
+		return nil, true
+	}
+	done, err := e.breaker.Allow()
+	return done, err == nil
+}
+
+// settle reports an attempt's result to e's breaker: through done when
+// admit gave one, else (fast path) only when the breaker has something to
+// learn.
+func (e *endpoint) settle(done func(error), err error) {
+	if done == nil {
+		if err == errNotSent || err == errThrottled {
+			return // the breaker would ignore it
+		}
+		d, aerr := e.breaker.Allow()
+		if aerr != nil {
+			return // opened meanwhile: nothing left to report
+		}
+		done = d
+	}
+	done(err)
+}
+
+// reportSuccess settles a successful attempt. On the fast path it tells the
+// breaker only when this success ended a failure streak that began while
+// the attempt was in flight, so that the breaker's count of consecutive
+// failures resets as ours did.
+func (e *endpoint) reportSuccess(done func(error), endedStreak bool) {
+	if done != nil || endedStreak {
+		e.settle(done, nil)
+	}
+}
+
+// reportFailure tells e's breaker about a failed attempt and starts a
+// cooldown when the response asks for one.
 func (t *Transport) reportFailure(e *endpoint, v Verdict, resp *http.Response, done func(error)) {
 	switch v.Outcome {
 	case OutcomeThrottled:
-		done(errThrottled)
+		e.settle(done, errThrottled)
 	case OutcomeKeyRejected:
 		e.keyRejected.Store(true)
-		done(errKeyRejected)
+		e.settle(done, errKeyRejected)
 		e.keyRejected.Store(false)
 	default:
-		done(errFailed)
+		e.settle(done, errFailed)
 	}
 	t.flushTransitions(e)
 	if resp == nil {

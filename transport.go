@@ -333,7 +333,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		t.flushTransitions(e)
 		rc, err := body.next()
 		if err != nil {
-			done(errNotSent)
+			e.settle(done, errNotSent)
 			cause = err
 			break
 		}
@@ -342,16 +342,16 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		resp, errBody, err := t.send(e, out)
 		if ctx.Err() != nil {
 			// The caller gave up: no fault of the endpoint's.
-			done(errNotSent)
+			e.settle(done, errNotSent)
 			closeBody(resp)
 			cause = context.Cause(ctx)
 			errs = append(errs, &AttemptError{Endpoint: e.name, Attempt: n, Err: cause})
 			break
 		}
 		v := t.classify(resp, errBody, err)
-		t.record(e, n, v, resp, err)
+		endedStreak := t.record(e, n, v, resp, err)
 		if !v.Outcome.Failed() {
-			done(nil)
+			e.reportSuccess(done, endedStreak)
 			t.flushTransitions(e)
 			closeBody(last)
 			body.close()
