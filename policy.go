@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-retryablehttp"
+	"github.com/sony/gobreaker/v2"
 	"golang.org/x/time/rate"
 )
 
@@ -294,11 +295,12 @@ func (s *bitset) clear() {
 // every eligible endpoint was tried, for a backoff before trying them again.
 func (t *Transport) choose(ctx context.Context, st *requestState) (*endpoint, func(error), error) {
 	for {
-		now := t.now()
-		e, done, p := t.pick(now, st)
+		clock := lazyClock{now: t.now}
+		e, done, p := t.pick(&clock, st)
 		if e != nil {
 			return e, done, nil
 		}
+		now := clock.get()
 		fits := func(d time.Duration) bool {
 			if st.waited+d > t.maxWait {
 				return false
@@ -367,9 +369,8 @@ func (p *pickResult) unavailable() error {
 // pick returns the first eligible endpoint: tiers by priority, each walked
 // from its weighted round robin start. Cheap atomic checks come first;
 // then the breaker admits the request, then the limiter. It does not wait.
-func (t *Transport) pick(now time.Time, st *requestState) (*endpoint, func(error), pickResult) {
+func (t *Transport) pick(clock *lazyClock, st *requestState) (*endpoint, func(error), pickResult) {
 	var p pickResult
-	ns := now.UnixNano()
 	for _, tr := range t.tiers {
 		n := len(tr.members)
 		i := tr.start()
@@ -383,12 +384,15 @@ func (t *Transport) pick(now time.Time, st *requestState) (*endpoint, func(error
 				continue
 			}
 			tried := st.tried.has(e.index)
-			if until := e.coolingUntil(ns); until != 0 {
-				p.cooling++
-				p.soonest(time.Duration(until-ns), waitCooldown, tried)
-				continue
+			if e.cooldownUntil.Load() != 0 {
+				ns := clock.get().UnixNano()
+				if until := e.coolingUntil(ns); until != 0 {
+					p.cooling++
+					p.soonest(time.Duration(until-ns), waitCooldown, tried)
+					continue
+				}
 			}
-			if e.openAt(ns) {
+			if gobreaker.State(e.breakerState.Load()) == gobreaker.StateOpen && e.openAt(clock.get().UnixNano()) {
 				p.open++
 				continue
 			}
@@ -401,10 +405,10 @@ func (t *Transport) pick(now time.Time, st *requestState) (*endpoint, func(error
 				p.open++
 				continue
 			}
-			if e.limiter != nil && !e.limiter.AllowN(now, 1) {
+			if e.limiter != nil && !e.limiter.AllowN(clock.get(), 1) {
 				e.settle(done, errNotSent)
 				p.limited++
-				p.soonest(untilToken(e.limiter, now), waitRateLimit, false)
+				p.soonest(untilToken(e.limiter, clock.get()), waitRateLimit, false)
 				e.m.spilled()
 				continue
 			}
@@ -428,4 +432,19 @@ func untilToken(lim *rate.Limiter, now time.Time) time.Duration {
 		return time.Millisecond
 	}
 	return time.Duration(missing / float64(lim.Limit()) * float64(time.Second))
+}
+
+// lazyClock reads its clock at most once, and only when asked: the happy
+// path (no cooldown, breaker closed, no limiter) reads no time at all.
+type lazyClock struct {
+	now func() time.Time
+	t   time.Time
+	set bool
+}
+
+func (c *lazyClock) get() time.Time {
+	if !c.set {
+		c.t, c.set = c.now(), true
+	}
+	return c.t
 }

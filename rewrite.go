@@ -3,6 +3,7 @@ package failover
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/url"
 	"sort"
@@ -151,9 +152,11 @@ func rewrite(ctx context.Context, in *http.Request, e *endpoint, m match) *http.
 	out.URL = u
 	out.Host = ""
 
-	h := make(http.Header, len(in.Header)+len(e.header)+1)
-	for k, vs := range in.Header {
-		h[k] = vs
+	// maps.Clone copies a small map's table wholesale, far cheaper than
+	// inserting key by key.
+	h := http.Header(maps.Clone(in.Header))
+	if h == nil {
+		h = make(http.Header, len(e.header)+1)
 	}
 	if e.auth != nil {
 		h["Authorization"] = e.auth

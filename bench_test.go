@@ -1,0 +1,246 @@
+package failover
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Benchmarks compare the transport with the bare base in the same run:
+//
+//	go test -run '^$' -bench . -benchmem
+//
+// Sub-benchmarks named "base" are the floor: the same base RoundTripper
+// called directly.
+
+// cannedBase answers every request with a fresh 200 and an empty body,
+// with no network: what remains is the transport's own cost.
+type cannedBase struct{}
+
+func (cannedBase) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.Body != nil {
+		_ = req.Body.Close()
+	}
+	return &http.Response{StatusCode: http.StatusOK, Body: http.NoBody, Request: req}, nil
+}
+
+// failingBase answers 503 for host "down.test" and 200 for the rest.
+type failingBase struct{}
+
+func (failingBase) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.Body != nil {
+		_ = req.Body.Close()
+	}
+	code := http.StatusOK
+	if req.URL.Host == "down.test" {
+		code = http.StatusServiceUnavailable
+	}
+	return &http.Response{StatusCode: code, Body: http.NoBody, Request: req}, nil
+}
+
+// benchRequest is a chat completion request like an SDK's: a body with
+// GetBody, JSON content type and an Authorization header.
+func benchRequest(b *testing.B, url string) *http.Request {
+	b.Helper()
+	req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(chatBody(false)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer sdk-key")
+	req.Header.Set("User-Agent", "bench")
+	return req
+}
+
+// benchEndpoints returns n endpoints on distinct hosts and priorities, the
+// first preferred.
+func benchEndpoints(n int) []Endpoint {
+	eps := make([]Endpoint, n)
+	for i := range eps {
+		eps[i] = Endpoint{Name: fmt.Sprintf("e%d", i), BaseURL: fmt.Sprintf("https://e%d.test/v1", i), APIKey: "sk-bench", Priority: i}
+	}
+	return eps
+}
+
+func mustNew(b *testing.B, cfg Config) *Transport {
+	b.Helper()
+	t, err := New(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return t
+}
+
+// runRT sends req through rt b.N times, serially or in parallel, draining
+// and closing each response body as a caller does.
+func runRT(b *testing.B, rt http.RoundTripper, url string, parallel bool) {
+	b.ReportAllocs()
+	if !parallel {
+		req := benchRequest(b, url)
+		b.ResetTimer()
+		for range b.N {
+			resp, err := rt.RoundTrip(req)
+			if err != nil {
+				b.Fatal(err)
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			_ = resp.Body.Close()
+		}
+		return
+	}
+	b.RunParallel(func(pb *testing.PB) {
+		req := benchRequest(b, url)
+		for pb.Next() {
+			resp, err := rt.RoundTrip(req)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			_ = resp.Body.Close()
+		}
+	})
+}
+
+// BenchmarkRoundTrip is the happy path: the preferred endpoint healthy.
+func BenchmarkRoundTrip(b *testing.B) {
+	url := clientBase + "/chat/completions"
+	for _, mode := range []string{"serial", "parallel"} {
+		parallel := mode == "parallel"
+		b.Run(mode+"/base", func(b *testing.B) { runRT(b, cannedBase{}, url, parallel) })
+		for _, n := range []int{1, 3, 10, 100} {
+			b.Run(fmt.Sprintf("%s/endpoints=%d", mode, n), func(b *testing.B) {
+				runRT(b, mustNew(b, Config{Base: cannedBase{}, Endpoints: benchEndpoints(n)}), url, parallel)
+			})
+		}
+		b.Run(mode+"/endpoints=3/metrics", func(b *testing.B) {
+			tr := mustNew(b, Config{Base: cannedBase{}, Endpoints: benchEndpoints(3), Registerer: prometheus.NewRegistry()})
+			runRT(b, tr, url, parallel)
+		})
+		b.Run(mode+"/endpoints=3/weighted", func(b *testing.B) {
+			eps := benchEndpoints(3)
+			for i := range eps {
+				eps[i].Priority, eps[i].Weight = 0, i+1
+			}
+			runRT(b, mustNew(b, Config{Base: cannedBase{}, Endpoints: eps}), url, parallel)
+		})
+	}
+}
+
+// BenchmarkUnhappy measures the paths where the preferred endpoint cannot
+// serve: its breaker open (skipped), its rate spent (spill-over), or
+// answering 503 (one failover per request).
+func BenchmarkUnhappy(b *testing.B) {
+	url := clientBase + "/chat/completions"
+	b.Run("base", func(b *testing.B) { runRT(b, cannedBase{}, url, false) })
+	b.Run("breaker-open", func(b *testing.B) {
+		eps := benchEndpoints(2)
+		tr := mustNew(b, Config{Base: cannedBase{}, Endpoints: eps})
+		openBreaker(b, tr.endpoints[0])
+		runRT(b, tr, url, false)
+		if got := tr.endpoints[0].stats.requests.Load(); got != 0 {
+			b.Fatalf("the open endpoint got %d requests", got)
+		}
+	})
+	b.Run("spill-over", func(b *testing.B) {
+		eps := benchEndpoints(2)
+		eps[0].MaxRPS, eps[0].Burst = 1e-9, 1
+		tr := mustNew(b, Config{Base: cannedBase{}, Endpoints: eps})
+		runRT(b, tr, url, false)
+		if got := tr.endpoints[0].stats.requests.Load(); got > 1 {
+			b.Fatalf("the limited endpoint got %d requests", got)
+		}
+	})
+	b.Run("failover-503", func(b *testing.B) {
+		eps := []Endpoint{{Name: "down", BaseURL: "https://down.test/v1"}, {Name: "up", BaseURL: "https://up.test/v1", Priority: 1}}
+		tr := mustNew(b, Config{Base: failingBase{}, Endpoints: eps, Breaker: BreakerConfig{FailureThreshold: 1 << 30}})
+		runRT(b, tr, url, false)
+	})
+}
+
+// openBreaker reports failures to e's breaker until it opens.
+func openBreaker(b *testing.B, e *endpoint) {
+	b.Helper()
+	for range 100 {
+		done, err := e.breaker.Allow()
+		if err != nil {
+			return
+		}
+		done(errFailed)
+	}
+	b.Fatal("breaker did not open")
+}
+
+// BenchmarkLoopback sends through a real http.Transport to a local
+// upstream, directly and through the failover transport, from 32 parallel
+// clients; it reports requests per second. The upstream is a minimal
+// handler so that the comparison is not diluted by upstream work.
+func BenchmarkLoopback(b *testing.B) {
+	body := `{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hi"}}]}`
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, body)
+	}))
+	defer srv.Close()
+	newBase := func() *http.Transport {
+		return &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true}
+	}
+	run := func(b *testing.B, rt http.RoundTripper, url string) {
+		b.SetParallelism(16) // 32 goroutines at GOMAXPROCS=2
+		start := time.Now()
+		runRT(b, rt, url, true)
+		b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "req/s")
+	}
+	b.Run("direct", func(b *testing.B) {
+		base := newBase()
+		defer base.CloseIdleConnections()
+		run(b, base, srv.URL+"/v1/chat/completions")
+	})
+	b.Run("failover", func(b *testing.B) {
+		base := newBase()
+		defer base.CloseIdleConnections()
+		tr := mustNew(b, Config{Base: base, Endpoints: []Endpoint{{Name: "up", BaseURL: srv.URL + "/v1", APIKey: "sk-bench"}}})
+		run(b, tr, clientBase+"/chat/completions")
+	})
+}
+
+// BenchmarkFailoverRefused measures a request whose preferred endpoint
+// refuses connections on loopback (a closed port) and fails over to a
+// healthy one, against a request to the healthy endpoint alone. The
+// breaker threshold is raised so that every request pays the failover.
+func BenchmarkFailoverRefused(b *testing.B) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		_, _ = io.WriteString(w, `{"ok":true}`)
+	}))
+	defer srv.Close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	dead := "http://" + ln.Addr().String() + "/v1"
+	_ = ln.Close()
+	up := Endpoint{Name: "up", BaseURL: srv.URL + "/v1", Priority: 1}
+	for _, tc := range []struct {
+		name string
+		eps  []Endpoint
+	}{
+		{"healthy-only", []Endpoint{up}},
+		{"refused-then-healthy", []Endpoint{{Name: "dead", BaseURL: dead}, up}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			base := &http.Transport{DisableCompression: true}
+			defer base.CloseIdleConnections()
+			tr := mustNew(b, Config{Base: base, Endpoints: tc.eps, Breaker: BreakerConfig{FailureThreshold: 1 << 30}})
+			runRT(b, tr, clientBase+"/chat/completions", false)
+		})
+	}
+}
