@@ -3,6 +3,7 @@ package failover
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -261,3 +262,128 @@ func mustURL(t testing.TB, s string) *url.URL {
 	}
 	return u
 }
+
+// waitBound bounds every wait of these tests for a real-time transition:
+// generous, as the machines are shared and slow.
+const waitBound = 5 * time.Second
+
+// healthOf returns the health of tr's endpoint named name.
+func healthOf(t testing.TB, tr *Transport, name string) EndpointHealth {
+	t.Helper()
+	for _, h := range tr.Health() {
+		if h.Name == name {
+			return h
+		}
+	}
+	t.Fatalf("no endpoint named %q in Health", name)
+	return EndpointHealth{}
+}
+
+// eventually polls cond until it holds, failing the test after waitBound.
+func eventually(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitBound)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("still not %s after %v", what, waitBound)
+		}
+		time.Sleep(5 * time.Millisecond) // polling interval, not synchronisation
+	}
+}
+
+// waitState polls tr.Health until the endpoint name is in state want.
+func waitState(t testing.TB, tr *Transport, name string, want State) {
+	t.Helper()
+	eventually(t, fmt.Sprintf("%s %v", name, want), func() bool { return healthOf(t, tr, name).State == want })
+}
+
+// httpBase returns a fresh http.Transport whose idle connections are closed
+// with the test, for configs that wrap it.
+func httpBase(t testing.TB) *http.Transport {
+	t.Helper()
+	base := &http.Transport{DisableCompression: true, MaxIdleConnsPerHost: 64}
+	t.Cleanup(base.CloseIdleConnections)
+	return base
+}
+
+// chatOK sends one chat completion and fails unless it is answered 200 by
+// the upstream named want.
+func chatOK(t testing.TB, tr *Transport, want string) {
+	t.Helper()
+	code, body := chat(t, tr)
+	if code != 200 || !strings.Contains(body, fakeopenai.Reply(want)) {
+		t.Fatalf("got %d %q, want 200 from %s", code, body, want)
+	}
+}
+
+// startSignal is a base RoundTripper that closes started when its first
+// request begins, then passes every request to base.
+type startSignal struct {
+	base    http.RoundTripper
+	started chan struct{}
+	once    sync.Once
+}
+
+func (s *startSignal) RoundTrip(req *http.Request) (*http.Response, error) {
+	s.once.Do(func() { close(s.started) })
+	return s.base.RoundTrip(req)
+}
+
+// syncBuffer is an io.Writer safe for concurrent use, for a log handler.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// recorder is a base RoundTripper that records the requests it sees and
+// answers 200 "ok".
+type recorder struct {
+	mu   sync.Mutex
+	reqs []*http.Request
+}
+
+func (r *recorder) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.Body != nil {
+		_, _ = io.Copy(io.Discard, req.Body)
+		_ = req.Body.Close()
+	}
+	r.mu.Lock()
+	r.reqs = append(r.reqs, req)
+	r.mu.Unlock()
+	resp := reply(200, "ok")
+	resp.Request = req
+	return resp, nil
+}
+
+func (r *recorder) Requests() []*http.Request {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]*http.Request(nil), r.reqs...)
+}
+
+// statusScript answers each host with the status its list gives for the
+// n-th request (the last entry repeats); unknown hosts get 200.
+func statusScript(codes map[string][]int) func(*http.Request, int) (*http.Response, error) {
+	return func(req *http.Request, n int) (*http.Response, error) {
+		cs, ok := codes[strings.TrimSuffix(req.URL.Host, ".test")]
+		if !ok || len(cs) == 0 {
+			return reply(200, "ok"), nil
+		}
+		code := cs[min(n, len(cs))-1]
+		return reply(code, fmt.Sprintf(`{"status":%d}`, code)), nil
+	}
+}
+
+// 7. Circuit breaker.

@@ -63,9 +63,11 @@ type Endpoint struct {
 	Burst int
 
 	// Timeout bounds one attempt on this endpoint, from sending the request
-	// until the response headers arrive; it never cuts a response body or a
-	// stream. Zero means no per-attempt timeout (the caller's context still
-	// applies); negative is an error.
+	// until the response headers arrive (and, for a status of 400 or above,
+	// the read of the error body's first [Config].MaxErrorBody bytes,
+	// which decides whether to fail over). It never cuts a successful
+	// response body or a stream. Zero means no per-attempt timeout (the
+	// caller's context still applies); negative is an error.
 	Timeout time.Duration
 
 	// Disabled keeps the endpoint configured (in health and metrics) but

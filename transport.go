@@ -120,9 +120,8 @@ type Config struct {
 	// MaxErrorBody is how much of a response body with status 400 or above
 	// is read into memory, so that the classifier can inspect it and the
 	// connection is released while later attempts run. A longer error body
-	// returned to the caller keeps its remainder unread when it is the
-	// final response of its attempt, and is cut at this size when a later
-	// attempt ran. Zero means 1 MiB.
+	// reaches the caller whole when its attempt is the request's last, and
+	// cut at this size when a later attempt ran. Zero means 1 MiB.
 	MaxErrorBody int64
 }
 
@@ -319,10 +318,11 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		attempts = 1
 	}
 	var (
-		st    requestState
-		last  *http.Response // the last failed response, its body in memory
-		errs  []error        // why each attempt failed
-		cause error          // why the loop ended without a response to return
+		st         requestState
+		last       *http.Response // the last failed response
+		lastPrefix []byte         // the first MaxErrorBody bytes of its body
+		errs       []error        // why each attempt failed
+		cause      error          // why the loop ended without a response to return
 	)
 	for n := 1; n <= attempts; n++ {
 		e, done, err := t.choose(ctx, &st)
@@ -331,6 +331,11 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			break
 		}
 		t.flushTransitions(e)
+		if last != nil {
+			// Another attempt runs: hold the last failure in memory
+			// (bounded) and release its connection.
+			last = keepBody(last, lastPrefix)
+		}
 		rc, err := body.next()
 		if err != nil {
 			e.settle(done, errNotSent)
@@ -367,7 +372,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if resp != nil {
 			ae.StatusCode = resp.StatusCode
 			closeBody(last)
-			last = keepBody(resp, errBody)
+			last, lastPrefix = resp, errBody
 		}
 		errs = append(errs, ae)
 	}

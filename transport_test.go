@@ -1,18 +1,25 @@
 package failover
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/failover-go/failover/internal/fakeopenai"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // 1. Routing.
@@ -684,5 +691,1241 @@ func TestRetryDelayParsing(t *testing.T) {
 		if got != tc.want || ok != tc.wantOK {
 			t.Errorf("retryDelay(%v) = %v, %v; want %v, %v", tc.kv, got, ok, tc.want, tc.wantOK)
 		}
+	}
+}
+
+func TestBreakerOpensAfterConsecutiveFailures(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		threshold int
+		wantHits  int64
+	}{
+		{"default threshold", 0, 5},
+		{"threshold 2", 2, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := upstream(t, "a")
+			b := upstream(t, "b")
+			a.SetFault(fakeopenai.StatusFault(500))
+			tr, _ := newTestTransport(t, Config{
+				Endpoints:  []Endpoint{ep(a, 0), ep(b, 1)},
+				Breaker:    BreakerConfig{FailureThreshold: tc.threshold},
+				Registerer: prometheus.NewRegistry(),
+			})
+			for range 10 {
+				chatOK(t, tr, "b")
+			}
+			for name, want := range map[string]float64{"a": 2, "b": 0} {
+				if got := testutil.ToFloat64(tr.metrics.breaker.WithLabelValues(name)); got != want {
+					t.Errorf(`failover_breaker_state{endpoint=%q} = %v, want %v`, name, got, want)
+				}
+			}
+			if a.Hits() != tc.wantHits || b.Hits() != 10 {
+				t.Errorf("hits a=%d b=%d, want a=%d b=10", a.Hits(), b.Hits(), tc.wantHits)
+			}
+			if h := healthOf(t, tr, "a"); h.State != StateOpen {
+				t.Errorf("a is %v, want open", h.State)
+			}
+			if h := healthOf(t, tr, "b"); h.State != StateClosed {
+				t.Errorf("b is %v, want closed", h.State)
+			}
+		})
+	}
+}
+
+func TestBreakerHalfOpenTrial(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		halfOpen int
+		trial    fakeopenai.Fault
+	}{
+		{"success closes", 0, fakeopenai.Healthy()},
+		{"two successes close", 2, fakeopenai.Healthy()},
+		{"failure reopens", 0, fakeopenai.StatusFault(500)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := upstream(t, "a")
+			b := upstream(t, "b")
+			a.SetFault(fakeopenai.StatusFault(500))
+			tr, _ := newTestTransport(t, Config{
+				Endpoints: []Endpoint{ep(a, 0), ep(b, 1)},
+				Breaker:   BreakerConfig{FailureThreshold: 1, OpenTimeout: 200 * time.Millisecond, HalfOpenRequests: tc.halfOpen},
+			})
+			chatOK(t, tr, "b") // a fails once: open
+			for range 3 {
+				chatOK(t, tr, "b")
+			}
+			if a.Hits() != 1 {
+				t.Fatalf("open endpoint a got %d hits, want only the one that opened it", a.Hits())
+			}
+
+			waitState(t, tr, "a", StateHalfOpen)
+			a.SetFault(tc.trial)
+			if tc.trial.Kind != fakeopenai.KindHealthy {
+				chatOK(t, tr, "b")
+				if a.Hits() != 2 {
+					t.Fatalf("a got %d hits, want 2 (one trial)", a.Hits())
+				}
+				if s := healthOf(t, tr, "a").State; s == StateClosed {
+					t.Fatalf("a is %v after a failed trial, want open again", s)
+				}
+				chatOK(t, tr, "b")
+				if a.Hits() != 2 {
+					t.Fatalf("a got %d hits after its failed trial, want none more", a.Hits())
+				}
+				// It opened again for a new OpenTimeout: it turns
+				// half-open again, and a good trial then closes it.
+				waitState(t, tr, "a", StateHalfOpen)
+				a.SetFault(fakeopenai.Healthy())
+			}
+			trials := max(1, tc.halfOpen)
+			for i := range trials {
+				if s := healthOf(t, tr, "a").State; s != StateHalfOpen {
+					t.Fatalf("before trial %d a is %v, want half-open", i+1, s)
+				}
+				chatOK(t, tr, "a")
+			}
+			if s := healthOf(t, tr, "a").State; s != StateClosed {
+				t.Fatalf("a is %v after %d good trial(s), want closed", s, trials)
+			}
+			bHits := b.Hits()
+			for range 3 {
+				chatOK(t, tr, "a")
+			}
+			if b.Hits() != bHits {
+				t.Errorf("b got %d more hits after a closed, want traffic back on a", b.Hits()-bHits)
+			}
+		})
+	}
+}
+
+func TestBreakerKeyRejectionOpensAtOnce(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		fault fakeopenai.Fault
+	}{
+		{"401", fakeopenai.StatusFault(401)},
+		{"429 insufficient_quota", fakeopenai.InsufficientQuota()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := upstream(t, "a")
+			b := upstream(t, "b")
+			a.SetFault(tc.fault)
+			tr, _ := newTestTransport(t, Config{Endpoints: []Endpoint{ep(a, 0), ep(b, 1)}})
+			chatOK(t, tr, "b")
+			if s := healthOf(t, tr, "a").State; s != StateOpen {
+				t.Fatalf("a is %v after one rejection, want open", s)
+			}
+			for range 3 {
+				chatOK(t, tr, "b")
+			}
+			if a.Hits() != 1 {
+				t.Errorf("a got %d hits, want 1", a.Hits())
+			}
+		})
+	}
+
+	t.Run("plain 429 cools down, breaker untouched", func(t *testing.T) {
+		a := upstream(t, "a")
+		b := upstream(t, "b")
+		a.SetFault(fakeopenai.RateLimited("1"))
+		// A threshold of 1 would open the breaker at the first failure it
+		// counted.
+		tr, clk := newTestTransport(t, Config{
+			Endpoints: []Endpoint{ep(a, 0), ep(b, 1)},
+			Breaker:   BreakerConfig{FailureThreshold: 1},
+		})
+		for i := range 6 {
+			chatOK(t, tr, "b")
+			if s := healthOf(t, tr, "a").State; s != StateCoolingDown {
+				t.Fatalf("after 429 #%d a is %v, want cooling-down", i+1, s)
+			}
+			chatOK(t, tr, "b")
+			if a.Hits() != int64(i+1) {
+				t.Fatalf("a got %d hits while cooling down, want %d", a.Hits(), i+1)
+			}
+			clk.Advance(2 * time.Second)
+			if s := healthOf(t, tr, "a").State; s != StateClosed {
+				t.Fatalf("after its cooldown a is %v, want closed", s)
+			}
+		}
+	})
+}
+
+func TestBreakerCallerErrorsCountAsSuccess(t *testing.T) {
+	base := newScriptedBase(statusScript(map[string][]int{
+		"a": {500, 500, 500, 500, 400, 500, 500, 500, 500, 500},
+	}))
+	tr, _ := newTestTransport(t, Config{Base: base, Endpoints: []Endpoint{hostEndpoint("a", 0), hostEndpoint("b", 1)}})
+	for i := 1; i <= 9; i++ {
+		code, _ := chat(t, tr)
+		want := 200
+		if i == 5 {
+			want = 400
+		}
+		if code != want {
+			t.Fatalf("request %d: status %d, want %d", i, code, want)
+		}
+	}
+	h := healthOf(t, tr, "a")
+	if h.State != StateClosed {
+		t.Fatalf("a is %v after 4 failures, a 400 and 4 failures, want closed", h.State)
+	}
+	if h.ConsecutiveFailures != 4 || h.Failures != 8 || h.Requests != 9 {
+		t.Errorf("a: consecutive %d, failures %d, requests %d; want 4, 8, 9", h.ConsecutiveFailures, h.Failures, h.Requests)
+	}
+	// The fifth failure in a row opens it: the 400 did reset the count.
+	chat(t, tr)
+	if s := healthOf(t, tr, "a").State; s != StateOpen {
+		t.Errorf("a is %v after a fifth consecutive failure, want open", s)
+	}
+	if base.Hits("a.test") != 10 || base.Hits("b.test") != 9 {
+		t.Errorf("hits a=%d b=%d, want 10 and 9", base.Hits("a.test"), base.Hits("b.test"))
+	}
+}
+
+// 8. Per-attempt timeout and the caller's context.
+
+func TestAttemptTimeoutFailsOver(t *testing.T) {
+	a := upstream(t, "a")
+	b := upstream(t, "b")
+	a.SetFault(fakeopenai.Hang())
+	ea := ep(a, 0)
+	ea.Timeout = 100 * time.Millisecond
+	tr, _ := newTestTransport(t, Config{Endpoints: []Endpoint{ea, ep(b, 1)}})
+	chatOK(t, tr, "b")
+	if a.Hits() != 1 || b.Hits() != 1 {
+		t.Errorf("hits a=%d b=%d, want 1 each", a.Hits(), b.Hits())
+	}
+	h := healthOf(t, tr, "a")
+	if h.Failures != 1 || !strings.Contains(h.LastError, "100ms") || !strings.Contains(h.LastError, "response headers") {
+		t.Errorf("a: failures %d, last error %q; want 1 and a timeout after 100ms", h.Failures, h.LastError)
+	}
+}
+
+func TestAttemptTimeoutAllHanging(t *testing.T) {
+	a := upstream(t, "a")
+	b := upstream(t, "b")
+	var eps []Endpoint
+	for i, s := range []*fakeopenai.Server{a, b} {
+		s.SetFault(fakeopenai.Hang())
+		e := ep(s, i)
+		e.Timeout = 100 * time.Millisecond
+		eps = append(eps, e)
+	}
+	tr, _ := newTestTransport(t, Config{Endpoints: eps, MaxRetries: 1})
+	resp, err := tr.RoundTrip(chatRequest(t, context.Background(), clientBase, false))
+	if err == nil {
+		resp.Body.Close()
+		t.Fatalf("got status %d, want an error", resp.StatusCode)
+	}
+	if !errors.Is(err, ErrAttemptTimeout) {
+		t.Errorf("error %v does not match ErrAttemptTimeout", err)
+	}
+	var fe *Error
+	if !errors.As(err, &fe) || len(fe.Attempts) != 2 {
+		t.Fatalf("error %v: want an *Error with 2 attempts", err)
+	}
+	for i, ae := range fe.Attempts {
+		var a *AttemptError
+		if !errors.As(ae, &a) || !errors.Is(a, ErrAttemptTimeout) || a.Endpoint != eps[i].Name {
+			t.Errorf("attempt %d: %v, want a timeout on %s", i+1, ae, eps[i].Name)
+		}
+	}
+}
+
+func TestAttemptTimeoutDoesNotCutBody(t *testing.T) {
+	// Loose enough that the headers, sent at once, always beat it.
+	const timeout = 250 * time.Millisecond
+	for _, stream := range []bool{true, false} {
+		t.Run(fmt.Sprintf("stream=%v", stream), func(t *testing.T) {
+			a := upstream(t, "a")
+			// A stream has 6 events, a plain body 8 pieces: either
+			// lasts over 3×timeout.
+			a.SetFault(fakeopenai.SlowDrip(150 * time.Millisecond))
+			e := ep(a, 0)
+			e.Timeout = timeout
+			tr, _ := newTestTransport(t, Config{Endpoints: []Endpoint{e}})
+			start := time.Now()
+			code, body := roundTrip(t, tr, chatRequest(t, context.Background(), clientBase, stream))
+			if elapsed := time.Since(start); elapsed < 3*timeout {
+				t.Fatalf("the body took %v, want over %v for the test to mean anything", elapsed, 3*timeout)
+			}
+			complete := strings.Contains(body, fakeopenai.Reply("a"))
+			if stream {
+				complete = strings.Count(body, "data: ") == 6 && strings.HasSuffix(body, "data: [DONE]\n\n")
+			}
+			if code != 200 || !complete {
+				t.Errorf("got %d %q, want a's whole answer", code, body)
+			}
+			if a.Hits() != 1 {
+				t.Errorf("a got %d hits, want 1", a.Hits())
+			}
+			if h := healthOf(t, tr, "a"); h.Requests != 1 || h.Failures != 0 {
+				t.Errorf("a: %d attempts, %d failures (%s); want 1 and none", h.Requests, h.Failures, h.LastError)
+			}
+		})
+	}
+}
+
+func TestCallerContextEndsHangingAttempt(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		want error
+	}{
+		{"cancel", context.Canceled},
+		{"deadline", context.DeadlineExceeded},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := upstream(t, "a")
+			b := upstream(t, "b")
+			a.SetFault(fakeopenai.Hang())
+			sig := &startSignal{base: httpBase(t), started: make(chan struct{})}
+			tr, _ := newTestTransport(t, Config{Base: sig, Endpoints: []Endpoint{ep(a, 0), ep(b, 1)}})
+
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			if tc.want == context.DeadlineExceeded {
+				ctx, cancel = context.WithTimeout(ctx, 300*time.Millisecond)
+				defer cancel()
+			}
+			type result struct {
+				resp *http.Response
+				err  error
+			}
+			req := chatRequest(t, ctx, clientBase, false)
+			done := make(chan result, 1)
+			go func() {
+				resp, err := tr.RoundTrip(req)
+				done <- result{resp, err}
+			}()
+			select {
+			case <-sig.started:
+			case <-time.After(waitBound):
+				t.Fatal("no attempt started")
+			}
+			if tc.want == context.Canceled {
+				wctx, wcancel := context.WithTimeout(context.Background(), waitBound)
+				err := a.WaitHits(wctx, 1)
+				wcancel()
+				if err != nil {
+					t.Fatalf("the attempt did not reach a: %v", err)
+				}
+				cancel()
+			}
+			var r result
+			select {
+			case r = <-done:
+			case <-time.After(waitBound):
+				cancel()
+				<-done
+				t.Fatalf("RoundTrip still running %v after the context ended", waitBound)
+			}
+			if r.err == nil {
+				r.resp.Body.Close()
+				t.Fatalf("got status %d, want an error", r.resp.StatusCode)
+			}
+			if !errors.Is(r.err, tc.want) {
+				t.Errorf("error %v does not match %v", r.err, tc.want)
+			}
+			if b.Hits() != 0 {
+				t.Errorf("b got %d hits after the caller gave up, want 0", b.Hits())
+			}
+		})
+	}
+}
+
+// 9. Request and response bodies.
+
+func TestBodyReplayedWithGetBody(t *testing.T) {
+	var srvs []*fakeopenai.Server
+	var eps []Endpoint
+	for i, name := range []string{"a", "b", "c"} {
+		s := upstream(t, name)
+		if i < 2 {
+			s.SetFault(fakeopenai.StatusFault(500))
+		}
+		srvs = append(srvs, s)
+		eps = append(eps, ep(s, i))
+	}
+	tr, _ := newTestTransport(t, Config{Endpoints: eps})
+	req := chatRequest(t, context.Background(), clientBase, false)
+	if req.GetBody == nil {
+		t.Fatal("test request has no GetBody")
+	}
+	code, body := roundTrip(t, tr, req)
+	if code != 200 || !strings.Contains(body, fakeopenai.Reply("c")) {
+		t.Fatalf("got %d %q, want c's answer", code, body)
+	}
+	for _, s := range srvs {
+		got, ok := s.Last()
+		if !ok || string(got.Body) != chatBody(false) {
+			t.Errorf("%s saw body %q, want %q", s.Name(), got.Body, chatBody(false))
+		}
+	}
+}
+
+func TestBodyWithoutGetBodyClosedOnce(t *testing.T) {
+	const payload = `{"model":"gpt-test","messages":[{"role":"user","content":"replay me"}]}`
+	for _, tc := range []struct {
+		name      string
+		getBody   bool  // set a GetBody on the request
+		codes     []int // per endpoint a, b, c; 0 means disabled
+		wantCode  int   // 0: want ErrNoEndpointAvailable
+		wantSeenN int
+	}{
+		{"fails over twice", false, []int{500, 500, 200}, 200, 3},
+		{"first succeeds", false, []int{200, 200, 200}, 200, 1},
+		{"no endpoint available", false, []int{0, 0, 0}, 0, 0},
+		{"all fail", false, []int{500, 502, 503}, 503, 3},
+		{"with GetBody, fails over", true, []int{500, 500, 200}, 200, 3},
+		{"with GetBody, no endpoint available", true, []int{0, 0, 0}, 0, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			codes := map[string][]int{}
+			var eps []Endpoint
+			for i, name := range []string{"a", "b", "c"} {
+				e := hostEndpoint(name, i)
+				e.Disabled = tc.codes[i] == 0
+				codes[name] = []int{tc.codes[i]}
+				eps = append(eps, e)
+			}
+			base := newScriptedBase(statusScript(codes))
+			tr, _ := newTestTransport(t, Config{Base: base, Endpoints: eps, MaxRetries: 2})
+			body := &countingBody{r: strings.NewReader(payload)}
+			req := post(t, clientBase+"/chat/completions", body)
+			if tc.getBody {
+				req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader(payload)), nil }
+			} else if req.GetBody != nil {
+				t.Fatal("test request has a GetBody")
+			}
+			resp, err := tr.RoundTrip(req)
+			switch {
+			case tc.wantCode == 0:
+				if !errors.Is(err, ErrNoEndpointAvailable) {
+					t.Errorf("error %v, want ErrNoEndpointAvailable", err)
+				}
+			case err != nil:
+				t.Fatalf("RoundTrip: %v", err)
+			default:
+				if resp.StatusCode != tc.wantCode {
+					t.Errorf("status %d, want %d", resp.StatusCode, tc.wantCode)
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+			seen := base.Seen()
+			if len(seen) != tc.wantSeenN {
+				t.Errorf("%d attempts, want %d", len(seen), tc.wantSeenN)
+			}
+			for _, s := range seen {
+				if s.body != payload {
+					t.Errorf("%s saw body %q, want %q", s.host, s.body, payload)
+				}
+			}
+			if n := body.closes.Load(); n != 1 {
+				t.Errorf("caller's body closed %d times, want once", n)
+			}
+		})
+	}
+}
+
+func TestBodyAboveMaxBodyBufferSentOnce(t *testing.T) {
+	base := newScriptedBase(statusScript(map[string][]int{"a": {500}}))
+	tr, _ := newTestTransport(t, Config{Base: base, MaxBodyBuffer: 16,
+		Endpoints: []Endpoint{hostEndpoint("a", 0), hostEndpoint("b", 1)}})
+	payload := strings.Repeat("x", 100)
+	body := &countingBody{r: strings.NewReader(payload)}
+	resp, err := tr.RoundTrip(post(t, clientBase+"/chat/completions", body))
+	if err != nil {
+		t.Fatalf("RoundTrip: %v", err)
+	}
+	got, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 500 || string(got) != `{"status":500}` {
+		t.Errorf("got %d %q, want a's 500", resp.StatusCode, got)
+	}
+	if base.Hits("a.test") != 1 || base.Hits("b.test") != 0 {
+		t.Errorf("hits a=%d b=%d, want exactly one attempt, on a", base.Hits("a.test"), base.Hits("b.test"))
+	}
+	if seen := base.Seen(); len(seen) != 1 || seen[0].body != payload {
+		t.Errorf("upstream saw %+v, want the whole 100-byte body once", seen)
+	}
+	if n := body.closes.Load(); n != 1 {
+		t.Errorf("caller's body closed %d times, want once", n)
+	}
+}
+
+func TestDiscardedResponsesClosed(t *testing.T) {
+	base := newScriptedBase(statusScript(map[string][]int{"a": {500}, "b": {502}, "c": {200}}))
+	tr, _ := newTestTransport(t, Config{Base: base,
+		Endpoints: []Endpoint{hostEndpoint("a", 0), hostEndpoint("b", 1), hostEndpoint("c", 2)}})
+	resp, err := tr.RoundTrip(chatRequest(t, context.Background(), clientBase, false))
+	if err != nil {
+		t.Fatalf("RoundTrip: %v", err)
+	}
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d, want 200", resp.StatusCode)
+	}
+	if n := base.closed.Load(); n != 2 {
+		t.Errorf("%d response bodies closed before the caller's, want the 2 discarded", n)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if n := base.closed.Load(); n != 3 {
+		t.Errorf("%d response bodies closed in all, want 3", n)
+	}
+}
+
+func TestGetBodyFailsOnSecondAttempt(t *testing.T) {
+	base := newScriptedBase(statusScript(map[string][]int{"a": {500}}))
+	tr, _ := newTestTransport(t, Config{Base: base, Endpoints: []Endpoint{hostEndpoint("a", 0), hostEndpoint("b", 1)}})
+	errGetBody := errors.New("test: GetBody exploded")
+	body := &countingBody{r: strings.NewReader(chatBody(false))}
+	req := post(t, clientBase+"/chat/completions", body)
+	req.GetBody = func() (io.ReadCloser, error) { return nil, errGetBody }
+
+	type result struct {
+		resp  *http.Response
+		err   error
+		panic any
+	}
+	done := make(chan result, 1)
+	go func() {
+		var r result
+		defer func() {
+			r.panic = recover()
+			done <- r
+		}()
+		r.resp, r.err = tr.RoundTrip(req)
+	}()
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(waitBound):
+		t.Fatalf("RoundTrip still running after %v", waitBound)
+	}
+	if r.panic != nil {
+		t.Fatalf("RoundTrip panicked: %v", r.panic)
+	}
+	switch {
+	case r.err != nil:
+		if !errors.Is(r.err, errGetBody) {
+			t.Errorf("error %v does not wrap the GetBody error", r.err)
+		}
+	case r.resp.StatusCode != 500:
+		t.Errorf("status %d, want the first attempt's 500", r.resp.StatusCode)
+	}
+	if r.resp != nil {
+		r.resp.Body.Close()
+	}
+	if base.Hits("b.test") != 0 {
+		t.Errorf("b got %d hits without a body to send, want 0", base.Hits("b.test"))
+	}
+	if n := body.closes.Load(); n != 1 {
+		t.Errorf("caller's body closed %d times, want once", n)
+	}
+}
+
+// 10. Final failure.
+
+func TestAllFailReturnsLastResponse(t *testing.T) {
+	var eps []Endpoint
+	for i, name := range []string{"a", "b", "c"} {
+		s := upstream(t, name)
+		s.SetFault(fakeopenai.StatusFault(503).WithBody(`{"error":{"message":"overloaded `+name+`"}}`).WithHeader("X-Which", name))
+		eps = append(eps, ep(s, i))
+	}
+	tr, _ := newTestTransport(t, Config{Endpoints: eps, MaxRetries: 2})
+	resp, err := tr.RoundTrip(chatRequest(t, context.Background(), clientBase, false))
+	if err != nil {
+		t.Fatalf("RoundTrip: %v", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("reading body: %v", err)
+	}
+	if resp.StatusCode != 503 {
+		t.Errorf("status %d, want 503", resp.StatusCode)
+	}
+	if got := resp.Header.Get("X-Which"); got != "c" {
+		t.Errorf("X-Which %q, want the last endpoint's, c", got)
+	}
+	if got := resp.Header.Get("Content-Type"); got != "application/json" {
+		t.Errorf("Content-Type %q, want application/json", got)
+	}
+	if want := `{"error":{"message":"overloaded c"}}`; string(body) != want {
+		t.Errorf("body %q, want %q", body, want)
+	}
+}
+
+// TestFinalErrorBodyKeptWhole checks Config.MaxErrorBody's promise: an
+// error body longer than MaxErrorBody is cut only when a later attempt ran;
+// the response of the last attempt reaches the caller whole.
+func TestFinalErrorBodyKeptWhole(t *testing.T) {
+	long := `{"error":{"message":"` + strings.Repeat("x", 100) + `"}}`
+	for _, tc := range []struct {
+		name       string
+		codes      []int
+		maxRetries int
+		wantHits   []int64
+	}{
+		{"caller error", []int{400}, 0, []int64{1}},
+		{"only attempt fails", []int{500}, -1, []int64{1}},
+		{"last of two attempts fails", []int{503, 500}, 1, []int64{1, 1}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var srvs []*fakeopenai.Server
+			var eps []Endpoint
+			for i, code := range tc.codes {
+				s := upstream(t, fmt.Sprintf("e%d", i))
+				s.SetFault(fakeopenai.StatusFault(code).WithBody(long))
+				srvs = append(srvs, s)
+				eps = append(eps, ep(s, i))
+			}
+			tr, _ := newTestTransport(t, Config{Endpoints: eps, MaxRetries: tc.maxRetries, MaxErrorBody: 16})
+			code, body := roundTrip(t, tr, chatRequest(t, context.Background(), clientBase, false))
+			if want := tc.codes[len(tc.codes)-1]; code != want || body != long {
+				t.Errorf("got %d with a %d-byte body %q, want %d with the whole %d-byte body", code, len(body), body, want, len(long))
+			}
+			for i, s := range srvs {
+				if s.Hits() != tc.wantHits[i] {
+					t.Errorf("%s got %d hits, want %d", s.Name(), s.Hits(), tc.wantHits[i])
+				}
+			}
+		})
+	}
+}
+
+func TestAllRefuseError(t *testing.T) {
+	keys := []string{"sk-test-SECRET-1", "sk-test-SECRET-2"}
+	var eps []Endpoint
+	for i, name := range []string{"alpha", "beta"} {
+		s := upstream(t, name)
+		s.SetFault(fakeopenai.Refuse())
+		eps = append(eps, Endpoint{Name: name, BaseURL: s.URL(), APIKey: keys[i], Priority: i})
+	}
+	tr, _ := newTestTransport(t, Config{Endpoints: eps})
+	resp, err := tr.RoundTrip(chatRequest(t, context.Background(), clientBase, false))
+	if err == nil {
+		resp.Body.Close()
+		t.Fatalf("got status %d, want an error", resp.StatusCode)
+	}
+	var fe *Error
+	if !errors.As(err, &fe) {
+		t.Fatalf("error %T %v, want an *Error", err, err)
+	}
+	if !errors.Is(err, ErrAttemptsExhausted) {
+		t.Errorf("error %v does not match ErrAttemptsExhausted", err)
+	}
+	tried := map[string]bool{}
+	for i, a := range fe.Attempts {
+		var ae *AttemptError
+		if !errors.As(a, &ae) {
+			t.Fatalf("attempt %d: %T %v, want an *AttemptError", i+1, a, a)
+		}
+		if ae.Attempt != i+1 || ae.Err == nil || ae.StatusCode != 0 {
+			t.Errorf("attempt %d: %+v, want number %d with a transport error", i+1, ae, i+1)
+		}
+		tried[ae.Endpoint] = true
+	}
+	if len(fe.Attempts) != 4 || !tried["alpha"] || !tried["beta"] || len(tried) != 2 {
+		t.Errorf("attempts %v, want 4 on alpha and beta", fe.Attempts)
+	}
+	msg := err.Error()
+	for _, name := range []string{"alpha", "beta"} {
+		if !strings.Contains(msg, `"`+name+`"`) {
+			t.Errorf("message %q does not name %s", msg, name)
+		}
+	}
+	for _, h := range tr.Health() {
+		msg += "\n" + h.LastError
+	}
+	if strings.Contains(msg, "SECRET") {
+		t.Errorf("an API key leaked into the error or health: %q", msg)
+	}
+}
+
+func TestCallerDeadlineAfterFailedAttempts(t *testing.T) {
+	alpha := upstream(t, "alpha")
+	beta := upstream(t, "beta")
+	alpha.SetFault(fakeopenai.Refuse())
+	beta.SetFault(fakeopenai.Hang())
+	tr, _ := newTestTransport(t, Config{Endpoints: []Endpoint{ep(alpha, 0), ep(beta, 1)}})
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	resp, err := tr.RoundTrip(chatRequest(t, ctx, clientBase, false))
+	if err == nil {
+		resp.Body.Close()
+		t.Fatalf("got status %d, want an error", resp.StatusCode)
+	}
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("error %v does not match context.DeadlineExceeded", err)
+	}
+	var fe *Error
+	if !errors.As(err, &fe) || len(fe.Attempts) != 2 {
+		t.Fatalf("error %v: want an *Error with the refused and the cut attempt", err)
+	}
+	var first *AttemptError
+	if !errors.As(fe.Attempts[0], &first) || first.Endpoint != "alpha" || errors.Is(first, context.DeadlineExceeded) {
+		t.Errorf("first attempt %v, want alpha's refusal", fe.Attempts[0])
+	}
+}
+
+// 11. Streaming.
+
+func TestStreamingFirstChunkUnbuffered(t *testing.T) {
+	a := upstream(t, "a")
+	a.SetFault(fakeopenai.Refuse())
+
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = io.WriteString(w, "data: first\n\n")
+		_ = http.NewResponseController(w).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+			return
+		}
+		_, _ = io.WriteString(w, "data: [DONE]\n\n")
+	}))
+	t.Cleanup(srv.Close)
+	var releaseOnce sync.Once
+	unblock := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(unblock) // before srv.Close, which waits for the handler
+
+	tr, _ := newTestTransport(t, Config{Endpoints: []Endpoint{
+		ep(a, 0),
+		{Name: "stream", BaseURL: srv.URL + "/v1", APIKey: "key-stream", Priority: 1},
+	}})
+
+	// A buffering transport would wait for the upstream to finish, which
+	// it does only after the test reads the first chunk: the watchdog
+	// ends that deadlock, and the test fails.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var fired atomic.Bool
+	watchdog := time.AfterFunc(waitBound, func() { fired.Store(true); cancel() })
+	defer watchdog.Stop()
+
+	resp, err := tr.RoundTrip(chatRequest(t, ctx, clientBase, true))
+	if err != nil {
+		t.Fatalf("RoundTrip: %v", err)
+	}
+	defer resp.Body.Close()
+	r := bufio.NewReader(resp.Body)
+	line, err := r.ReadString('\n')
+	if fired.Load() {
+		t.Fatalf("the first chunk did not reach the caller within %v while the upstream was still streaming", waitBound)
+	}
+	if err != nil || line != "data: first\n" {
+		t.Fatalf("first line %q, %v; want %q", line, err, "data: first\n")
+	}
+	unblock()
+	rest, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatalf("reading the rest: %v", err)
+	}
+	if string(rest) != "\ndata: [DONE]\n\n" {
+		t.Errorf("rest of stream %q, want the blank line and [DONE]", rest)
+	}
+	if h := healthOf(t, tr, "a"); h.Requests != 1 || h.Failures != 1 {
+		t.Errorf("a: requests %d, failures %d; want the refused attempt first", h.Requests, h.Failures)
+	}
+}
+
+// 12. Concurrency.
+
+func TestConcurrentRequests(t *testing.T) {
+	refusing := upstream(t, "refusing")
+	flaky := upstream(t, "flaky", fakeopenai.WithSeed(42))
+	healthy := upstream(t, "healthy")
+	refusing.SetFault(fakeopenai.Refuse())
+	flaky.SetFault(fakeopenai.Random(0.3, fakeopenai.StatusFault(500)))
+	tr, _ := newTestTransport(t, Config{
+		Base:      httpBase(t),
+		Endpoints: []Endpoint{ep(refusing, 0), ep(flaky, 0), ep(healthy, 0)},
+	})
+
+	const goroutines, perG = 32, 25
+	var ok, failed atomic.Int64
+	var firstErr sync.Once
+	var wg sync.WaitGroup
+	for range goroutines {
+		wg.Go(func() {
+			for i := range perG {
+				if i%5 == 0 {
+					_ = tr.Health() // concurrently with requests, for the race detector
+				}
+				req, err := http.NewRequest(http.MethodPost, clientBase+"/chat/completions", strings.NewReader(chatBody(false)))
+				if err != nil {
+					panic(err)
+				}
+				resp, err := tr.RoundTrip(req)
+				if err != nil {
+					failed.Add(1)
+					firstErr.Do(func() { t.Errorf("RoundTrip: %v", err) })
+					continue
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					failed.Add(1)
+					firstErr.Do(func() { t.Errorf("status %d", resp.StatusCode) })
+					continue
+				}
+				ok.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if ok.Load() != goroutines*perG {
+		t.Errorf("%d of %d requests succeeded (%d failed)", ok.Load(), goroutines*perG, failed.Load())
+	}
+	if healthy.Hits() == 0 || flaky.Hits() == 0 || healthy.Hits()+flaky.Hits() < goroutines*perG {
+		t.Errorf("hits flaky=%d healthy=%d, want both used and at least %d in all", flaky.Hits(), healthy.Hits(), goroutines*perG)
+	}
+	var attempts uint64
+	for _, h := range tr.Health() {
+		attempts += h.Requests
+		if h.InFlight != 0 {
+			t.Errorf("%s: %d in flight after all requests ended", h.Name, h.InFlight)
+		}
+	}
+	if h := healthOf(t, tr, "flaky"); h.Requests != uint64(flaky.Hits()) {
+		t.Errorf("flaky: health counts %d requests, upstream saw %d", h.Requests, flaky.Hits())
+	}
+	if attempts < goroutines*perG {
+		t.Errorf("health counts %d attempts, want at least %d", attempts, goroutines*perG)
+	}
+}
+
+// 13. Metrics.
+
+func TestMetricsCountAttempts(t *testing.T) {
+	a := upstream(t, "a")
+	b := upstream(t, "b")
+	a.SetFault(fakeopenai.StatusFault(500))
+	reg := prometheus.NewRegistry()
+	tr, _ := newTestTransport(t, Config{
+		Registerer: reg,
+		Endpoints:  []Endpoint{ep(a, 0), ep(b, 1)},
+		Breaker:    BreakerConfig{FailureThreshold: 100},
+		MaxRetries: 1,
+	})
+	for range 3 {
+		chatOK(t, tr, "b")
+	}
+	a.SetFault(fakeopenai.Healthy())
+	for range 2 {
+		chatOK(t, tr, "a")
+	}
+	a.SetFault(fakeopenai.StatusFault(503))
+	b.SetFault(fakeopenai.StatusFault(500))
+	if code, _ := chat(t, tr); code != 500 {
+		t.Fatalf("status %d, want b's 500 when both fail", code)
+	}
+
+	for _, c := range []struct {
+		name string
+		got  prometheus.Collector
+		want float64
+	}{
+		{`failover_attempts_total{endpoint="a",outcome="500"}`, tr.metrics.attempts.WithLabelValues("a", "500"), 3},
+		{`failover_attempts_total{endpoint="a",outcome="200"}`, tr.metrics.attempts.WithLabelValues("a", "200"), 2},
+		{`failover_attempts_total{endpoint="b",outcome="200"}`, tr.metrics.attempts.WithLabelValues("b", "200"), 3},
+		{`failover_attempts_total{endpoint="a",outcome="503"}`, tr.metrics.attempts.WithLabelValues("a", "503"), 1},
+		{`failover_attempts_total{endpoint="b",outcome="500"}`, tr.metrics.attempts.WithLabelValues("b", "500"), 1},
+		{`failover_requests_failed_over_total`, tr.metrics.failedOver, 3},
+		{`failover_requests_exhausted_total`, tr.metrics.exhausted, 1},
+	} {
+		if got := testutil.ToFloat64(c.got); got != c.want {
+			t.Errorf("%s = %v, want %v", c.name, got, c.want)
+		}
+	}
+
+	problems, err := testutil.GatherAndLint(reg)
+	if err != nil {
+		t.Fatalf("lint: %v", err)
+	}
+	for _, p := range problems {
+		t.Errorf("lint: %s: %s", p.Metric, p.Text)
+	}
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := map[string]bool{}
+	for _, f := range families {
+		names[f.GetName()] = true
+	}
+	for _, want := range []string{"failover_attempts_total", "failover_attempt_duration_seconds",
+		"failover_breaker_state", "failover_requests_failed_over_total"} {
+		if !names[want] {
+			t.Errorf("%s not registered on the given registry", want)
+		}
+	}
+
+	global, err := prometheus.DefaultGatherer.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range global {
+		if strings.HasPrefix(f.GetName(), "failover_") {
+			t.Errorf("%s registered on the default registry", f.GetName())
+		}
+	}
+}
+
+// Validation in New.
+
+func TestNewValidation(t *testing.T) {
+	const key = "sk-test-SECRET-validation"
+	good := func(name string) Endpoint {
+		return Endpoint{Name: name, BaseURL: "https://" + name + ".test/v1", APIKey: key}
+	}
+	with := func(name string, f func(*Endpoint)) Endpoint {
+		e := good(name)
+		f(&e)
+		return e
+	}
+	for _, tc := range []struct {
+		name    string
+		cfg     Config
+		wantIs  error
+		wantIn  []string // substrings of the error
+		wantOut []string // never in the error (the key always)
+	}{
+		{name: "no endpoints", cfg: Config{}, wantIs: ErrNoEndpoints},
+		{name: "empty BaseURL", cfg: Config{Endpoints: []Endpoint{with("e1", func(e *Endpoint) { e.BaseURL = "" })}},
+			wantIn: []string{"BaseURL", `"e1"`}},
+		{name: "relative BaseURL", cfg: Config{Endpoints: []Endpoint{with("e1", func(e *Endpoint) { e.BaseURL = "/v1" })}},
+			wantIn: []string{"BaseURL", `"e1"`}},
+		{name: "ftp BaseURL", cfg: Config{Endpoints: []Endpoint{with("e1", func(e *Endpoint) { e.BaseURL = "ftp://e1.test/v1" })}},
+			wantIn: []string{"BaseURL", `"e1"`}},
+		{name: "userinfo BaseURL", cfg: Config{Endpoints: []Endpoint{with("e1", func(e *Endpoint) { e.BaseURL = "https://user:hunter2@e1.test/v1" })}},
+			wantIn: []string{"BaseURL", `"e1"`}, wantOut: []string{"hunter2"}},
+		{name: "unnamed endpoint by position", cfg: Config{Endpoints: []Endpoint{good("ok"), with("", func(e *Endpoint) { e.BaseURL = "nope" })}},
+			wantIn: []string{"BaseURL", "endpoint 1"}},
+		{name: "negative Weight", cfg: Config{Endpoints: []Endpoint{with("e1", func(e *Endpoint) { e.Weight = -1 })}},
+			wantIn: []string{"Weight", `"e1"`}},
+		{name: "negative MaxRPS", cfg: Config{Endpoints: []Endpoint{with("e1", func(e *Endpoint) { e.MaxRPS = -1 })}},
+			wantIn: []string{"MaxRPS", `"e1"`}},
+		{name: "NaN MaxRPS", cfg: Config{Endpoints: []Endpoint{with("e1", func(e *Endpoint) { e.MaxRPS = math.NaN() })}},
+			wantIn: []string{"MaxRPS", `"e1"`}},
+		{name: "infinite MaxRPS", cfg: Config{Endpoints: []Endpoint{with("e1", func(e *Endpoint) { e.MaxRPS = math.Inf(1) })}},
+			wantIn: []string{"MaxRPS", `"e1"`}},
+		{name: "negative Burst", cfg: Config{Endpoints: []Endpoint{with("e1", func(e *Endpoint) { e.MaxRPS, e.Burst = 1, -1 })}},
+			wantIn: []string{"Burst", `"e1"`}},
+		{name: "negative Timeout", cfg: Config{Endpoints: []Endpoint{with("e1", func(e *Endpoint) { e.Timeout = -time.Second })}},
+			wantIn: []string{"Timeout", `"e1"`}},
+		{name: "duplicate names", cfg: Config{Endpoints: []Endpoint{good("dup"), with("dup", func(e *Endpoint) { e.BaseURL = "https://other.test/v1" })}},
+			wantIn: []string{`"dup"`, "endpoint 1"}},
+		{name: "bad ClientBaseURLs entry", cfg: Config{Endpoints: []Endpoint{good("e1")}, ClientBaseURLs: []string{"https://ok.test/v1", "mailto:x"}},
+			wantIn: []string{"ClientBaseURLs[1]"}},
+		{name: "bad header name", cfg: Config{Endpoints: []Endpoint{with("e1", func(e *Endpoint) { e.Header = http.Header{"Bad Header": {"1"}} })}},
+			wantIn: []string{"Header", `"e1"`}},
+		{name: "header value with line break", cfg: Config{Endpoints: []Endpoint{with("e1", func(e *Endpoint) { e.Header = http.Header{"X-A": {"1\r\nX-B: 2"}} })}},
+			wantIn: []string{"Header", `"e1"`}},
+		{name: "key with line break", cfg: Config{Endpoints: []Endpoint{with("e1", func(e *Endpoint) { e.APIKey = key + "\nX-Evil: 1" })}},
+			wantIn: []string{"APIKey", `"e1"`}, wantOut: []string{"Evil"}},
+		{name: "negative breaker threshold", cfg: Config{Endpoints: []Endpoint{good("e1")}, Breaker: BreakerConfig{FailureThreshold: -1}},
+			wantIn: []string{"Breaker.FailureThreshold"}},
+		{name: "negative Cooldown", cfg: Config{Endpoints: []Endpoint{good("e1")}, Cooldown: -time.Second},
+			wantIn: []string{"Cooldown"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tr, err := New(tc.cfg)
+			if err == nil {
+				t.Fatalf("New succeeded (%d endpoints), want an error", len(tr.endpoints))
+			}
+			if tr != nil {
+				t.Errorf("New returned a Transport with its error")
+			}
+			if tc.wantIs != nil && !errors.Is(err, tc.wantIs) {
+				t.Errorf("error %v does not match %v", err, tc.wantIs)
+			}
+			msg := err.Error()
+			if !strings.HasPrefix(msg, "failover: ") {
+				t.Errorf("error %q lacks the failover: prefix", msg)
+			}
+			for _, s := range tc.wantIn {
+				if !strings.Contains(msg, s) {
+					t.Errorf("error %q does not mention %s", msg, s)
+				}
+			}
+			for _, s := range append([]string{"SECRET"}, tc.wantOut...) {
+				if strings.Contains(msg, s) {
+					t.Errorf("error %q contains %q", msg, s)
+				}
+			}
+		})
+	}
+}
+
+func TestNewDefaultNamesUnique(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		eps  []Endpoint
+		want []string
+	}{
+		{"same host twice", []Endpoint{
+			{BaseURL: "https://h.test/v1"}, {BaseURL: "https://H.test:443/v2"},
+		}, []string{"h.test", "h.test-2"}},
+		{"explicit name taken", []Endpoint{
+			{BaseURL: "https://h.test/v1"}, {Name: "h.test-2", BaseURL: "https://x.test/v1"}, {BaseURL: "https://h.test/v2"},
+		}, []string{"h.test", "h.test-2", "h.test-3"}},
+		{"explicit name equal to a host", []Endpoint{
+			{BaseURL: "https://h.test/v1"}, {Name: "h.test", BaseURL: "https://x.test/v1"},
+		}, []string{"h.test-2", "h.test"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tr, err := New(Config{Endpoints: tc.eps})
+			if err != nil {
+				t.Fatalf("New: %v", err)
+			}
+			var got []string
+			for _, h := range tr.Health() {
+				got = append(got, h.Name)
+			}
+			if strings.Join(got, " ") != strings.Join(tc.want, " ") {
+				t.Errorf("names %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+// Health.
+
+func TestHealthStates(t *testing.T) {
+	const secret = "sk-test-SECRET-health"
+	servers := map[string]fakeopenai.Fault{
+		"key":  fakeopenai.StatusFault(401),
+		"cool": fakeopenai.RateLimited("30"),
+		"ok":   fakeopenai.Healthy(),
+		"off":  fakeopenai.Healthy(),
+	}
+	var eps []Endpoint
+	for i, name := range []string{"key", "cool", "ok", "off"} {
+		s := upstream(t, name)
+		s.SetFault(servers[name])
+		e := ep(s, i)
+		e.APIKey = secret
+		e.Disabled = name == "off"
+		eps = append(eps, e)
+	}
+
+	t.Run("closed open cooling-down disabled", func(t *testing.T) {
+		tr, clk := newTestTransport(t, Config{Endpoints: eps})
+		chatOK(t, tr, "ok")
+		now := clk.Now()
+		for _, want := range []struct {
+			name                       string
+			state                      State
+			requests, failures, consec uint64
+			lastErr                    string
+		}{
+			{"key", StateOpen, 1, 1, 1, "401"},
+			{"cool", StateCoolingDown, 1, 1, 1, "429"},
+			{"ok", StateClosed, 1, 0, 0, ""},
+			{"off", StateDisabled, 0, 0, 0, ""},
+		} {
+			h := healthOf(t, tr, want.name)
+			if h.State != want.state || h.Requests != want.requests || h.Failures != want.failures || h.ConsecutiveFailures != want.consec {
+				t.Errorf("%s: %v, requests %d, failures %d, consecutive %d; want %v, %d, %d, %d", want.name,
+					h.State, h.Requests, h.Failures, h.ConsecutiveFailures, want.state, want.requests, want.failures, want.consec)
+			}
+			if (want.lastErr == "") != (h.LastError == "") || !strings.Contains(h.LastError, want.lastErr) {
+				t.Errorf("%s: last error %q, want one mentioning %q", want.name, h.LastError, want.lastErr)
+			}
+			if want.lastErr != "" && !h.LastErrorAt.Equal(now) {
+				t.Errorf("%s: last error at %v, want %v", want.name, h.LastErrorAt, now)
+			}
+			if strings.Contains(h.LastError, "SECRET") || strings.Contains(h.BaseURL, "SECRET") {
+				t.Errorf("%s: health carries the key: %+v", want.name, h)
+			}
+		}
+		if h := healthOf(t, tr, "cool"); !h.CooldownUntil.Equal(now.Add(30 * time.Second)) {
+			t.Errorf("cool: cooldown until %v, want %v", h.CooldownUntil, now.Add(30*time.Second))
+		}
+		clk.Advance(31 * time.Second)
+		if s := healthOf(t, tr, "cool").State; s != StateClosed {
+			t.Errorf("cool is %v after its cooldown, want closed", s)
+		}
+	})
+
+	t.Run("half-open", func(t *testing.T) {
+		tr, _ := newTestTransport(t, Config{Endpoints: eps, Breaker: BreakerConfig{OpenTimeout: 50 * time.Millisecond}})
+		chatOK(t, tr, "ok")
+		waitState(t, tr, "key", StateHalfOpen)
+	})
+}
+
+// WrapClient.
+
+func TestWrapClient(t *testing.T) {
+	cfg := func() Config { return Config{Endpoints: []Endpoint{hostEndpoint("up", 0)}} }
+
+	t.Run("client transport becomes Base", func(t *testing.T) {
+		rec := &recorder{}
+		orig := &http.Client{Transport: rec, Timeout: 7 * time.Second}
+		c, err := WrapClient(orig, cfg())
+		if err != nil {
+			t.Fatalf("WrapClient: %v", err)
+		}
+		if c == orig || orig.Transport != rec || orig.Timeout != 7*time.Second {
+			t.Fatalf("the original client was modified: %+v", orig)
+		}
+		if c.Timeout != 7*time.Second {
+			t.Errorf("timeout %v, want the original's 7s", c.Timeout)
+		}
+		if _, ok := c.Transport.(*Transport); !ok {
+			t.Fatalf("wrapped transport is %T, want *Transport", c.Transport)
+		}
+		resp, err := c.Get(clientBase + "/models")
+		if err != nil {
+			t.Fatalf("Get: %v", err)
+		}
+		resp.Body.Close()
+		reqs := rec.Requests()
+		if len(reqs) != 1 {
+			t.Fatalf("base saw %d requests, want 1", len(reqs))
+		}
+		if got := reqs[0]; got.URL.String() != "https://up.test/v1/models" || got.Header.Get("Authorization") != "Bearer key-up" {
+			t.Errorf("base saw %s with Authorization %q, want the rewritten request", got.URL, got.Header.Get("Authorization"))
+		}
+	})
+
+	t.Run("explicit Base wins", func(t *testing.T) {
+		own, explicit := &recorder{}, &recorder{}
+		conf := cfg()
+		conf.Base = explicit
+		c, err := WrapClient(&http.Client{Transport: own}, conf)
+		if err != nil {
+			t.Fatalf("WrapClient: %v", err)
+		}
+		resp, err := c.Get(clientBase + "/models")
+		if err != nil {
+			t.Fatalf("Get: %v", err)
+		}
+		resp.Body.Close()
+		if len(own.Requests()) != 0 || len(explicit.Requests()) != 1 {
+			t.Errorf("client's transport saw %d, cfg.Base %d; want 0 and 1", len(own.Requests()), len(explicit.Requests()))
+		}
+	})
+
+	t.Run("nil client", func(t *testing.T) {
+		s := upstream(t, "a")
+		t.Cleanup(http.DefaultTransport.(*http.Transport).CloseIdleConnections)
+		before := *http.DefaultClient
+		c, err := WrapClient(nil, Config{Endpoints: []Endpoint{ep(s, 0)}})
+		if err != nil {
+			t.Fatalf("WrapClient(nil): %v", err)
+		}
+		if c == http.DefaultClient || http.DefaultClient.Transport != before.Transport {
+			t.Fatal("http.DefaultClient was modified")
+		}
+		tr, ok := c.Transport.(*Transport)
+		if !ok || tr.base != http.DefaultTransport {
+			t.Fatalf("transport %T, want a *Transport over http.DefaultTransport", c.Transport)
+		}
+		resp, err := c.Post(clientBase+"/chat/completions", "application/json", strings.NewReader(chatBody(false)))
+		if err != nil {
+			t.Fatalf("Post: %v", err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.Contains(string(body), fakeopenai.Reply("a")) {
+			t.Errorf("got %d %q, want a's answer", resp.StatusCode, body)
+		}
+	})
+}
+
+// Logs.
+
+func TestLogsNeverCarryKeys(t *testing.T) {
+	var buf syncBuffer
+	logger := slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	faults := []struct {
+		name  string
+		fault fakeopenai.Fault
+	}{
+		{"refused", fakeopenai.Refuse()},
+		{"failing", fakeopenai.StatusFault(500)},
+		{"revoked", fakeopenai.StatusFault(401)},
+		{"limited", fakeopenai.RateLimited("2")},
+		{"hanging", fakeopenai.Hang()},
+		{"healthy", fakeopenai.Healthy()},
+	}
+	var eps []Endpoint
+	for i, f := range faults {
+		s := upstream(t, f.name)
+		s.SetFault(f.fault)
+		e := Endpoint{Name: f.name, BaseURL: s.URL(), APIKey: fmt.Sprintf("sk-test-SECRET-%d", i+1), Priority: i}
+		if f.name == "hanging" {
+			e.Timeout = 100 * time.Millisecond
+		}
+		eps = append(eps, e)
+	}
+	tr, _ := newTestTransport(t, Config{Endpoints: eps, Logger: logger, MaxRetries: 10, Breaker: BreakerConfig{FailureThreshold: 1}})
+	chatOK(t, tr, "healthy")
+
+	// And a request that fails everywhere, for the error path.
+	eps[len(eps)-1].Disabled = true
+	tr2, _ := newTestTransport(t, Config{Endpoints: eps, Logger: logger, MaxRetries: 10})
+	if resp, err := tr2.RoundTrip(chatRequest(t, context.Background(), clientBase, false)); err == nil {
+		resp.Body.Close()
+	} else if strings.Contains(err.Error(), "SECRET") {
+		t.Errorf("error carries a key: %v", err)
+	}
+
+	logs := buf.String()
+	var breaker, cooldown, failed bool
+	for _, line := range strings.Split(strings.TrimSpace(logs), "\n") {
+		l := strings.ToLower(line)
+		breaker = breaker || strings.Contains(l, "breaker")
+		cooldown = cooldown || strings.Contains(l, "cool")
+		failed = failed || strings.Contains(l, `"level":"debug"`)
+	}
+	if !breaker || !cooldown || !failed {
+		t.Errorf("logs lack a breaker change (%v), a cooldown (%v) or a debug line (%v):\n%s", breaker, cooldown, failed, logs)
+	}
+	if strings.Contains(logs, "SECRET") {
+		t.Errorf("logs carry a key:\n%s", logs)
+	}
+}
+
+// Classifier.
+
+func TestClassifierReplaceable(t *testing.T) {
+	notFoundFails := func(resp *http.Response, body []byte, err error) Verdict {
+		v := DefaultClassifier(resp, body, err)
+		if resp != nil && resp.StatusCode == http.StatusNotFound {
+			v.Outcome = OutcomeFailure
+		}
+		return v
+	}
+	for _, tc := range []struct {
+		name       string
+		classifier Classifier
+		wantCode   int
+		wantBHits  int64
+	}{
+		{"default returns 404", nil, 404, 0},
+		{"custom fails over on 404", notFoundFails, 200, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := upstream(t, "a")
+			b := upstream(t, "b")
+			a.SetFault(fakeopenai.StatusFault(404))
+			tr, _ := newTestTransport(t, Config{Endpoints: []Endpoint{ep(a, 0), ep(b, 1)}, Classifier: tc.classifier})
+			code, _ := chat(t, tr)
+			if code != tc.wantCode || a.Hits() != 1 || b.Hits() != tc.wantBHits {
+				t.Errorf("status %d, hits a=%d b=%d; want %d, 1, %d", code, a.Hits(), b.Hits(), tc.wantCode, tc.wantBHits)
+			}
+		})
 	}
 }
