@@ -310,17 +310,22 @@ func envEndpoint(n int, vals *[numEnvFields]string, key, base string) (Endpoint,
 			e.Priority = p
 		}
 	}
-	if v := vals[fieldWeight]; v != "" {
-		w, problem := parseEnvInt(v)
+	nonNegative := func(f envField, dst *int) {
+		v := vals[f]
+		if v == "" {
+			return
+		}
+		n, problem := parseEnvInt(v)
 		switch {
 		case problem != "":
-			fail(fieldWeight, "%s", problem)
-		case w < 0:
-			fail(fieldWeight, "%s is negative", quoteEnv(v))
+			fail(f, "%s", problem)
+		case n < 0:
+			fail(f, "%s is negative", quoteEnv(v))
 		default:
-			e.Weight = w
+			*dst = n
 		}
 	}
+	nonNegative(fieldWeight, &e.Weight)
 	if v := vals[fieldMaxRPS]; v != "" {
 		r, err := strconv.ParseFloat(v, 64)
 		switch {
@@ -334,17 +339,7 @@ func envEndpoint(n int, vals *[numEnvFields]string, key, base string) (Endpoint,
 			e.MaxRPS = r
 		}
 	}
-	if v := vals[fieldBurst]; v != "" {
-		b, problem := parseEnvInt(v)
-		switch {
-		case problem != "":
-			fail(fieldBurst, "%s", problem)
-		case b < 0:
-			fail(fieldBurst, "%s is negative", quoteEnv(v))
-		default:
-			e.Burst = b
-		}
-	}
+	nonNegative(fieldBurst, &e.Burst)
 	if v := vals[fieldTimeout]; v != "" {
 		if d, problem := parseEnvDuration(v); problem != "" {
 			fail(fieldTimeout, "%s", problem)
