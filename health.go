@@ -104,11 +104,11 @@ func (t *Transport) Health() []EndpointHealth {
 			Weight:              e.cfg.Weight,
 			State:               State(bs),
 			StateSince:          time.Unix(0, e.stateSince.Load()),
-			Requests:            e.stats.requests.Load(),
+			Requests:            e.hot.requests.Load(),
 			Failures:            e.stats.failures.Load(),
 			ConsecutiveFailures: e.stats.consecutive.Load(),
-			InFlight:            e.stats.inflight.Load(),
-			Latency:             time.Duration(math.Float64frombits(e.stats.latencyEWMA.Load()) * float64(time.Second)),
+			InFlight:            e.hot.inflight.Load(),
+			Latency:             time.Duration(math.Float64frombits(e.hot.latencyEWMA.Load()) * float64(time.Second)),
 			Tokens:              -1,
 		}
 		if le := e.stats.lastErr.Load(); le != nil {

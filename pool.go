@@ -128,16 +128,29 @@ type endpoint struct {
 
 	stats endpointStats
 	m     *endpointMetrics // nil when metrics are off
+
+	// hot is written by every attempt. It sits on cache lines of its own
+	// so that those writes, from every core, do not keep evicting the
+	// read-mostly fields above that every request reads.
+	_   [64]byte
+	hot hotStats
+	_   [64]byte
 }
 
-// endpointStats are the counters behind [EndpointHealth].
+// endpointStats are the counters behind [EndpointHealth] that change only
+// when an attempt fails (or a failure streak ends).
 type endpointStats struct {
-	requests    atomic.Uint64
 	failures    atomic.Uint64
 	consecutive atomic.Uint64
+	lastErr     atomic.Pointer[lastError]
+}
+
+// hotStats are the counters behind [EndpointHealth] that every attempt
+// writes.
+type hotStats struct {
+	requests    atomic.Uint64
 	inflight    atomic.Int64
 	latencyEWMA atomic.Uint64 // float64 bits, seconds
-	lastErr     atomic.Pointer[lastError]
 }
 
 type lastError struct {
@@ -148,7 +161,7 @@ type lastError struct {
 // latencyAlpha is the weight of the newest sample in the latency EWMA.
 const latencyAlpha = 0.2
 
-func (s *endpointStats) observeLatency(d time.Duration) {
+func (s *hotStats) observeLatency(d time.Duration) {
 	sample := d.Seconds()
 	for {
 		old := s.latencyEWMA.Load()
@@ -184,8 +197,9 @@ type tier struct {
 	priority int
 	members  []*endpoint
 	schedule []uint16 // member indexes in smooth weighted round robin order
+	_        [64]byte // next, written by every request, on a line of its own
 	next     atomic.Uint64
-	_        [56]byte // keep next off the cache line of the following tier
+	_        [56]byte
 }
 
 // maxSchedule bounds the length of a tier's schedule. Weights whose sum
@@ -549,15 +563,15 @@ func (t *Transport) flushTransitions(e *endpoint) {
 
 // beginAttempt and endAttempt bracket one attempt on e for its statistics.
 func (e *endpoint) beginAttempt() {
-	e.stats.requests.Add(1)
-	e.stats.inflight.Add(1)
+	e.hot.requests.Add(1)
+	e.hot.inflight.Add(1)
 	e.m.inflight(1)
 }
 
 func (e *endpoint) endAttempt(latency time.Duration) {
-	e.stats.inflight.Add(-1)
+	e.hot.inflight.Add(-1)
 	e.m.inflight(-1)
-	e.stats.observeLatency(latency)
+	e.hot.observeLatency(latency)
 	e.m.latency(latency)
 }
 
