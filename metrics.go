@@ -83,7 +83,7 @@ func newMetrics(reg prometheus.Registerer, eps []*endpoint) (*metrics, error) {
 		}, ep),
 		spillovers: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "failover_rate_limit_spillovers_total",
-			Help: "Requests passed on to another endpoint because this endpoint was at its rate limit.",
+			Help: "Requests that found this endpoint at its rate limit and went to another (or, when every endpoint was at its limit, waited).",
 		}, ep),
 		wait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "failover_wait_seconds",

@@ -251,10 +251,11 @@ func parseResetDuration(s string) (time.Duration, bool) {
 // requestState is what one request remembers across its attempts. It lives
 // on the request's stack; its sets allocate only past 64 endpoints.
 type requestState struct {
-	tried  bitset // tried in the current round
-	avoid  bitset // not to be tried again (x-should-retry: false)
-	rounds int    // backoff rounds made
-	waited time.Duration
+	tried   bitset // tried in the current round
+	avoid   bitset // not to be tried again (x-should-retry: false)
+	spilled bitset // found at their rate limit (counted in metrics once)
+	rounds  int    // backoff rounds made
+	waited  time.Duration
 }
 
 // bitset is a set of endpoint indexes.
@@ -409,7 +410,10 @@ func (t *Transport) pick(clock *lazyClock, st *requestState) (*endpoint, func(er
 				e.settle(done, errNotSent)
 				p.limited++
 				p.soonest(untilToken(e.limiter, clock.get()), waitRateLimit, false)
-				e.m.spilled()
+				if !st.spilled.has(e.index) {
+					st.spilled.add(e.index) // count each request once
+					e.m.spilled()
+				}
 				continue
 			}
 			return e, done, p

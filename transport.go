@@ -54,7 +54,7 @@ type Config struct {
 	//	failover_attempts_in_flight{endpoint}           gauge
 	//	failover_breaker_state{endpoint}                gauge: 0 closed, 1 half-open, 2 open
 	//	failover_cooldowns_total{endpoint}              counter: cooldowns started (429, Retry-After)
-	//	failover_rate_limit_spillovers_total{endpoint}  counter: requests passed on at this endpoint's limit
+	//	failover_rate_limit_spillovers_total{endpoint}  counter: requests that found it at its rate limit
 	//	failover_wait_seconds{reason}                   histogram: waits before an attempt, by
 	//	                                                rate_limit, cooldown or backoff
 	//	failover_requests_failed_over_total             counter: answered after a failed attempt

@@ -1,0 +1,153 @@
+package failover
+
+import (
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+)
+
+// metricValue gathers reg and returns the value of the sample of family
+// name whose labels are exactly labels: a counter's or gauge's value, or a
+// histogram's sample count.
+func metricValue(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			if !labelsEqual(m.GetLabel(), labels) {
+				continue
+			}
+			switch {
+			case m.Counter != nil:
+				return m.GetCounter().GetValue()
+			case m.Gauge != nil:
+				return m.GetGauge().GetValue()
+			case m.Histogram != nil:
+				return float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+		t.Fatalf("%s has no sample labelled %v", name, labels)
+	}
+	t.Fatalf("%s is not registered", name)
+	return 0
+}
+
+func labelsEqual(got []*dto.LabelPair, want map[string]string) bool {
+	if len(got) != len(want) {
+		return false
+	}
+	for _, p := range got {
+		if want[p.GetName()] != p.GetValue() {
+			return false
+		}
+	}
+	return true
+}
+
+func TestMetricsByNameAndValue(t *testing.T) {
+	script := func(req *http.Request, n int) (*http.Response, error) {
+		if req.URL.Host == "throttled.test" {
+			return reply(429, "busy", "Retry-After", "30"), nil
+		}
+		return reply(200, "ok"), nil
+	}
+	limited := hostEndpoint("limited", 0)
+	limited.MaxRPS, limited.Burst = 1, 1
+	reg := prometheus.NewRegistry()
+	tr, _ := newTestTransport(t, Config{
+		Base:       newScriptedBase(script),
+		Registerer: reg,
+		Endpoints:  []Endpoint{limited, hostEndpoint("throttled", 1), hostEndpoint("spare", 2)},
+	})
+	// 1: limited takes it. 2: limited is spent, throttled answers 429 and
+	// cools down, spare takes it. 3: limited spent, throttled cooling,
+	// spare takes it.
+	for range 3 {
+		if code, _ := chat(t, tr); code != 200 {
+			t.Fatalf("status %d, want 200", code)
+		}
+	}
+	ep := func(name string) map[string]string { return map[string]string{"endpoint": name} }
+	for _, c := range []struct {
+		name   string
+		labels map[string]string
+		want   float64
+	}{
+		{"failover_attempts_total", map[string]string{"endpoint": "limited", "outcome": "200"}, 1},
+		{"failover_attempts_total", map[string]string{"endpoint": "throttled", "outcome": "429"}, 1},
+		{"failover_attempts_total", map[string]string{"endpoint": "spare", "outcome": "200"}, 2},
+		{"failover_attempt_duration_seconds", ep("limited"), 1},
+		{"failover_attempt_duration_seconds", ep("spare"), 2},
+		{"failover_rate_limit_spillovers_total", ep("limited"), 2},
+		{"failover_cooldowns_total", ep("throttled"), 1},
+		{"failover_attempts_in_flight", ep("spare"), 0},
+		{"failover_breaker_state", ep("throttled"), 0},
+		{"failover_requests_failed_over_total", nil, 1},
+		{"failover_requests_exhausted_total", nil, 0},
+	} {
+		if got := metricValue(t, reg, c.name, c.labels); got != c.want {
+			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
+		}
+	}
+
+	// With its only endpoint spent, a request waits for the limiter's
+	// next token, and the wait is observed with its reason.
+	reg2 := prometheus.NewRegistry()
+	tr2, clk2 := newTestTransport(t, Config{Base: newScriptedBase(alwaysOK), Registerer: reg2, Endpoints: []Endpoint{limited}})
+	chat(t, tr2)
+	chat(t, tr2)
+	if s := clk2.Sleeps(); len(s) != 1 {
+		t.Fatalf("sleeps %v, want one wait for the limiter", s)
+	}
+	for reason, want := range map[string]float64{"rate_limit": 1, "cooldown": 0, "backoff": 0} {
+		if got := metricValue(t, reg2, "failover_wait_seconds", map[string]string{"reason": reason}); got != want {
+			t.Errorf("failover_wait_seconds{reason=%s} count = %v, want %v", reason, got, want)
+		}
+	}
+}
+
+func TestMetricsInFlightDuringAttempt(t *testing.T) {
+	release := make(chan struct{})
+	started := make(chan struct{})
+	base := roundTripFunc(func(req *http.Request) (*http.Response, error) {
+		close(started)
+		<-release
+		return reply(200, "ok"), nil
+	})
+	reg := prometheus.NewRegistry()
+	tr, _ := newTestTransport(t, Config{Base: base, Registerer: reg, Endpoints: []Endpoint{hostEndpoint("a", 0)}})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		chat(t, tr)
+	}()
+	select {
+	case <-started:
+	case <-time.After(waitBound):
+		t.Fatal("attempt never started")
+	}
+	inflight := metricValue(t, reg, "failover_attempts_in_flight", map[string]string{"endpoint": "a"})
+	health := healthOf(t, tr, "a").InFlight
+	close(release)
+	<-done
+	if inflight != 1 || health != 1 {
+		t.Fatalf("in flight during the attempt: metric %v, health %v; want 1 and 1", inflight, health)
+	}
+	if got := metricValue(t, reg, "failover_attempts_in_flight", map[string]string{"endpoint": "a"}); got != 0 {
+		t.Fatalf("in flight after the attempt = %v, want 0", got)
+	}
+}
+
+// roundTripFunc adapts a function to http.RoundTripper.
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(req *http.Request) (*http.Response, error) { return f(req) }
