@@ -7,8 +7,12 @@ import (
 	"io"
 	"log"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"syscall"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/failover-go/failover"
 	"github.com/failover-go/failover/internal/fakeopenai"
@@ -176,4 +180,58 @@ func ExampleError() {
 	// Output:
 	// attempt 1 on a: refused=true
 	// attempt 2 on b: refused=true
+}
+
+// A host application serves the transport's metrics and health next to its
+// own: /healthz answers 200 while an endpoint is eligible, 503 when none is.
+func ExampleTransport_HealthHandler() {
+	down := fakeopenai.New(fakeopenai.WithName("down"))
+	defer down.Close()
+	down.SetFault(fakeopenai.StatusFault(http.StatusUnauthorized))
+
+	reg := prometheus.NewRegistry()
+	transport, err := failover.New(failover.Config{
+		Endpoints:  []failover.Endpoint{{Name: "down", BaseURL: down.URL(), APIKey: "sk-revoked"}},
+		Registerer: reg,
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.Handle("/healthz", transport.HealthHandler())
+	admin := httptest.NewServer(mux)
+	defer admin.Close()
+
+	get := func(path string) (int, string) {
+		resp, err := http.Get(admin.URL + path)
+		if err != nil {
+			log.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	code, _ := get("/healthz")
+	fmt.Println("before:", code)
+
+	_, _ = chatCompletion(&http.Client{Transport: transport}) // the 401 opens the breaker
+
+	code, body := get("/healthz")
+	var report failover.HealthReport
+	if err := json.Unmarshal([]byte(body), &report); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("after:", code, report.Status, report.Endpoints[0].State)
+	_, metrics := get("/metrics")
+	for _, line := range strings.Split(metrics, "\n") {
+		if strings.HasPrefix(line, "failover_attempts_total") || strings.HasPrefix(line, "failover_breaker_state") {
+			fmt.Println(line)
+		}
+	}
+	// Output:
+	// before: 200
+	// after: 503 unavailable open
+	// failover_attempts_total{endpoint="down",outcome="401"} 1
+	// failover_breaker_state{endpoint="down"} 2
 }

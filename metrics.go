@@ -1,7 +1,9 @@
 package failover
 
 import (
+	"errors"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -35,24 +37,33 @@ const (
 
 var waitReasonNames = [waitReasons]string{"rate_limit", "cooldown", "backoff"}
 
-// commonCodes are the status codes whose attempt counters are resolved in
-// New; others are looked up when they first occur.
+// commonCodes are the status codes whose attempt counters are cached per
+// endpoint after their first use; others are looked up each time they occur.
 var commonCodes = [...]int{200, 201, 204, 400, 401, 403, 404, 408, 409, 413, 422, 429, 500, 502, 503, 504}
 
-// endpointMetrics are one endpoint's children, resolved once in New so that
-// the hot path does no label lookup. A nil *endpointMetrics is a no-op.
+// Slots of endpointMetrics.attempts past the common codes.
+const (
+	slotError = len(commonCodes) + iota
+	slotTimeout
+	numSlots
+)
+
+// endpointMetrics are one endpoint's children, resolved once (in New, or
+// for attempt outcomes at their first occurrence, so that no series exists
+// before its first event) so that the hot path does no label lookup. A nil
+// *endpointMetrics is a no-op.
 type endpointMetrics struct {
 	vec        *prometheus.CounterVec
 	name       string
-	byCode     [len(commonCodes)]prometheus.Counter
-	errors     prometheus.Counter
-	timeouts   prometheus.Counter
+	attempts   [numSlots]atomic.Pointer[counterRef]
 	duration   prometheus.Observer
 	inflights  prometheus.Gauge
 	state      prometheus.Gauge
 	cooldowns  prometheus.Counter
 	spillovers prometheus.Counter
 }
+
+type counterRef struct{ prometheus.Counter }
 
 func newMetrics(reg prometheus.Registerer, eps []*endpoint) (*metrics, error) {
 	if reg == nil {
@@ -118,16 +129,11 @@ func (m *metrics) forEndpoint(e *endpoint) *endpointMetrics {
 	em := &endpointMetrics{
 		vec:        m.attempts,
 		name:       e.name,
-		errors:     m.attempts.WithLabelValues(e.name, "error"),
-		timeouts:   m.attempts.WithLabelValues(e.name, "timeout"),
 		duration:   m.duration.WithLabelValues(e.name),
 		inflights:  m.inflight.WithLabelValues(e.name),
 		state:      m.breaker.WithLabelValues(e.name),
 		cooldowns:  m.cooldowns.WithLabelValues(e.name),
 		spillovers: m.spillovers.WithLabelValues(e.name),
-	}
-	for i, code := range commonCodes {
-		em.byCode[i] = m.attempts.WithLabelValues(e.name, statusLabel(code))
 	}
 	em.state.Set(float64(gobreaker.StateClosed))
 	return em
@@ -137,21 +143,38 @@ func (m *endpointMetrics) attempt(resp *http.Response, err error) {
 	if m == nil {
 		return
 	}
-	if resp != nil {
+	slot := slotError
+	switch {
+	case resp != nil:
+		slot = -1
 		for i, code := range commonCodes {
 			if code == resp.StatusCode {
-				m.byCode[i].Inc()
-				return
+				slot = i
+				break
 			}
 		}
-		m.vec.WithLabelValues(m.name, statusLabel(resp.StatusCode)).Inc()
-		return
+		if slot < 0 {
+			m.vec.WithLabelValues(m.name, statusLabel(resp.StatusCode)).Inc()
+			return
+		}
+	case errors.Is(err, ErrAttemptTimeout):
+		slot = slotTimeout
 	}
-	if outcomeLabel(nil, err) == "timeout" {
-		m.timeouts.Inc()
-	} else {
-		m.errors.Inc()
+	ref := m.attempts[slot].Load()
+	if ref == nil {
+		label := "error"
+		switch {
+		case slot < len(commonCodes):
+			label = statusLabel(commonCodes[slot])
+		case slot == slotTimeout:
+			label = "timeout"
+		}
+		// WithLabelValues returns the same child for the same labels, so
+		// two goroutines racing here store equal values.
+		ref = &counterRef{m.vec.WithLabelValues(m.name, label)}
+		m.attempts[slot].Store(ref)
 	}
+	ref.Inc()
 }
 
 func (m *endpointMetrics) latency(d time.Duration) {
