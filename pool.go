@@ -176,9 +176,8 @@ func (s *hotStats) observeLatency(d time.Duration) {
 	}
 }
 
-// eligibleAt reports whether the endpoint may be chosen at now as far as its
-// cheap atomic state tells (cooldown and open breaker); the breaker and the
-// limiter have the last word.
+// coolingUntil returns when e's cooldown ends (unix nanoseconds), or 0 when
+// it is not cooling down at now.
 func (e *endpoint) coolingUntil(now int64) int64 {
 	if until := e.cooldownUntil.Load(); until > now {
 		return until
@@ -186,6 +185,9 @@ func (e *endpoint) coolingUntil(now int64) int64 {
 	return 0
 }
 
+// openAt reports whether e's breaker is open and still refusing at now, as
+// far as the mirrored state tells without the breaker's lock; the breaker
+// itself has the last word.
 func (e *endpoint) openAt(now int64) bool {
 	return gobreaker.State(e.breakerState.Load()) == gobreaker.StateOpen && now < e.openUntil.Load()
 }
