@@ -145,7 +145,7 @@ func BenchmarkUnhappy(b *testing.B) {
 		tr := mustNew(b, Config{Base: cannedBase{}, Endpoints: eps})
 		openBreaker(b, tr.endpoints[0])
 		runRT(b, tr, url, false)
-		if got := tr.endpoints[0].hot.requests.Load(); got != 0 {
+		if got := tr.endpoints[0].hot.started.Load(); got != 0 {
 			b.Fatalf("the open endpoint got %d requests", got)
 		}
 	})
@@ -154,7 +154,7 @@ func BenchmarkUnhappy(b *testing.B) {
 		eps[0].MaxRPS, eps[0].Burst = 1e-9, 1
 		tr := mustNew(b, Config{Base: cannedBase{}, Endpoints: eps})
 		runRT(b, tr, url, false)
-		if got := tr.endpoints[0].hot.requests.Load(); got > 1 {
+		if got := tr.endpoints[0].hot.started.Load(); got > 1 {
 			b.Fatalf("the limited endpoint got %d requests", got)
 		}
 	})

@@ -104,10 +104,10 @@ func (t *Transport) Health() []EndpointHealth {
 			Weight:              e.cfg.Weight,
 			State:               State(bs),
 			StateSince:          time.Unix(0, e.stateSince.Load()),
-			Requests:            e.hot.requests.Load(),
+			Requests:            e.hot.started.Load(),
 			Failures:            e.stats.failures.Load(),
 			ConsecutiveFailures: e.stats.consecutive.Load(),
-			InFlight:            e.hot.inflight.Load(),
+			InFlight:            e.hot.inflight(),
 			Latency:             time.Duration(math.Float64frombits(e.hot.latencyEWMA.Load()) * float64(time.Second)),
 			Tokens:              -1,
 		}

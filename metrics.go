@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/sony/gobreaker/v2"
 )
 
 // metrics holds the collectors of one Transport. A nil *metrics (no
@@ -15,8 +14,6 @@ import (
 type metrics struct {
 	attempts   *prometheus.CounterVec
 	duration   *prometheus.HistogramVec
-	inflight   *prometheus.GaugeVec
-	breaker    *prometheus.GaugeVec
 	cooldowns  *prometheus.CounterVec
 	spillovers *prometheus.CounterVec
 	wait       *prometheus.HistogramVec
@@ -32,10 +29,11 @@ const (
 	waitRateLimit waitReason = iota
 	waitCooldown
 	waitBackoff
+	waitBreaker
 	waitReasons
 )
 
-var waitReasonNames = [waitReasons]string{"rate_limit", "cooldown", "backoff"}
+var waitReasonNames = [waitReasons]string{"rate_limit", "cooldown", "backoff", "breaker_open"}
 
 // commonCodes are the status codes whose attempt counters are cached per
 // endpoint after their first use; others are looked up each time they occur.
@@ -57,8 +55,6 @@ type endpointMetrics struct {
 	name       string
 	attempts   [numSlots]atomic.Pointer[counterRef]
 	duration   prometheus.Observer
-	inflights  prometheus.Gauge
-	state      prometheus.Gauge
 	cooldowns  prometheus.Counter
 	spillovers prometheus.Counter
 }
@@ -80,14 +76,6 @@ func newMetrics(reg prometheus.Registerer, eps []*endpoint) (*metrics, error) {
 			Help:    "Time from sending an attempt until its response headers arrived (or it failed).",
 			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
 		}, ep),
-		inflight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "failover_attempts_in_flight",
-			Help: "Attempts sent to each endpoint that have not yet received their response headers.",
-		}, ep),
-		breaker: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "failover_breaker_state",
-			Help: "Circuit breaker state of each endpoint: 0 closed, 1 half-open, 2 open.",
-		}, ep),
 		cooldowns: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "failover_cooldowns_total",
 			Help: "Cooldowns started on each endpoint after a 429 or a Retry-After.",
@@ -98,7 +86,7 @@ func newMetrics(reg prometheus.Registerer, eps []*endpoint) (*metrics, error) {
 		}, ep),
 		wait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "failover_wait_seconds",
-			Help:    "Time a request waited before an attempt, by reason: rate_limit, cooldown or backoff.",
+			Help:    "Time a request waited before an attempt, by reason: rate_limit, cooldown, breaker_open or backoff.",
 			Buckets: []float64{.001, .005, .01, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}, []string{"reason"}),
 		failedOver: prometheus.NewCounter(prometheus.CounterOpts{
@@ -110,7 +98,14 @@ func newMetrics(reg prometheus.Registerer, eps []*endpoint) (*metrics, error) {
 			Help: "Requests that ended without a successful attempt.",
 		}),
 	}
-	for _, c := range []prometheus.Collector{m.attempts, m.duration, m.inflight, m.breaker, m.cooldowns, m.spillovers, m.wait, m.failedOver, m.exhausted} {
+	state := &stateCollector{
+		endpoints: eps,
+		inflight: prometheus.NewDesc("failover_attempts_in_flight",
+			"Attempts sent to each endpoint that have not yet received their response headers.", ep, nil),
+		breaker: prometheus.NewDesc("failover_breaker_state",
+			"Circuit breaker state of each endpoint: 0 closed, 1 half-open, 2 open.", ep, nil),
+	}
+	for _, c := range []prometheus.Collector{m.attempts, m.duration, state, m.cooldowns, m.spillovers, m.wait, m.failedOver, m.exhausted} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -130,12 +125,9 @@ func (m *metrics) forEndpoint(e *endpoint) *endpointMetrics {
 		vec:        m.attempts,
 		name:       e.name,
 		duration:   m.duration.WithLabelValues(e.name),
-		inflights:  m.inflight.WithLabelValues(e.name),
-		state:      m.breaker.WithLabelValues(e.name),
 		cooldowns:  m.cooldowns.WithLabelValues(e.name),
 		spillovers: m.spillovers.WithLabelValues(e.name),
 	}
-	em.state.Set(float64(gobreaker.StateClosed))
 	return em
 }
 
@@ -183,18 +175,6 @@ func (m *endpointMetrics) latency(d time.Duration) {
 	}
 }
 
-func (m *endpointMetrics) inflight(delta float64) {
-	if m != nil {
-		m.inflights.Add(delta)
-	}
-}
-
-func (m *endpointMetrics) breakerState(s gobreaker.State) {
-	if m != nil {
-		m.state.Set(float64(s))
-	}
-}
-
 func (m *endpointMetrics) cooldown() {
 	if m != nil {
 		m.cooldowns.Inc()
@@ -222,5 +202,26 @@ func (m *metrics) requestDone(failedAttempts int, ok bool) {
 		m.exhausted.Inc()
 	case failedAttempts > 0:
 		m.failedOver.Inc()
+	}
+}
+
+// stateCollector reports the gauges that mirror endpoint state
+// (attempts in flight, breaker state) at scrape time, from the atomics the
+// transport keeps anyway: no gauge is written on the hot path.
+type stateCollector struct {
+	endpoints []*endpoint
+	inflight  *prometheus.Desc
+	breaker   *prometheus.Desc
+}
+
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.inflight
+	ch <- c.breaker
+}
+
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, e := range c.endpoints {
+		ch <- prometheus.MustNewConstMetric(c.inflight, prometheus.GaugeValue, float64(e.hot.inflight()), e.name)
+		ch <- prometheus.MustNewConstMetric(c.breaker, prometheus.GaugeValue, float64(e.breakerState.Load()), e.name)
 	}
 }

@@ -290,10 +290,11 @@ func (s *bitset) clear() {
 }
 
 // choose returns the endpoint for the next attempt, with the breaker's done
-// func that must be called exactly once. When no endpoint can take the
-// request now it waits, within MaxWait and the context, for the soonest to
-// become available (a rate limiter refilling, a cooldown ending) or, when
-// every eligible endpoint was tried, for a backoff before trying them again.
+// func to settle exactly once. When no endpoint can take the request now it
+// waits, within MaxWait and the context, for the soonest to become
+// available (a rate limiter refilling, a cooldown ending, an open breaker
+// letting a trial through) or, when every eligible endpoint was tried, for
+// a backoff before trying them again.
 func (t *Transport) choose(ctx context.Context, st *requestState) (*endpoint, func(error), error) {
 	for {
 		clock := lazyClock{now: t.now}
@@ -393,9 +394,12 @@ func (t *Transport) pick(clock *lazyClock, st *requestState) (*endpoint, func(er
 					continue
 				}
 			}
-			if gobreaker.State(e.breakerState.Load()) == gobreaker.StateOpen && e.openAt(clock.get().UnixNano()) {
-				p.open++
-				continue
+			if gobreaker.State(e.breakerState.Load()) == gobreaker.StateOpen {
+				if ns := clock.get().UnixNano(); e.openAt(ns) {
+					p.open++
+					p.soonest(time.Duration(e.openUntil.Load()-ns), waitBreaker, tried)
+					continue
+				}
 			}
 			if tried {
 				p.retryable = true
@@ -406,10 +410,10 @@ func (t *Transport) pick(clock *lazyClock, st *requestState) (*endpoint, func(er
 				p.open++
 				continue
 			}
-			if e.limiter != nil && !e.limiter.AllowN(clock.get(), 1) {
+			if e.limiter != nil && !e.allowRate(t.now) {
 				e.settle(done, errNotSent)
 				p.limited++
-				p.soonest(untilToken(e.limiter, clock.get()), waitRateLimit, false)
+				p.soonest(untilToken(e.limiter, t.now()), waitRateLimit, false)
 				if !st.spilled.has(e.index) {
 					st.spilled.add(e.index) // count each request once
 					e.m.spilled()

@@ -107,6 +107,7 @@ type endpoint struct {
 	timeout time.Duration
 
 	limiter *rate.Limiter // nil when unlimited
+	limMu   sync.Mutex    // orders clock readings given to limiter (allowRate)
 	breaker *gobreaker.TwoStepCircuitBreaker[struct{}]
 
 	// breakerState mirrors the breaker's state (set in OnStateChange) so
@@ -146,11 +147,18 @@ type endpointStats struct {
 }
 
 // hotStats are the counters behind [EndpointHealth] that every attempt
-// writes.
+// writes: started and finished attempts (in flight is their difference)
+// and the latency average.
 type hotStats struct {
-	requests    atomic.Uint64
-	inflight    atomic.Int64
+	started     atomic.Uint64
+	finished    atomic.Uint64
 	latencyEWMA atomic.Uint64 // float64 bits, seconds
+}
+
+// inflight returns the attempts started and not yet finished.
+func (s *hotStats) inflight() int64 {
+	finished := s.finished.Load() // before started, so never negative
+	return int64(s.started.Load() - finished)
 }
 
 type lastError struct {
@@ -190,6 +198,17 @@ func (e *endpoint) coolingUntil(now int64) int64 {
 // itself has the last word.
 func (e *endpoint) openAt(now int64) bool {
 	return gobreaker.State(e.breakerState.Load()) == gobreaker.StateOpen && now < e.openUntil.Load()
+}
+
+// allowRate takes a token from e's limiter if one is available now. The
+// clock is read under limMu: rate.Limiter counts time from the latest
+// instant it was given, so an instant older than one already given (a
+// goroutine descheduled between reading the clock and the limiter) would
+// hand out tokens twice. Only rate-limited endpoints pay for this lock.
+func (e *endpoint) allowRate(now func() time.Time) bool {
+	e.limMu.Lock()
+	defer e.limMu.Unlock()
+	return e.limiter.AllowN(now(), 1)
 }
 
 // tier is the eligible endpoints of one priority with their weighted
@@ -555,7 +574,6 @@ func (t *Transport) flushTransitions(e *endpoint) {
 	e.hasPending.Store(false)
 	e.pendingMu.Unlock()
 	for _, tr := range pending {
-		e.m.breakerState(tr.to)
 		if t.logger != nil {
 			t.logger.Warn("failover: circuit breaker state changed",
 				slog.String("endpoint", e.name), slog.String("from", tr.from.String()), slog.String("to", tr.to.String()))
@@ -565,14 +583,11 @@ func (t *Transport) flushTransitions(e *endpoint) {
 
 // beginAttempt and endAttempt bracket one attempt on e for its statistics.
 func (e *endpoint) beginAttempt() {
-	e.hot.requests.Add(1)
-	e.hot.inflight.Add(1)
-	e.m.inflight(1)
+	e.hot.started.Add(1)
 }
 
 func (e *endpoint) endAttempt(latency time.Duration) {
-	e.hot.inflight.Add(-1)
-	e.m.inflight(-1)
+	e.hot.finished.Add(1)
 	e.hot.observeLatency(latency)
 	e.m.latency(latency)
 }

@@ -56,7 +56,7 @@ type Config struct {
 	//	failover_cooldowns_total{endpoint}              counter: cooldowns started (429, Retry-After)
 	//	failover_rate_limit_spillovers_total{endpoint}  counter: requests that found it at its rate limit
 	//	failover_wait_seconds{reason}                   histogram: waits before an attempt, by
-	//	                                                rate_limit, cooldown or backoff
+	//	                                                rate_limit, cooldown, breaker_open or backoff
 	//	failover_requests_failed_over_total             counter: answered after a failed attempt
 	//	failover_requests_exhausted_total               counter: ended without a successful attempt
 	Registerer prometheus.Registerer
@@ -91,8 +91,9 @@ type Config struct {
 	BackoffMax time.Duration
 
 	// MaxWait bounds the total time one request spends waiting (in
-	// backoff, for a rate limiter, or for a cooldown to end); the request's
-	// context bounds it too. Zero means 10s; negative means never wait:
+	// backoff, for a rate limiter, for a cooldown to end, or for an open
+	// breaker to let a trial through); the request's context bounds it
+	// too. Zero means 10s; negative means never wait:
 	// when no endpoint can take a request at once, it ends at once.
 	MaxWait time.Duration
 

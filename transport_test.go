@@ -707,16 +707,17 @@ func TestBreakerOpensAfterConsecutiveFailures(t *testing.T) {
 			a := upstream(t, "a")
 			b := upstream(t, "b")
 			a.SetFault(fakeopenai.StatusFault(500))
+			reg := prometheus.NewRegistry()
 			tr, _ := newTestTransport(t, Config{
 				Endpoints:  []Endpoint{ep(a, 0), ep(b, 1)},
 				Breaker:    BreakerConfig{FailureThreshold: tc.threshold},
-				Registerer: prometheus.NewRegistry(),
+				Registerer: reg,
 			})
 			for range 10 {
 				chatOK(t, tr, "b")
 			}
 			for name, want := range map[string]float64{"a": 2, "b": 0} {
-				if got := testutil.ToFloat64(tr.metrics.breaker.WithLabelValues(name)); got != want {
+				if got := metricValue(t, reg, "failover_breaker_state", map[string]string{"endpoint": name}); got != want {
 					t.Errorf(`failover_breaker_state{endpoint=%q} = %v, want %v`, name, got, want)
 				}
 			}
