@@ -1,0 +1,451 @@
+package failover
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/failover-go/failover/internal/fakeopenai"
+)
+
+// Edge cases of the issue "Reliability under faults". Already covered in
+// transport_test.go, and not repeated here: a body above MaxBodyBuffer
+// (TestBodyAboveMaxBodyBufferSentOnce), GetBody failing on a later attempt
+// (TestGetBodyFailsOnSecondAttempt), every endpoint disabled, which New
+// accepts and whose requests fail with ErrNoEndpointAvailable, the
+// caller's body closed (TestBodyWithoutGetBodyClosedOnce, "no endpoint
+// available" with and without GetBody).
+
+// TestEdgeEarlyCloseDuringStream: a caller that closes the body of a stream
+// part-way through releases the upstream connection, leaves no goroutine
+// behind, and the transport serves later requests.
+func TestEdgeEarlyCloseDuringStream(t *testing.T) {
+	for _, timeout := range []time.Duration{0, 5 * time.Second} {
+		t.Run("timeout="+timeout.String(), func(t *testing.T) {
+			released := make(chan struct{})
+			var streams atomic.Int64
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				_, _ = io.Copy(io.Discard, r.Body)
+				if !strings.Contains(r.Header.Get("X-Test"), "stream-forever") {
+					_, _ = io.WriteString(w, `{"ok":true}`)
+					return
+				}
+				streams.Add(1)
+				w.Header().Set("Content-Type", "text/event-stream")
+				rc := http.NewResponseController(w)
+				tick := time.NewTicker(5 * time.Millisecond)
+				defer tick.Stop()
+				for {
+					// An endless stream: only the caller going away ends it.
+					if _, err := io.WriteString(w, "data: {\"chunk\":1}\n\n"); err != nil || rc.Flush() != nil {
+						close(released)
+						return
+					}
+					select {
+					case <-r.Context().Done():
+						close(released)
+						return
+					case <-tick.C:
+					}
+				}
+			}))
+			defer srv.Close()
+			base := &http.Transport{DisableCompression: true}
+			defer base.CloseIdleConnections()
+			tr, _ := newTestTransport(t, Config{Base: base, Endpoints: []Endpoint{
+				{Name: "s", BaseURL: srv.URL + "/v1", APIKey: "key-s", Timeout: timeout},
+			}})
+
+			req := chatRequest(t, context.Background(), clientBase, true)
+			req.Header.Set("X-Test", "stream-forever")
+			resp, err := tr.RoundTrip(req)
+			if err != nil {
+				t.Fatalf("RoundTrip: %v", err)
+			}
+			line, err := bufio.NewReader(resp.Body).ReadString('\n')
+			if err != nil || !strings.HasPrefix(line, "data: ") {
+				t.Fatalf("first line %q, %v", line, err)
+			}
+			if err := resp.Body.Close(); err != nil {
+				t.Errorf("closing the body early: %v", err)
+			}
+			select {
+			case <-released:
+			case <-time.After(waitBound):
+				t.Fatalf("the upstream still streams %v after the caller closed the body", waitBound)
+			}
+
+			// Later requests work, streaming or not.
+			code, body := roundTrip(t, tr, chatRequest(t, context.Background(), clientBase, false))
+			if code != 200 || body != `{"ok":true}` {
+				t.Errorf("later request: %d %q", code, body)
+			}
+			if h := healthOf(t, tr, "s"); h.InFlight != 0 || h.Failures != 0 || h.State != StateClosed {
+				t.Errorf("health after an early close: %+v, want nothing in flight and no failure", h)
+			}
+			if streams.Load() != 1 {
+				t.Errorf("upstream saw %d streams, want 1: a stream is never retried", streams.Load())
+			}
+
+			srv.Close()
+			base.CloseIdleConnections()
+			goleak.VerifyNone(t)
+		})
+	}
+}
+
+// TestEdgeTruncatedBody: an upstream that sends its headers (200, and for a
+// plain body a Content-Length) and then drops the connection part-way
+// through the body gives the caller a read error, never a short body that
+// reads as complete, and the request is not sent again once the headers
+// arrived.
+func TestEdgeTruncatedBody(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		stream  bool
+		timeout time.Duration
+	}{
+		{"plain", false, 0},
+		{"plain with timeout", false, 5 * time.Second},
+		{"stream", true, 0},
+		{"stream with timeout", true, 5 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := upstream(t, "a")
+			b := upstream(t, "b")
+			a.SetFault(fakeopenai.StreamCut(2))
+			ea := ep(a, 0)
+			ea.Timeout = tc.timeout
+			tr, _ := newTestTransport(t, Config{Endpoints: []Endpoint{ea, ep(b, 1)}})
+			resp, err := tr.RoundTrip(chatRequest(t, context.Background(), clientBase, tc.stream))
+			if err != nil {
+				t.Fatalf("RoundTrip: %v", err)
+			}
+			defer resp.Body.Close()
+			if resp.StatusCode != 200 || resp.Header.Get("X-Fake-Upstream") != "a" {
+				t.Fatalf("status %d from %q, want a's 200", resp.StatusCode, resp.Header.Get("X-Fake-Upstream"))
+			}
+			if !tc.stream && resp.ContentLength <= 0 {
+				t.Fatalf("Content-Length %d, want the declared length", resp.ContentLength)
+			}
+			body, err := io.ReadAll(resp.Body)
+			if err == nil {
+				t.Fatalf("read %d bytes of a cut body without error: %q", len(body), body)
+			}
+			if !errors.Is(err, io.ErrUnexpectedEOF) {
+				t.Errorf("read error %v, want io.ErrUnexpectedEOF", err)
+			}
+			if !tc.stream && int64(len(body)) >= resp.ContentLength {
+				t.Errorf("read %d of %d bytes, want a short read", len(body), resp.ContentLength)
+			}
+			if tc.stream && strings.Contains(string(body), "[DONE]") {
+				t.Errorf("cut stream carries [DONE]: %q", body)
+			}
+			if a.Hits() != 1 || b.Hits() != 0 {
+				t.Errorf("hits a=%d b=%d, want 1 and 0: nothing is retried once the headers arrived", a.Hits(), b.Hits())
+			}
+		})
+	}
+}
+
+// TestEdgeRedirectKeyStaysWithEndpoint: an endpoint that redirects to
+// another host does not send its key (nor its extra headers) there: the
+// client follows the redirect from the caller's request, and a URL under no
+// routed base passes to the base transport untouched.
+func TestEdgeRedirectKeyStaysWithEndpoint(t *testing.T) {
+	const key, headerKey = "sk-edge-SECRET-redirect", "azure-SECRET-redirect"
+	for _, code := range []int{http.StatusFound, http.StatusTemporaryRedirect, http.StatusPermanentRedirect} {
+		t.Run(http.StatusText(code), func(t *testing.T) {
+			type seen struct {
+				method, path string
+				header       http.Header
+				body         string
+			}
+			var (
+				mu     sync.Mutex
+				atEp   []seen
+				atDest []seen
+			)
+			record := func(list *[]seen, r *http.Request) {
+				b, _ := io.ReadAll(r.Body)
+				mu.Lock()
+				*list = append(*list, seen{r.Method, r.URL.Path, r.Header.Clone(), string(b)})
+				mu.Unlock()
+			}
+			dest := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				record(&atDest, r)
+				_, _ = io.WriteString(w, "redirected")
+			}))
+			t.Cleanup(dest.Close)
+			epSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				record(&atEp, r)
+				http.Redirect(w, r, dest.URL+"/elsewhere?x=1", code)
+			}))
+			t.Cleanup(epSrv.Close)
+			tr, _ := newTestTransport(t, Config{Base: httpBase(t), Endpoints: []Endpoint{{
+				Name: "a", BaseURL: epSrv.URL + "/v1", APIKey: key, Header: http.Header{"Api-Key": {headerKey}},
+			}}})
+			client := &http.Client{Transport: tr}
+
+			resp, err := client.Do(chatRequest(t, context.Background(), clientBase, false))
+			if err != nil {
+				t.Fatalf("Do: %v", err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || string(body) != "redirected" {
+				t.Fatalf("got %d %q, want the redirect target's answer", resp.StatusCode, body)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if len(atEp) != 1 || atEp[0].header.Get("Authorization") != "Bearer "+key || atEp[0].header.Get("Api-Key") != headerKey {
+				t.Fatalf("endpoint saw %d requests (%+v), want one with its key and header", len(atEp), atEp)
+			}
+			if len(atDest) != 1 {
+				t.Fatalf("redirect target saw %d requests, want 1", len(atDest))
+			}
+			d := atDest[0]
+			for k, vs := range d.header {
+				for _, v := range vs {
+					if strings.Contains(v, "SECRET") {
+						t.Errorf("redirect target received the endpoint's secret in %s: %q", k, v)
+					}
+				}
+			}
+			if d.path != "/elsewhere" {
+				t.Errorf("redirect target saw path %q, want /elsewhere untouched", d.path)
+			}
+			if code != http.StatusFound && (d.method != http.MethodPost || d.body != chatBody(false)) {
+				t.Errorf("redirect target saw %s with body %q, want the POST replayed", d.method, d.body)
+			}
+			if h := healthOf(t, tr, "a"); h.Requests != 1 || h.Failures != 0 {
+				t.Errorf("a: %d attempts, %d failures; want 1 and none (a redirect is an answer)", h.Requests, h.Failures)
+			}
+		})
+	}
+}
+
+// TestEdgeTimeoutShorterThanDial: an endpoint whose connection cannot be
+// established within its Timeout fails over to the next.
+func TestEdgeTimeoutShorterThanDial(t *testing.T) {
+	b := upstream(t, "b")
+	const slowAddr = "slow.test:80"
+	dialing := make(chan struct{}, 1)
+	dialReturned := make(chan struct{})
+	var d net.Dialer
+	base := &http.Transport{
+		DisableCompression: true,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if addr != slowAddr {
+				return d.DialContext(ctx, network, addr)
+			}
+			// A dial that never completes on its own: it ends only
+			// when its context does.
+			defer close(dialReturned)
+			dialing <- struct{}{}
+			<-ctx.Done()
+			return nil, ctx.Err()
+		},
+	}
+	t.Cleanup(base.CloseIdleConnections)
+	const timeout = 100 * time.Millisecond
+	tr, _ := newTestTransport(t, Config{Base: base, Endpoints: []Endpoint{
+		{Name: "slow", BaseURL: "http://" + slowAddr + "/v1", APIKey: "key-slow", Timeout: timeout},
+		ep(b, 1),
+	}})
+	start := time.Now()
+	chatOK(t, tr, "b")
+	if elapsed := time.Since(start); elapsed < timeout {
+		t.Errorf("answered after %v, before the slow endpoint's timeout %v", elapsed, timeout)
+	}
+	select {
+	case <-dialing:
+	default:
+		t.Fatal("the slow endpoint was never dialled")
+	}
+	h := healthOf(t, tr, "slow")
+	if h.Requests != 1 || h.Failures != 1 || !strings.Contains(h.LastError, "no response headers within "+timeout.String()) {
+		t.Errorf("slow: %d attempts, %d failures, last error %q; want one attempt timed out", h.Requests, h.Failures, h.LastError)
+	}
+	if b.Hits() != 1 {
+		t.Errorf("b hits %d, want 1", b.Hits())
+	}
+	// net/http lets a dial outlive the request that started it, for a
+	// later request to use; closing the idle connections ends it.
+	base.CloseIdleConnections()
+	select {
+	case <-dialReturned:
+	case <-time.After(waitBound):
+		t.Fatalf("the dial still runs %v after CloseIdleConnections", waitBound)
+	}
+	b.Close()
+	goleak.VerifyNone(t)
+}
+
+// TestEdgeConfigChangedAfterNew: changing the Config, its Endpoints, an
+// endpoint's Header map and the ClientBaseURLs slice after New changes
+// nothing the Transport does.
+func TestEdgeConfigChangedAfterNew(t *testing.T) {
+	rec := &recorder{}
+	cfg := Config{
+		Base:           rec,
+		ClientBaseURLs: []string{"https://client.example/v1"},
+		Endpoints: []Endpoint{{
+			Name: "a", BaseURL: "https://a.test/v1?api-version=1", APIKey: "key-a",
+			Header: http.Header{"X-Extra": {"one"}}, MaxRPS: 1000,
+		}},
+	}
+	tr, _ := newTestTransport(t, cfg)
+
+	e := &cfg.Endpoints[0]
+	e.Name = "mutated"
+	e.APIKey = "key-mutated"
+	e.BaseURL = "https://mutated.test/v9?api-version=9"
+	e.Header["X-Extra"][0] = "mutated"
+	e.Header.Set("X-Added", "1")
+	delete(e.Header, "X-Extra")
+	e.Disabled = true
+	e.MaxRPS = 0.001
+	cfg.ClientBaseURLs[0] = "https://mutated-client.example/v1"
+	cfg.ClientBaseURLs = append(cfg.ClientBaseURLs, "https://other.example/v1")
+	cfg.Endpoints = append(cfg.Endpoints, hostEndpoint("b", 0))
+
+	for range 3 {
+		code, _ := roundTrip(t, tr, chatRequest(t, context.Background(), "https://client.example/v1", false))
+		if code != 200 {
+			t.Fatalf("status %d", code)
+		}
+	}
+	code, _ := roundTrip(t, tr, chatRequest(t, context.Background(), "https://mutated-client.example/v1", false))
+	if code != 200 {
+		t.Fatalf("status %d", code)
+	}
+	reqs := rec.Requests()
+	if len(reqs) != 4 {
+		t.Fatalf("base saw %d requests, want 4", len(reqs))
+	}
+	for i, r := range reqs[:3] {
+		got := r.URL.String() + " auth=" + r.Header.Get("Authorization") + " extra=" + r.Header.Get("X-Extra") + " added=" + r.Header.Get("X-Added")
+		if want := "https://a.test/v1/chat/completions?api-version=1 auth=Bearer key-a extra=one added="; got != want {
+			t.Errorf("request %d went out as %q, want %q", i, got, want)
+		}
+	}
+	// The mutated client base was never configured: untouched, no key.
+	if r := reqs[3]; r.URL.String() != "https://mutated-client.example/v1/chat/completions" || r.Header.Get("Authorization") != "Bearer caller-token" {
+		t.Errorf("unrouted request went out as %s with Authorization %q, want it untouched", r.URL, r.Header.Get("Authorization"))
+	}
+	hs := tr.Health()
+	if len(hs) != 1 || hs[0].Name != "a" || hs[0].BaseURL != "https://a.test/v1" || hs[0].State != StateClosed || hs[0].Requests != 3 {
+		t.Errorf("health %+v, want endpoint a as configured, with 3 attempts", hs)
+	}
+}
+
+// TestEdgeRateLimitStalledPick: a request that reads the clock to choose
+// an endpoint and only then reaches the endpoint's rate limiter, after
+// other requests took tokens at later readings (a goroutine descheduled in
+// between, as happens under load), must not let the endpoint receive more
+// than its burst plus its rate allows over the time the clock covered.
+func TestEdgeRateLimitStalledPick(t *testing.T) {
+	base := newScriptedBase(alwaysOK)
+	a := hostEndpoint("a", 0)
+	a.MaxRPS, a.Burst = 10, 10
+	tr, clk := newTestTransport(t, Config{Base: base, Endpoints: []Endpoint{a, hostEndpoint("b", 1)}})
+	start := clk.Now()
+
+	// The clock stalls the first reading taken while armed: the reading
+	// is made, then its goroutine waits before using it.
+	var armed atomic.Bool
+	stalled := make(chan struct{})
+	release := make(chan struct{})
+	tr.now = func() time.Time {
+		now := clk.Now()
+		if armed.CompareAndSwap(true, false) {
+			close(stalled)
+			<-release
+		}
+		return now
+	}
+	send := func() error {
+		resp, err := tr.RoundTrip(chatRequest(t, context.Background(), clientBase, false))
+		if err != nil {
+			return err
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		return resp.Body.Close()
+	}
+	sendN := func(n int) {
+		t.Helper()
+		for range n {
+			if err := send(); err != nil {
+				t.Fatalf("RoundTrip: %v", err)
+			}
+		}
+	}
+
+	sendN(10) // a's whole burst, at start
+	clk.Advance(500 * time.Millisecond)
+	armed.Store(true)
+	stalledDone := make(chan error, 1)
+	go func() { stalledDone <- send() }() // reads start+500ms, then stalls
+	select {
+	case <-stalled:
+	case <-time.After(waitBound):
+		t.Fatal("the request never read the clock")
+	}
+	clk.Advance(500 * time.Millisecond)
+	// Meanwhile, at start+1s, others take 9 of the 10 tokens a has
+	// regained. (A transport that holds a lock across its reading makes
+	// them wait for the stalled one instead: then give up waiting.)
+	othersDone := make(chan error, 1)
+	go func() {
+		var err error
+		for range 9 {
+			if err = send(); err != nil {
+				break
+			}
+		}
+		othersDone <- err
+	}()
+	select {
+	case err := <-othersDone:
+		othersDone <- err
+	case <-time.After(500 * time.Millisecond):
+	}
+	close(release)
+	for _, ch := range []chan error{stalledDone, othersDone} {
+		select {
+		case err := <-ch:
+			if err != nil {
+				t.Fatalf("RoundTrip: %v", err)
+			}
+		case <-time.After(waitBound):
+			t.Fatal("a request never ended")
+		}
+	}
+	sendN(10) // still at start+1s: a has at most what remains, b the rest
+
+	// Every reading of the clock lies in [start, start+1s]: a may have
+	// received at most its burst plus one second at its rate.
+	if elapsed := clk.Now().Sub(start); elapsed != time.Second {
+		t.Fatalf("clock moved %v, want 1s", elapsed)
+	}
+	limit := a.Burst + int(a.MaxRPS)
+	if got := base.Hits("a.test"); got > limit {
+		t.Errorf("a received %d requests within 1s of the transport's clock, more than burst %d + %v rps allow (%d)",
+			got, a.Burst, a.MaxRPS, limit)
+	}
+	if got := base.Hits("a.test") + base.Hits("b.test"); got != 30 {
+		t.Errorf("%d attempts in all, want 30", got)
+	}
+}
