@@ -1,0 +1,515 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/failover-go/failover/internal/fakeopenai"
+	"github.com/failover-go/failover/internal/proxy"
+)
+
+// twoEndpoints is the environment of two numbered endpoints: first
+// (preferred) and second, under the path prefix /proxy/v1.
+func twoEndpoints(first, second *fakeopenai.Server) []string {
+	return []string{
+		"OPENAI_BASE_URL_1=" + first.URL(),
+		"OPENAI_API_KEY_1=" + firstKey,
+		"OPENAI_NAME_1=first",
+		"OPENAI_BASE_URL_2=" + second.URL(),
+		"OPENAI_API_KEY_2=" + secondKey,
+		"OPENAI_NAME_2=second",
+	}
+}
+
+// openAIError is the error body the OpenAI API (and the proxy) sends.
+type openAIError struct {
+	Error struct {
+		Message string `json:"message"`
+		Type    string `json:"type"`
+		Code    string `json:"code"`
+	} `json:"error"`
+}
+
+// checkOpenAIError checks that resp has status and an OpenAI-format error
+// body with code.
+func checkOpenAIError(t *testing.T, resp *http.Response, status int, code string) {
+	t.Helper()
+	body := readAll(t, resp)
+	if resp.StatusCode != status {
+		t.Fatalf("status %d, want %d; body %s", resp.StatusCode, status, body)
+	}
+	var e openAIError
+	if err := json.Unmarshal([]byte(body), &e); err != nil || e.Error.Message == "" {
+		t.Fatalf("body %q is not an OpenAI error (%v)", body, err)
+	}
+	if e.Error.Code != code {
+		t.Errorf("error code %q, want %q", e.Error.Code, code)
+	}
+}
+
+// checkAuthorization checks the Authorization header an upstream saw.
+func checkAuthorization(t *testing.T, who string, r fakeopenai.Request, want []string) {
+	t.Helper()
+	if got := r.Header.Values("Authorization"); !slices.Equal(got, want) {
+		t.Errorf("%s saw Authorization %q, want %q", who, got, want)
+	}
+}
+
+func TestProxyFailsOver(t *testing.T) {
+	first := startUpstream(t, fakeopenai.WithName("first"))
+	second := startUpstream(t, fakeopenai.WithName("second"), fakeopenai.WithPrefix("/proxy/v1"))
+	first.SetFault(fakeopenai.Refuse())
+	p := startProxy(t, twoEndpoints(first, second))
+
+	resp := post(t, newClient(t), p.url+"/v1/chat/completions?trace=1", clientToken, chatBody)
+	body := readAll(t, resp)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d: %s", resp.StatusCode, body)
+	}
+	if !strings.Contains(body, fakeopenai.Reply("second")) {
+		t.Errorf("reply %s does not name the second upstream", body)
+	}
+	if got := first.Hits(); got != 0 {
+		t.Errorf("the refusing upstream got %d request(s)", got)
+	}
+	last, ok := second.Last()
+	if !ok {
+		t.Fatal("the second upstream got no request")
+	}
+	if last.Path != "/proxy/v1/chat/completions" || last.RawQuery != "trace=1" {
+		t.Errorf("second upstream saw %s?%s, want /proxy/v1/chat/completions?trace=1", last.Path, last.RawQuery)
+	}
+	if string(last.Body) != chatBody {
+		t.Errorf("second upstream saw body %q, want %q", last.Body, chatBody)
+	}
+	checkAuthorization(t, "second upstream", last, []string{"Bearer " + secondKey})
+}
+
+// TestProxyNeverForwardsClientToken sends a client token through the proxy
+// to an endpoint with a key (which replaces the token) and to one without
+// (which then gets no Authorization at all).
+func TestProxyNeverForwardsClientToken(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		key  string
+		want []string
+	}{
+		{"endpoint key", firstKey, []string{"Bearer " + firstKey}},
+		{"no endpoint key", "", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			up := startUpstream(t, fakeopenai.WithName("up"))
+			env := []string{"OPENAI_BASE_URL_1=" + up.URL()}
+			if tc.key != "" {
+				env = append(env, "OPENAI_API_KEY_1="+tc.key)
+			}
+			p := startProxy(t, env)
+			resp := post(t, newClient(t), p.url+"/v1/chat/completions", clientToken, chatBody)
+			if body := readAll(t, resp); resp.StatusCode != http.StatusOK {
+				t.Fatalf("status %d: %s", resp.StatusCode, body)
+			}
+			last, _ := up.Last()
+			checkAuthorization(t, "the upstream", last, tc.want)
+			for k, vs := range last.Header {
+				if strings.Contains(strings.Join(vs, " "), clientToken) {
+					t.Errorf("the upstream saw the client's token in %s", k)
+				}
+			}
+		})
+	}
+}
+
+func TestProxyKey(t *testing.T) {
+	up := startUpstream(t, fakeopenai.WithName("up"))
+	p := startProxy(t, []string{
+		"OPENAI_BASE_URL_1=" + up.URL(),
+		"OPENAI_API_KEY_1=" + firstKey,
+		"FAILOVER_PROXY_KEY=" + proxyKey,
+	})
+	c := newClient(t)
+	for _, token := range []string{"", "wrong-key", proxyKey + "x", strings.TrimSuffix(proxyKey, "d")} {
+		resp := post(t, c, p.url+"/v1/chat/completions", token, chatBody)
+		checkOpenAIError(t, resp, http.StatusUnauthorized, "invalid_api_key")
+		if got := resp.Header.Get("WWW-Authenticate"); !strings.HasPrefix(got, "Bearer") {
+			t.Errorf("401 with WWW-Authenticate %q", got)
+		}
+	}
+	if got := up.Hits(); got != 0 {
+		t.Fatalf("the upstream got %d request(s) without the proxy key", got)
+	}
+
+	resp := post(t, c, p.url+"/v1/chat/completions", proxyKey, chatBody)
+	if body := readAll(t, resp); resp.StatusCode != http.StatusOK {
+		t.Fatalf("with the proxy key: status %d: %s", resp.StatusCode, body)
+	}
+	last, _ := up.Last()
+	checkAuthorization(t, "the upstream", last, []string{"Bearer " + firstKey})
+}
+
+// blockingStream is an upstream that answers a chat completion with one
+// SSE event, flushed, then waits for release before sending the rest: a
+// client can see the first event through the proxy only if the proxy does
+// not buffer.
+type blockingStream struct {
+	srv      *httptest.Server
+	release  chan struct{}
+	once     sync.Once
+	sawAuth  chan []string
+	started  chan struct{}
+	startOne sync.Once
+}
+
+const (
+	firstEvent = `data: {"choices":[{"delta":{"content":"first"}}]}`
+	restEvents = "data: {\"choices\":[{\"delta\":{\"content\":\"second\"}}]}\n\ndata: [DONE]\n\n"
+)
+
+func newBlockingStream(t *testing.T) *blockingStream {
+	t.Helper()
+	b := &blockingStream{release: make(chan struct{}), sawAuth: make(chan []string, 1), started: make(chan struct{})}
+	b.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case b.sawAuth <- r.Header.Values("Authorization"):
+		default:
+		}
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(http.StatusOK)
+		fmt.Fprintf(w, "%s\n\n", firstEvent)
+		_ = http.NewResponseController(w).Flush()
+		b.startOne.Do(func() { close(b.started) })
+		select {
+		case <-b.release:
+		case <-r.Context().Done():
+			return
+		}
+		fmt.Fprint(w, restEvents)
+	}))
+	// Closed after the proxy stops (cleanups run last first): release the
+	// handler, then close the server.
+	t.Cleanup(b.srv.Close)
+	t.Cleanup(b.Release)
+	return b
+}
+
+// Release lets the handler send the rest of the stream.
+func (b *blockingStream) Release() { b.once.Do(func() { close(b.release) }) }
+
+// readEvent reads lines up to the next non-empty one.
+func readEvent(t *testing.T, r *bufio.Reader) string {
+	t.Helper()
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatalf("reading the stream: %v (got %q)", err, line)
+		}
+		if line = strings.TrimRight(line, "\r\n"); line != "" {
+			return line
+		}
+	}
+}
+
+func TestProxyStreamsChunkByChunk(t *testing.T) {
+	up := newBlockingStream(t)
+	p := startProxy(t, []string{"OPENAI_BASE_URL_1=" + up.srv.URL + "/v1", "OPENAI_API_KEY_1=" + firstKey})
+
+	resp := post(t, newClient(t), p.url+"/v1/chat/completions", clientToken, streamBody)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	if ct := resp.Header.Get("Content-Type"); ct != "text/event-stream" {
+		t.Errorf("Content-Type %q", ct)
+	}
+	r := bufio.NewReader(resp.Body)
+	// The upstream holds the rest back until this first event has come
+	// through the proxy: had the proxy buffered, this read would block.
+	if got := readEvent(t, r); got != firstEvent {
+		t.Fatalf("first event %q, want %q", got, firstEvent)
+	}
+	up.Release()
+	rest, err := r.ReadString(0)
+	if !strings.Contains(rest, `"second"`) || !strings.HasSuffix(rest, "data: [DONE]\n\n") {
+		t.Errorf("rest of the stream %q (%v), want the second event and [DONE]", rest, err)
+	}
+	if got := <-up.sawAuth; !slices.Equal(got, []string{"Bearer " + firstKey}) {
+		t.Errorf("the upstream saw Authorization %q", got)
+	}
+}
+
+var drainingRE = regexp.MustCompile(`stopped accepting connections`)
+
+func TestProxyShutdownCompletesStream(t *testing.T) {
+	up := newBlockingStream(t)
+	p := startProxy(t, []string{"OPENAI_BASE_URL_1=" + up.srv.URL + "/v1"})
+
+	resp := post(t, newClient(t), p.url+"/v1/chat/completions", "", streamBody)
+	r := bufio.NewReader(resp.Body)
+	if got := readEvent(t, r); got != firstEvent {
+		t.Fatalf("first event %q, want %q", got, firstEvent)
+	}
+
+	p.stop() // SIGINT
+	p.logs.waitFor(t, drainingRE, p.exited)
+	if c, err := net.Dial("tcp", strings.TrimPrefix(p.url, "http://")); err == nil {
+		c.Close()
+		t.Error("the proxy still accepts connections while shutting down")
+	}
+	select {
+	case code := <-p.exited:
+		t.Fatalf("the proxy exited (%d) with a stream in flight", code)
+	default:
+	}
+
+	up.Release()
+	rest, err := r.ReadString(0)
+	if !strings.HasSuffix(rest, "data: [DONE]\n\n") {
+		t.Errorf("the stream in flight ended with %q (%v), want the rest and [DONE]", rest, err)
+	}
+	if code := p.wait(t); code != exitOK {
+		t.Errorf("exit code %d after a graceful shutdown; output:\n%s", code, p.logs)
+	}
+	if !strings.Contains(p.logs.String(), "msg=\"shut down\"") {
+		t.Errorf("no \"shut down\" in the output:\n%s", p.logs)
+	}
+}
+
+func TestProxyAdmin(t *testing.T) {
+	up := startUpstream(t, fakeopenai.WithName("up"))
+	env := []string{"OPENAI_BASE_URL_1=" + up.URL(), "OPENAI_API_KEY_1=" + firstKey, "OPENAI_NAME_1=up", "FAILOVER_PROXY_KEY=" + proxyKey}
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"same listener", nil},
+		{"admin listener", []string{"-admin-listen", "127.0.0.1:0"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := startProxy(t, env, tc.args...)
+			c := newClient(t)
+			if resp := post(t, c, p.url+"/v1/chat/completions", proxyKey, chatBody); resp.StatusCode != http.StatusOK {
+				t.Fatalf("chat: status %d", resp.StatusCode)
+			}
+			// Answered without the proxy key.
+			resp, err := c.Get(p.adminURL + "/healthz")
+			if err != nil {
+				t.Fatal(err)
+			}
+			body := readAll(t, resp)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK || !strings.Contains(body, `"status": "ok"`) {
+				t.Errorf("/healthz: status %d, body %s", resp.StatusCode, body)
+			}
+			resp, err = c.Get(p.adminURL + "/metrics")
+			if err != nil {
+				t.Fatal(err)
+			}
+			body = readAll(t, resp)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK || !strings.Contains(body, `failover_attempts_total{endpoint="up",outcome="200"} 1`) {
+				t.Errorf("/metrics: status %d, no failover_attempts_total in:\n%.2000s", resp.StatusCode, body)
+			}
+			if strings.Contains(body, firstKey) {
+				t.Error("/metrics shows an endpoint key")
+			}
+			if p.adminURL != p.url {
+				resp, err := c.Get(p.url + "/metrics")
+				if err != nil {
+					t.Fatal(err)
+				}
+				checkOpenAIError(t, resp, http.StatusNotFound, "unknown_url")
+				resp.Body.Close()
+			}
+		})
+	}
+}
+
+func TestProxyNotFoundOutsideBasePath(t *testing.T) {
+	up := startUpstream(t, fakeopenai.WithName("up"))
+	p := startProxy(t, []string{"OPENAI_BASE_URL_1=" + up.URL()}, "-base-path", "/openai/v1")
+	c := newClient(t)
+	for _, path := range []string{"/v1/chat/completions", "/openai/v10/models", "/"} {
+		resp := post(t, c, p.url+path, "", chatBody)
+		checkOpenAIError(t, resp, http.StatusNotFound, "unknown_url")
+	}
+	if got := up.Hits(); got != 0 {
+		t.Errorf("the upstream got %d request(s) from outside the base path", got)
+	}
+	resp := post(t, c, p.url+"/openai/v1/chat/completions", "", chatBody)
+	if body := readAll(t, resp); resp.StatusCode != http.StatusOK {
+		t.Fatalf("under the base path: status %d: %s", resp.StatusCode, body)
+	}
+	if last, _ := up.Last(); last.Path != "/v1/chat/completions" {
+		t.Errorf("the upstream saw path %q, want /v1/chat/completions", last.Path)
+	}
+}
+
+func TestProxyAllUpstreamsDown(t *testing.T) {
+	first := startUpstream(t, fakeopenai.WithName("first"))
+	second := startUpstream(t, fakeopenai.WithName("second"))
+	first.SetFault(fakeopenai.Refuse())
+	second.SetFault(fakeopenai.Refuse())
+	p := startProxy(t, twoEndpoints(first, second))
+	resp := post(t, newClient(t), p.url+"/v1/chat/completions", "", chatBody)
+	if resp.StatusCode != http.StatusBadGateway && resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("status %d, want 502 or 503", resp.StatusCode)
+	}
+	var e openAIError
+	body := readAll(t, resp)
+	if err := json.Unmarshal([]byte(body), &e); err != nil || !strings.Contains(e.Error.Message, `"first"`) {
+		t.Errorf("body %s: want an OpenAI error naming the endpoints tried", body)
+	}
+	if strings.Contains(body, "127.0.0.1") {
+		t.Errorf("the client's error names an upstream address: %s", body)
+	}
+}
+
+func TestProxyStartupLog(t *testing.T) {
+	first := startUpstream(t, fakeopenai.WithName("first"))
+	second := startUpstream(t, fakeopenai.WithName("second"))
+	p := startProxy(t, []string{
+		"OPENAI_BASE_URL_1=" + first.URL() + "?api-version=2024-10-21&sig=query-secret",
+		"OPENAI_API_KEY_1=" + firstKey,
+		"OPENAI_NAME_1=first",
+		"OPENAI_BASE_URL_2=" + second.URL(),
+		"OPENAI_NAME_2=second",
+		"OPENAI_PRIORITY_2=7",
+	})
+	logs := p.logs.String()
+	for _, want := range []string{
+		"msg=endpoint name=first url=" + first.URL() + " priority=1 weight=1 key=…1111",
+		"msg=endpoint name=second url=" + second.URL() + " priority=7 weight=1 key=(none)",
+		"access: no FAILOVER_PROXY_KEY, so loopback only",
+	} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("the start-up output lacks %q:\n%s", want, logs)
+		}
+	}
+	for _, secret := range []string{firstKey, "query-secret"} {
+		if strings.Contains(logs, secret) {
+			t.Errorf("the start-up output shows %q:\n%s", secret, logs)
+		}
+	}
+}
+
+func TestProxyBadConfiguration(t *testing.T) {
+	const secret = "sk-very-secret-key-0000"
+	for _, tc := range []struct {
+		name    string
+		env     []string
+		args    []string
+		mention string
+	}{
+		{"no endpoint", nil, nil, "OPENAI_BASE_URL_1"},
+		{"bad URL", []string{"OPENAI_BASE_URL_1=ftp://example.com/v1", "OPENAI_API_KEY_1=" + secret}, nil, "OPENAI_BASE_URL_1"},
+		{"key with a line break", []string{"OPENAI_API_KEY_2=" + secret + "\nx"}, nil, "OPENAI_API_KEY_2"},
+		{"bad weight", []string{"OPENAI_API_KEY_1=" + secret, "OPENAI_WEIGHT_1=-1"}, nil, "OPENAI_WEIGHT_1"},
+		{"key as URL", []string{"OPENAI_BASE_URL_1=" + secret + ":x", "OPENAI_API_KEY_1=" + secret}, nil, "OPENAI_BASE_URL_1"},
+		{"bad base path", []string{"OPENAI_API_KEY_1=" + secret}, []string{"-base-path", "/a/../v1"}, "base path"},
+		{"bad shutdown timeout", []string{"OPENAI_API_KEY_1=" + secret}, []string{"-shutdown-timeout", "0s"}, "-shutdown-timeout"},
+		{"bad log level", []string{"OPENAI_API_KEY_1=" + secret}, []string{"-log-level", "loud"}, "-log-level"},
+		{"stray argument", []string{"OPENAI_API_KEY_1=" + secret}, []string{"serve"}, `"serve"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append([]string{"proxy", "-listen", "127.0.0.1:0"}, tc.args...)
+			code, _, stderr := runCommand(t, tc.env, args...)
+			if code != exitUsage {
+				t.Errorf("exit code %d, want %d", code, exitUsage)
+			}
+			if !strings.Contains(stderr, tc.mention) {
+				t.Errorf("the error does not mention %q:\n%s", tc.mention, stderr)
+			}
+			if strings.Contains(stderr, secret) || strings.Contains(stderr, "sk-very") {
+				t.Errorf("the error shows the key:\n%s", stderr)
+			}
+			if strings.Contains(stderr, "msg=listening") {
+				t.Errorf("the proxy listened despite the bad configuration:\n%s", stderr)
+			}
+		})
+	}
+}
+
+func TestProxyRefusesRemoteWithoutKey(t *testing.T) {
+	env := []string{"OPENAI_API_KEY_1=" + firstKey}
+	for _, tc := range []struct {
+		name    string
+		env     []string
+		args    []string
+		mention string
+	}{
+		{"API without a proxy key", env, []string{"-listen", "0.0.0.0:0"}, "FAILOVER_PROXY_KEY"},
+		{"admin even with a proxy key", append(env, "FAILOVER_PROXY_KEY="+proxyKey), []string{"-admin-listen", "0.0.0.0:0"}, "-allow-remote"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append([]string{"proxy", "-listen", "127.0.0.1:0"}, tc.args...)
+			code, _, stderr := runCommand(t, tc.env, args...)
+			if code != exitUsage {
+				t.Errorf("exit code %d, want %d", code, exitUsage)
+			}
+			for _, want := range []string{"not a loopback address", tc.mention, "-allow-remote"} {
+				if !strings.Contains(stderr, want) {
+					t.Errorf("the refusal does not mention %q:\n%s", want, stderr)
+				}
+			}
+			if strings.Contains(stderr, "msg=listening") {
+				t.Errorf("the proxy listened:\n%s", stderr)
+			}
+		})
+	}
+}
+
+func TestUsage(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		code int
+	}{
+		{nil, exitUsage},
+		{[]string{"serve"}, exitUsage},
+		{[]string{"help"}, exitOK},
+		{[]string{"proxy", "-h"}, exitOK},
+		{[]string{"demo", "-h"}, exitOK},
+		{[]string{"demo", "-duration", "0s"}, exitUsage},
+	} {
+		code, stdout, stderr := runCommand(t, nil, tc.args...)
+		if code != tc.code {
+			t.Errorf("%q: exit code %d, want %d", tc.args, code, tc.code)
+		}
+		if !strings.Contains(stdout+stderr, "Usage") && !strings.Contains(stderr, "-duration") {
+			t.Errorf("%q: no usage in the output:\n%s%s", tc.args, stdout, stderr)
+		}
+	}
+}
+
+// TestCheckNoLoop refuses an endpoint at the proxy's own address, as when
+// OPENAI_BASE_URL for an SDK leaks into the proxy's environment.
+func TestCheckNoLoop(t *testing.T) {
+	loopback := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 8080}
+	wildcard := &net.TCPAddr{IP: net.IPv6unspecified, Port: 8080}
+	for _, tc := range []struct {
+		url   string
+		addr  *net.TCPAddr
+		loops bool
+	}{
+		{"http://127.0.0.1:8080/v1", loopback, true},
+		{"http://localhost:8080/v1", loopback, true},
+		{"http://[::1]:8080/v1", loopback, true},
+		{"http://10.1.2.3:8080/v1", wildcard, true},
+		{"http://127.0.0.1:8081/v1", loopback, false},
+		{"https://127.0.0.1:8080/v1", loopback, false},
+		{"http://127.0.0.1/v1", loopback, false},
+		{"http://api.example.com:8080/v1", loopback, false},
+		{"http://127.0.0.1/v1", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 80}, true},
+	} {
+		err := checkNoLoop([]proxy.EndpointInfo{{Name: "e", BaseURL: tc.url}}, tc.addr)
+		if (err != nil) != tc.loops {
+			t.Errorf("%s on %v: error %v, want a loop: %v", tc.url, tc.addr, err, tc.loops)
+		}
+	}
+}

@@ -1,0 +1,58 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+)
+
+// Exit codes of the command.
+const (
+	exitOK      = 0
+	exitFailure = 1 // the demo saw failed requests, or the proxy failed while serving
+	exitUsage   = 2 // bad flags, bad configuration, refused listen address
+)
+
+const usageText = `Usage:
+  failover demo  [-duration 15s]
+      Three fake upstreams on loopback fail in turn while chat requests
+      flow through one failover transport; no API key needed.
+  failover proxy [-listen 127.0.0.1:8080] [-base-path /v1] [-admin-listen addr]
+                 [-allow-remote] [-shutdown-timeout 30s] [-log-level info]
+      An OpenAI-compatible reverse proxy with failover, configured by the
+      OPENAI_* environment variables; FAILOVER_PROXY_KEY guards it.
+
+Run "failover demo -h" or "failover proxy -h" for each command's flags.
+`
+
+// run is the whole command: args are the arguments after the program name,
+// environ the environment as os.Environ returns it. It returns the exit
+// code. ctx ends on SIGINT or SIGTERM.
+func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usageText)
+		return exitUsage
+	}
+	switch args[0] {
+	case "demo":
+		return runDemoCommand(ctx, args[1:], environ, stdout, stderr)
+	case "proxy":
+		return runProxyCommand(ctx, args[1:], environ, stderr)
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, usageText)
+		return exitOK
+	}
+	fmt.Fprintf(stderr, "failover: unknown command %q\n\n%s", args[0], usageText)
+	return exitUsage
+}
+
+// lookupEnv returns the value of the first name=value entry of environ for
+// name, as os.Getenv does, and "" when there is none.
+func lookupEnv(environ []string, name string) string {
+	for _, kv := range environ {
+		if len(kv) > len(name) && kv[len(name)] == '=' && kv[:len(name)] == name {
+			return kv[len(name)+1:]
+		}
+	}
+	return ""
+}

@@ -1,0 +1,185 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/failover-go/failover"
+	"github.com/failover-go/failover/internal/fakeopenai"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+func TestCleanBasePath(t *testing.T) {
+	for _, tc := range []struct {
+		in, want string
+		ok       bool
+	}{
+		{"", "/v1", true},
+		{"/v1", "/v1", true},
+		{"/v1/", "/v1", true},
+		{"v1", "/v1", true},
+		{"/openai/v1", "/openai/v1", true},
+		{"/", "", true},
+		{"//v1", "", false},
+		{"/a/../v1", "", false},
+		{"/v1?x=1", "", false},
+		{"/v%31", "", false},
+	} {
+		got, err := cleanBasePath(tc.in)
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("cleanBasePath(%q) = %q, %v; want %q, ok %v", tc.in, got, err, tc.want, tc.ok)
+		}
+	}
+}
+
+func TestKeyFingerprint(t *testing.T) {
+	for key, want := range map[string]string{
+		"":                         "(none)",
+		"short-key":                "(set)",
+		"sk-proj-abcdefghijklWXYZ": "…WXYZ",
+		"ключ-длинный-ключ-ёжик": "…ёжик",
+	} {
+		if got := KeyFingerprint(key); got != want {
+			t.Errorf("KeyFingerprint(%q) = %q, want %q", key, got, want)
+		}
+	}
+}
+
+func TestRewrite(t *testing.T) {
+	for _, tc := range []struct {
+		base, in, want string
+	}{
+		{"/v1", "/v1/chat/completions?x=1", "http://failover.internal/v1/chat/completions?x=1"},
+		{"/v1", "/v1", "http://failover.internal/v1"},
+		{"/", "/chat/completions", "http://failover.internal/v1/chat/completions"},
+		{"/openai/v1", "/openai/v1/files/a%2Fb/content", "http://failover.internal/v1/files/a%2Fb/content"},
+	} {
+		base, err := cleanBasePath(tc.base)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := &Proxy{basePath: base}
+		p.internal, _ = p.internal.Parse(InternalBaseURL)
+		in := httptest.NewRequest(http.MethodPost, "http://127.0.0.1:8080"+tc.in, strings.NewReader("{}"))
+		in.Header.Set("Authorization", "Bearer client")
+		in.Header.Set("Accept-Encoding", "br")
+		in.Header.Set("OpenAI-Beta", "assistants=v2")
+		pr := &httputil.ProxyRequest{In: in, Out: in.Clone(context.Background())}
+		p.rewrite(pr)
+		if got := pr.Out.URL.String(); got != tc.want {
+			t.Errorf("base %q: %s -> %s, want %s", tc.base, tc.in, got, tc.want)
+		}
+		if pr.Out.Host != "" {
+			t.Errorf("Out.Host = %q, want empty", pr.Out.Host)
+		}
+		if h := pr.Out.Header; h.Get("Authorization") != "" || h.Get("Accept-Encoding") != "" || h.Get("OpenAI-Beta") == "" {
+			t.Errorf("outgoing headers %v: want Authorization and Accept-Encoding gone, others kept", h)
+		}
+		if in.Header.Get("Authorization") == "" || in.URL.Host != "127.0.0.1:8080" {
+			t.Error("rewrite modified the inbound request")
+		}
+	}
+}
+
+func TestDescribe(t *testing.T) {
+	err := &failover.Error{
+		Err: failover.ErrAttemptsExhausted,
+		Attempts: []error{
+			&failover.AttemptError{Endpoint: "a", Attempt: 1, Outcome: failover.OutcomeFailure,
+				Err: &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connect: connection refused")}},
+			&failover.AttemptError{Endpoint: "b", Attempt: 2, Outcome: failover.OutcomeFailure, StatusCode: 503},
+		},
+	}
+	want := `failover: attempts exhausted. Attempts: "a": no response; "b": status 503.`
+	if got := describe(err); got != want {
+		t.Errorf("describe = %q, want %q", got, want)
+	}
+}
+
+// TestServeShutdownTimeout shows that a request that outlasts the shutdown
+// timeout is cut, and Serve says so.
+func TestServeShutdownTimeout(t *testing.T) {
+	up := fakeopenai.New()
+	defer up.Close()
+	up.SetFault(fakeopenai.Hang())
+	p, err := New(Config{
+		Failover:        failover.Config{Endpoints: []failover.Endpoint{{BaseURL: up.URL()}}},
+		ShutdownTimeout: 100 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	served := make(chan error, 1)
+	go func() { served <- p.Serve(ctx, ln, nil) }()
+
+	client := &http.Client{Transport: &http.Transport{}}
+	defer client.CloseIdleConnections()
+	answered := make(chan error, 1)
+	go func() {
+		resp, err := client.Post(fmt.Sprintf("http://%s/v1/chat/completions", ln.Addr()), "application/json",
+			strings.NewReader(`{"model":"m","messages":[]}`))
+		if err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		answered <- err
+	}()
+	wctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := up.WaitHits(wctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	select {
+	case err := <-served:
+		if !errors.Is(err, ErrShutdownTimeout) {
+			t.Errorf("Serve = %v, want ErrShutdownTimeout", err)
+		}
+	case <-wctx.Done():
+		t.Fatal("Serve did not return")
+	}
+	select {
+	case <-answered:
+	case <-wctx.Done():
+		t.Fatal("the client's request did not end")
+	}
+}
+
+func TestIsLoopback(t *testing.T) {
+	for _, tc := range []struct {
+		addr net.Addr
+		want bool
+	}{
+		{&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}, true},
+		{&net.TCPAddr{IP: net.IPv6loopback}, true},
+		{&net.TCPAddr{IP: net.IPv4zero}, false},
+		{&net.TCPAddr{IP: net.IPv6unspecified}, false},
+		{&net.TCPAddr{IP: net.IPv4(192, 168, 1, 2)}, false},
+		{&net.UnixAddr{Name: "/tmp/s", Net: "unix"}, true},
+	} {
+		if got := IsLoopback(tc.addr); got != tc.want {
+			t.Errorf("IsLoopback(%v) = %v, want %v", tc.addr, got, tc.want)
+		}
+	}
+}

@@ -1,0 +1,133 @@
+package proxy
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httputil"
+	"strconv"
+	"strings"
+
+	"github.com/failover-go/failover"
+)
+
+// rewrite maps an inbound request under the base path onto InternalBaseURL,
+// keeping the rest of its path (escaping included) and its query. It drops
+// the client's Authorization, so that only an endpoint's own key ever goes
+// upstream, and its Accept-Encoding, so that the base transport negotiates
+// compression itself and the failover classifier reads error bodies
+// decompressed. Out is a clone of In; In is not modified.
+func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
+	in := pr.In.URL
+	u := *p.internal
+	u.Path = p.internal.Path + in.Path[len(p.basePath):]
+	if in.RawPath != "" {
+		if esc := in.EscapedPath(); strings.HasPrefix(esc, p.basePath) {
+			u.RawPath = p.internal.Path + esc[len(p.basePath):]
+		}
+	}
+	u.RawQuery = pr.Out.URL.RawQuery
+	pr.Out.URL = &u
+	pr.Out.Host = "" // the Host header follows the URL, then the endpoint
+	pr.Out.Header.Del("Authorization")
+	pr.Out.Header.Del("Accept-Encoding")
+}
+
+// keyHash hashes a proxy key so that comparisons take the same time
+// whatever the length of the presented token.
+func keyHash(key string) [32]byte { return sha256.Sum256([]byte(key)) }
+
+// authorized reports whether r presents the proxy key as its bearer token,
+// comparing in constant time.
+func (p *Proxy) authorized(r *http.Request) bool {
+	scheme, token, _ := strings.Cut(r.Header.Get("Authorization"), " ")
+	sum := keyHash(strings.TrimSpace(token))
+	match := subtle.ConstantTimeCompare(sum[:], p.keySum[:]) == 1
+	return match && strings.EqualFold(scheme, "Bearer")
+}
+
+// statusClientClosed is logged for a request whose client went away before
+// an answer (nginx's convention); it is never sent.
+const statusClientClosed = 499
+
+// proxyError answers a request that got no upstream response at all: every
+// attempt failed without one, no endpoint was available, or the client
+// went away. (When an upstream answered, even with an error status, its
+// response is passed through instead.)
+func (p *Proxy) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+	ctx := r.Context()
+	if ctx.Err() != nil {
+		if rec, ok := w.(*recorder); ok {
+			rec.code = statusClientClosed
+		}
+		p.logger.DebugContext(ctx, "request abandoned", "path", r.URL.Path, "error", err)
+		return
+	}
+	status, code := http.StatusBadGateway, "upstream_unavailable"
+	var fe *failover.Error
+	if errors.As(err, &fe) {
+		switch {
+		case errors.Is(fe.Err, failover.ErrNoEndpointAvailable):
+			status, code = http.StatusServiceUnavailable, "no_endpoint_available"
+		case errors.Is(fe.Err, context.DeadlineExceeded):
+			status, code = http.StatusGatewayTimeout, "upstream_timeout"
+		}
+	}
+	p.logger.WarnContext(ctx, "no endpoint answered", "path", r.URL.Path, "error", err)
+	writeError(w, status, "server_error", code, describe(err))
+}
+
+// describe summarises a transport error for the client: why the request
+// stopped and, for each attempt, the endpoint's name and what happened,
+// without the transport errors' text (which names upstream hosts).
+func describe(err error) string {
+	var fe *failover.Error
+	if !errors.As(err, &fe) {
+		return "failover proxy: the request could not be sent upstream."
+	}
+	var b strings.Builder
+	b.WriteString(fe.Err.Error())
+	for i, a := range fe.Attempts {
+		if i == 0 {
+			b.WriteString(". Attempts: ")
+		} else {
+			b.WriteString("; ")
+		}
+		var ae *failover.AttemptError
+		if !errors.As(a, &ae) {
+			b.WriteString("failed")
+			continue
+		}
+		b.WriteString(strconv.Quote(ae.Endpoint))
+		switch {
+		case ae.StatusCode != 0:
+			b.WriteString(": status ")
+			b.WriteString(strconv.Itoa(ae.StatusCode))
+		case errors.Is(ae.Err, failover.ErrAttemptTimeout):
+			b.WriteString(": timed out")
+		default:
+			b.WriteString(": no response")
+		}
+	}
+	b.WriteString(".")
+	return b.String()
+}
+
+// writeError writes an OpenAI-format error, which the SDKs parse.
+func writeError(w http.ResponseWriter, status int, typ, code, message string) {
+	body, _ := json.Marshal(map[string]any{"error": map[string]any{
+		"message": message,
+		"type":    typ,
+		"param":   nil,
+		"code":    code,
+	}})
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", strconv.Itoa(len(body)+1))
+	h.Del("Content-Encoding")
+	w.WriteHeader(status)
+	_, _ = w.Write(append(body, '\n'))
+}

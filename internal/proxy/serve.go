@@ -1,0 +1,191 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/failover-go/failover"
+)
+
+// Timeouts of the proxy's HTTP servers. There is no write timeout: a
+// stream lasts as long as the upstream sends.
+const (
+	readHeaderTimeout = 30 * time.Second
+	idleTimeout       = 2 * time.Minute
+)
+
+// ErrShutdownTimeout is returned by [Proxy.Serve] when requests were still
+// in flight at the end of the shutdown timeout and their connections were
+// closed.
+var ErrShutdownTimeout = errors.New("proxy: shutdown timed out; requests in flight were cut")
+
+// Serve serves the proxy until ctx is done, then shuts down gracefully and
+// returns. With admin nil it serves [Proxy.Handler] on ln; otherwise
+// [Proxy.APIHandler] on ln and [Proxy.AdminHandler] on admin. Serve takes
+// ownership of the listeners and closes them.
+//
+// Once ctx is done, the listeners close at once (new connections are
+// refused) and requests in flight, streams included, run to their end
+// within the shutdown timeout; then the remaining connections are closed,
+// the requests' contexts canceled, and Serve returns [ErrShutdownTimeout].
+// It returns nil after a complete graceful shutdown, and a listener's error
+// if one fails before ctx is done (after shutting down the other).
+func (p *Proxy) Serve(ctx context.Context, ln, admin net.Listener) error {
+	baseCtx, cancelBase := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelBase()
+
+	type server struct {
+		srv *http.Server
+		ln  net.Listener
+	}
+	var (
+		servers  []server
+		draining sync.WaitGroup
+	)
+	add := func(h http.Handler, l net.Listener) {
+		srv := &http.Server{
+			Handler:           h,
+			ReadHeaderTimeout: readHeaderTimeout,
+			IdleTimeout:       idleTimeout,
+			ErrorLog:          slog.NewLogLogger(p.logger.Handler(), slog.LevelWarn),
+			BaseContext:       func(net.Listener) context.Context { return baseCtx },
+		}
+		addr := l.Addr().String()
+		draining.Add(1)
+		// Shutdown runs this once the listener is closed.
+		srv.RegisterOnShutdown(func() {
+			defer draining.Done()
+			p.logger.Info("stopped accepting connections; waiting for requests in flight",
+				"listen", addr, "timeout", p.shutdownTimeout)
+		})
+		servers = append(servers, server{srv: srv, ln: l})
+	}
+	if admin == nil {
+		add(p.Handler(), ln)
+	} else {
+		add(p.APIHandler(), ln)
+		add(p.AdminHandler(), admin)
+	}
+
+	errc := make(chan error, len(servers))
+	for _, s := range servers {
+		go func() { errc <- s.srv.Serve(s.ln) }()
+	}
+	running := len(servers)
+	var err error
+	select {
+	case <-ctx.Done():
+		p.logger.Info("shutting down")
+	case err = <-errc:
+		running--
+		p.logger.Error("serving failed; shutting down", "error", err)
+	}
+
+	sctx, cancel := context.WithTimeout(context.Background(), p.shutdownTimeout)
+	defer cancel()
+	var (
+		wg       sync.WaitGroup
+		timedOut sync.Once
+	)
+	for _, s := range servers {
+		wg.Go(func() {
+			if s.srv.Shutdown(sctx) != nil {
+				timedOut.Do(func() {
+					p.logger.Warn("shutdown timed out; closing the connections still in use",
+						"timeout", p.shutdownTimeout)
+					cancelBase()
+				})
+				_ = s.srv.Close()
+			}
+		})
+	}
+	wg.Wait()
+	draining.Wait()
+	for ; running > 0; running-- {
+		if e := <-errc; err == nil && !errors.Is(e, http.ErrServerClosed) {
+			err = e
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("proxy: serving: %w", err)
+	}
+	if sctx.Err() != nil {
+		return ErrShutdownTimeout
+	}
+	p.logger.Info("shut down")
+	return nil
+}
+
+// EndpointInfo describes one configured endpoint for a start-up log. It
+// carries the key only as a fingerprint.
+type EndpointInfo struct {
+	// Name is the endpoint's name, defaulted as [failover.Endpoint] says.
+	Name string
+	// BaseURL is the endpoint's base URL without query or user information.
+	BaseURL string
+	// Priority and Weight are as configured (Weight defaulted to 1).
+	Priority, Weight int
+	// Disabled is true for an endpoint configured but never chosen.
+	Disabled bool
+	// Key is [KeyFingerprint] of the endpoint's APIKey.
+	Key string
+}
+
+// Endpoints describes the configured endpoints, in configuration order.
+func (p *Proxy) Endpoints() []EndpointInfo { return slices.Clone(p.endpoints) }
+
+// describeEndpoints pairs the transport's view of each endpoint (its name
+// defaulted, its URL redacted) with its configuration, keeping of the key
+// only its fingerprint.
+func describeEndpoints(hs []failover.EndpointHealth, cfgs []failover.Endpoint) []EndpointInfo {
+	out := make([]EndpointInfo, len(hs))
+	for i, h := range hs {
+		out[i] = EndpointInfo{
+			Name:     h.Name,
+			BaseURL:  h.BaseURL,
+			Priority: h.Priority,
+			Weight:   h.Weight,
+			Disabled: cfgs[i].Disabled,
+			Key:      KeyFingerprint(cfgs[i].APIKey),
+		}
+	}
+	return out
+}
+
+// fingerprintMin is the shortest key shown by its last four characters;
+// a shorter one would give away too much of itself.
+const fingerprintMin = 12
+
+// KeyFingerprint returns a short label that tells keys apart without
+// revealing them: "…" and the key's last four characters, "(set)" for a key
+// shorter than 12 characters, or "(none)" for an empty key.
+func KeyFingerprint(key string) string {
+	r := []rune(key)
+	switch {
+	case len(r) == 0:
+		return "(none)"
+	case len(r) < fingerprintMin:
+		return "(set)"
+	}
+	return "…" + string(r[len(r)-4:])
+}
+
+// IsLoopback reports whether a listener bound to addr accepts connections
+// from this machine only: a TCP address on a loopback IP, or a Unix
+// socket. An unspecified address (0.0.0.0, ::) is not loopback.
+func IsLoopback(addr net.Addr) bool {
+	switch a := addr.(type) {
+	case *net.TCPAddr:
+		return a.IP.IsLoopback()
+	case *net.UnixAddr:
+		return true
+	}
+	return false
+}
