@@ -1930,3 +1930,43 @@ func TestClassifierReplaceable(t *testing.T) {
 		})
 	}
 }
+
+func TestAllOpenWaitsForTrial(t *testing.T) {
+	// gobreaker reads the real clock, so this test runs on it: a 100ms
+	// open timeout, well inside MaxWait.
+	base := newScriptedBase(func(req *http.Request, n int) (*http.Response, error) {
+		if n == 1 {
+			return reply(401, "revoked"), nil
+		}
+		return reply(200, "ok"), nil
+	})
+	reg := prometheus.NewRegistry()
+	tr, _ := newTestTransport(t, Config{Base: base, Registerer: reg, MaxRetries: -1,
+		Breaker:   BreakerConfig{OpenTimeout: 100 * time.Millisecond},
+		Endpoints: []Endpoint{hostEndpoint("a", 0)}})
+	tr.now, tr.sleep = time.Now, sleepContext
+	if code, _ := chat(t, tr); code != 401 {
+		t.Fatalf("status %d, want the 401 that opens the breaker", code)
+	}
+	if code, body := chat(t, tr); code != 200 || body != "ok" {
+		t.Fatalf("got %d %q, want the trial request to succeed after the open timeout", code, body)
+	}
+	if got := metricValue(t, reg, "failover_wait_seconds", map[string]string{"reason": "breaker_open"}); got != 1 {
+		t.Fatalf("breaker_open waits = %v, want 1", got)
+	}
+	if st := healthOf(t, tr, "a").State; st != StateClosed {
+		t.Fatalf("state %v after a successful trial, want closed", st)
+	}
+
+	// With MaxWait shorter than the open timeout, no wait: the request
+	// ends at once.
+	tr2, _ := newTestTransport(t, Config{Base: newScriptedBase(func(*http.Request, int) (*http.Response, error) {
+		return reply(401, "revoked"), nil
+	}), MaxRetries: -1, MaxWait: 10 * time.Millisecond, Breaker: BreakerConfig{OpenTimeout: time.Hour},
+		Endpoints: []Endpoint{hostEndpoint("a", 0)}})
+	chat(t, tr2)
+	_, err := tr2.RoundTrip(chatRequest(t, context.Background(), clientBase, false))
+	if !errors.Is(err, ErrNoEndpointAvailable) || !strings.Contains(err.Error(), "breaker open") {
+		t.Fatalf("err = %v, want ErrNoEndpointAvailable naming the open breaker", err)
+	}
+}
