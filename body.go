@@ -2,10 +2,12 @@ package failover
 
 import (
 	"bytes"
+	"compress/gzip"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"sync"
 )
 
@@ -165,4 +167,28 @@ func unwrapCancel(rc io.ReadCloser) io.ReadCloser {
 		return c.ReadCloser
 	}
 	return rc
+}
+
+// cancelOnCloseRW is cancelOnClose for the body of a 101 Switching
+// Protocols response, which is also the connection's writer.
+type cancelOnCloseRW struct {
+	*cancelOnClose
+	w io.Writer
+}
+
+func (c *cancelOnCloseRW) Write(p []byte) (int, error) { return c.w.Write(p) }
+
+// decodedPrefix returns the error body prefix as the classifier should see
+// it: gunzipped (up to limit bytes) when the caller asked for the encoding
+// itself, so that the base transport left it compressed.
+func decodedPrefix(resp *http.Response, prefix []byte, limit int64) []byte {
+	if resp == nil || len(prefix) == 0 || !strings.EqualFold(resp.Header.Get("Content-Encoding"), "gzip") {
+		return prefix
+	}
+	zr, err := gzip.NewReader(bytes.NewReader(prefix))
+	if err != nil {
+		return prefix
+	}
+	decoded, _ := io.ReadAll(io.LimitReader(zr, limit)) // a cut prefix ends early: keep what decoded
+	return decoded
 }

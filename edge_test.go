@@ -2,6 +2,8 @@ package failover
 
 import (
 	"bufio"
+	"bytes"
+	"compress/gzip"
 	"context"
 	"errors"
 	"io"
@@ -447,5 +449,73 @@ func TestEdgeRateLimitStalledPick(t *testing.T) {
 	}
 	if got := base.Hits("a.test") + base.Hits("b.test"); got != 30 {
 		t.Errorf("%d attempts in all, want 30", got)
+	}
+}
+
+// idleCloser is a base that counts CloseIdleConnections calls.
+type idleCloser struct {
+	http.RoundTripper
+	closed atomic.Int64
+}
+
+func (c *idleCloser) CloseIdleConnections() { c.closed.Add(1) }
+
+func TestEdgeCloseIdleConnectionsReachesBase(t *testing.T) {
+	base := &idleCloser{RoundTripper: newScriptedBase(alwaysOK)}
+	tr, _ := newTestTransport(t, Config{Base: base, Endpoints: []Endpoint{hostEndpoint("a", 0)}})
+	(&http.Client{Transport: tr}).CloseIdleConnections()
+	if got := base.closed.Load(); got != 1 {
+		t.Fatalf("base's CloseIdleConnections called %d times, want 1", got)
+	}
+}
+
+func TestEdgeGzippedErrorBodyClassified(t *testing.T) {
+	var zipped bytes.Buffer
+	zw := gzip.NewWriter(&zipped)
+	_, _ = zw.Write([]byte(`{"error":{"message":"quota","type":"insufficient_quota","code":"insufficient_quota"}}`))
+	_ = zw.Close()
+	base := newScriptedBase(func(req *http.Request, n int) (*http.Response, error) {
+		if req.URL.Host == "a.test" {
+			return reply(429, zipped.String(), "Content-Encoding", "gzip"), nil
+		}
+		return reply(200, "ok"), nil
+	})
+	tr, _ := newTestTransport(t, Config{Base: base, Endpoints: []Endpoint{hostEndpoint("a", 0), hostEndpoint("b", 1)}})
+	req := chatRequest(t, context.Background(), clientBase, false)
+	req.Header.Set("Accept-Encoding", "gzip") // the caller decodes itself: the base leaves bodies compressed
+	if code, _ := roundTrip(t, tr, req); code != 200 {
+		t.Fatalf("status %d, want b's 200", code)
+	}
+	if h := healthOf(t, tr, "a"); h.State != StateOpen {
+		t.Fatalf("a is %v, want open: a gzipped insufficient_quota must be recognised", h.State)
+	}
+}
+
+func TestEdgeUpgradeBodyStaysWritable(t *testing.T) {
+	client, server := net.Pipe()
+	defer server.Close()
+	base := roundTripFunc(func(req *http.Request) (*http.Response, error) {
+		return &http.Response{StatusCode: http.StatusSwitchingProtocols, Header: http.Header{"Upgrade": {"websocket"}},
+			Body: client, Request: req}, nil
+	})
+	a := hostEndpoint("a", 0)
+	a.Timeout = time.Minute // the body is wrapped to release the attempt's context on Close
+	tr, _ := newTestTransport(t, Config{Base: base, Endpoints: []Endpoint{a}})
+	req, _ := http.NewRequest(http.MethodGet, clientBase+"/realtime", nil)
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rw, ok := resp.Body.(io.ReadWriteCloser)
+	if !ok {
+		t.Fatalf("101 body %T is not writable", resp.Body)
+	}
+	go func() { _, _ = rw.Write([]byte("ping")) }()
+	got := make([]byte, 4)
+	if _, err := io.ReadFull(server, got); err != nil || string(got) != "ping" {
+		t.Fatalf("read %q, %v through the upgraded body, want ping", got, err)
+	}
+	if err := rw.Close(); err != nil {
+		t.Fatal(err)
 	}
 }

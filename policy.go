@@ -71,8 +71,9 @@ type Verdict struct {
 
 // Classifier decides what an attempt's result means. Exactly one of resp and
 // err is non-nil. For a response with status 400 or above, body holds its
-// first bytes (up to [Config].MaxErrorBody) and the classifier must not read
-// resp.Body; for other responses body is nil. A Classifier must be safe for
+// first bytes (up to [Config].MaxErrorBody, gunzipped if the caller asked
+// for gzip itself) and the classifier must not read resp.Body; for other
+// responses body is nil. A Classifier must be safe for
 // concurrent use. Wrap [DefaultClassifier] to change one rule and keep the
 // rest.
 type Classifier func(resp *http.Response, body []byte, err error) Verdict

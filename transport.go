@@ -357,7 +357,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			errs = append(errs, &AttemptError{Endpoint: e.name, Attempt: n, Err: cause})
 			break
 		}
-		v := t.classify(resp, errBody, err)
+		v := t.classify(resp, decodedPrefix(resp, errBody, t.maxErrBody), err)
 		endedStreak := t.record(e, n, v, resp, err)
 		if !v.Outcome.Failed() {
 			e.reportSuccess(done, endedStreak)
@@ -429,8 +429,23 @@ func (t *Transport) send(e *endpoint, out *http.Request) (resp *http.Response, e
 		cancel(nil)
 		return nil, nil, err
 	}
-	resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
+	c := &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
+	if w, ok := resp.Body.(io.Writer); ok && resp.StatusCode == http.StatusSwitchingProtocols {
+		// An upgraded connection (WebSocket) must stay writable.
+		resp.Body = &cancelOnCloseRW{cancelOnClose: c, w: w}
+	} else {
+		resp.Body = c
+	}
 	return resp, errBody, nil
+}
+
+// CloseIdleConnections closes the idle connections of the base transport
+// when it has that method (http.Transport does), so that
+// http.Client.CloseIdleConnections reaches through a Transport.
+func (t *Transport) CloseIdleConnections() {
+	if c, ok := t.base.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
 }
 
 // closeBody drains (bounded) and closes a discarded response's body so its
