@@ -78,33 +78,38 @@ func mustNew(b *testing.B, cfg Config) *Transport {
 	return t
 }
 
-// runRT sends req through rt b.N times, serially or in parallel, draining
-// and closing each response body as a caller does.
+// send1 sends req through rt once with a fresh body (as a caller does for
+// each request), drains and closes the response body.
+func send1(rt http.RoundTripper, req *http.Request) error {
+	req.Body, _ = req.GetBody()
+	resp, err := rt.RoundTrip(req)
+	if err != nil {
+		return err
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return resp.Body.Close()
+}
+
+// runRT sends a request through rt b.N times, serially or in parallel.
 func runRT(b *testing.B, rt http.RoundTripper, url string, parallel bool) {
 	b.ReportAllocs()
 	if !parallel {
 		req := benchRequest(b, url)
 		b.ResetTimer()
 		for range b.N {
-			resp, err := rt.RoundTrip(req)
-			if err != nil {
+			if err := send1(rt, req); err != nil {
 				b.Fatal(err)
 			}
-			_, _ = io.Copy(io.Discard, resp.Body)
-			_ = resp.Body.Close()
 		}
 		return
 	}
 	b.RunParallel(func(pb *testing.PB) {
 		req := benchRequest(b, url)
 		for pb.Next() {
-			resp, err := rt.RoundTrip(req)
-			if err != nil {
+			if err := send1(rt, req); err != nil {
 				b.Error(err)
 				return
 			}
-			_, _ = io.Copy(io.Discard, resp.Body)
-			_ = resp.Body.Close()
 		}
 	})
 }
