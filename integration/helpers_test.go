@@ -161,6 +161,21 @@ func (u *upstreams) checkFailedOver(t *testing.T, f firstFault, wantRest string)
 }
 
 // checkAuth checks that an upstream saw exactly its own key.
+// checkOnlyFirstTried fails t unless the request made exactly one attempt,
+// on the first upstream: a caller error must not fail over.
+func (u *upstreams) checkOnlyFirstTried(t *testing.T) {
+	t.Helper()
+	if got := u.first.Hits(); got != 1 {
+		t.Errorf("first upstream got %d request(s), want 1", got)
+	}
+	if got := u.second.Hits(); got != 0 {
+		t.Errorf("second upstream got %d request(s), want none", got)
+	}
+	if got, want := u.sent.hosts(), []string{u.first.Addr()}; !slices.Equal(got, want) {
+		t.Errorf("attempts went to %v, want only the first %v", got, want)
+	}
+}
+
 func checkAuth(t *testing.T, name string, r fakeopenai.Request, key string) {
 	t.Helper()
 	got := r.Header.Values("Authorization")
