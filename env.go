@@ -18,7 +18,7 @@ import (
 // endpoint at all.
 var ErrNoEnvConfig = errors.New("failover: no endpoint in the environment; " +
 	"set OPENAI_API_KEY and/or OPENAI_BASE_URL for one endpoint, " +
-	"or numbered endpoints OPENAI_BASE_URL_1, OPENAI_API_KEY_1, OPENAI_BASE_URL_2, OPENAI_API_KEY_2, ...")
+	"or numbered endpoints OPENAI_BASE_URL_1 and OPENAI_API_KEY_1, OPENAI_BASE_URL_2 and OPENAI_API_KEY_2, and so on")
 
 // Names of the global environment variables.
 const (

@@ -27,9 +27,6 @@ var (
 	ErrAttemptTimeout = errors.New("failover: attempt timed out before the response headers")
 )
 
-// errAttemptTimeout is the cancellation cause of an attempt's context.
-var errAttemptTimeout = ErrAttemptTimeout
-
 // timeoutError is an attempt cut by its endpoint's Timeout. It matches
 // [ErrAttemptTimeout] and reports Timeout() true, as net errors do.
 type timeoutError struct{ after time.Duration }

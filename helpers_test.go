@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -251,16 +250,6 @@ func snapshot(req *http.Request) string {
 	b.WriteString(req.Method + " " + req.URL.String() + " host=" + req.Host + "\n")
 	_ = req.Header.Write(&b)
 	return b.String()
-}
-
-// mustURL parses s.
-func mustURL(t testing.TB, s string) *url.URL {
-	t.Helper()
-	u, err := url.Parse(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return u
 }
 
 // waitBound bounds every wait of these tests for a real-time transition:

@@ -118,7 +118,6 @@ type endpoint struct {
 	openUntil    atomic.Int64
 	stateSince   atomic.Int64
 	keyRejected  atomic.Bool // set while reporting a failure that must open the breaker at once
-	openTimeout  time.Duration
 
 	pendingMu  sync.Mutex
 	pending    []transition
@@ -531,7 +530,6 @@ func validHeaderName(k string) bool {
 func (t *Transport) initBreaker(e *endpoint, bc BreakerConfig) {
 	threshold := uint32(orDefault(bc.FailureThreshold, defaultFailures))
 	timeout := orDefault(bc.OpenTimeout, defaultOpenTimeout)
-	e.openTimeout = timeout
 	e.stateSince.Store(t.now().UnixNano())
 	e.breaker = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
 		Name:        e.name,

@@ -404,7 +404,7 @@ func (t *Transport) send(e *endpoint, out *http.Request) (resp *http.Response, e
 	if e.timeout > 0 {
 		var ctx context.Context
 		ctx, cancel = context.WithCancelCause(out.Context())
-		timer = time.AfterFunc(e.timeout, func() { cancel(errAttemptTimeout) })
+		timer = time.AfterFunc(e.timeout, func() { cancel(ErrAttemptTimeout) })
 		out = out.WithContext(ctx)
 	}
 	e.beginAttempt()

@@ -47,7 +47,7 @@ var openAIGoKey = option.WithAPIKey(sdkKey)
 
 // openAIGoChat is the chat completion request of the openai-go tests.
 var openAIGoChat = openai.ChatCompletionNewParams{
-	Model:    openai.ChatModelGPT4oMini,
+	Model:    fakeopenai.ModelID, // the fake echoes any model
 	Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("hi")},
 }
 
@@ -216,7 +216,7 @@ func TestOpenAIGoBodiesFailOver(t *testing.T) {
 			call: func(ctx context.Context, api openai.Client) error {
 				resp, err := api.Audio.Transcriptions.New(ctx, openai.AudioTranscriptionNewParams{
 					File:  openai.File(bytes.NewReader(wavBytes), "a.wav", "audio/wav"),
-					Model: openai.AudioModelWhisper1,
+					Model: fakeopenai.ModelID,
 				}, openAIGoKey)
 				if err != nil {
 					return err
