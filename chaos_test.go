@@ -393,9 +393,6 @@ func checkCompletion(body []byte, upstream string) string {
 //   - the heap does not grow beyond chaosHeapBound, and no goroutine is
 //     left once everything is closed.
 func TestChaos(t *testing.T) {
-	if testing.Short() {
-		t.Skip("chaos test skipped in -short mode")
-	}
 	kinds := chaosFaults()
 	secret := fmt.Sprintf("sk-chaos-SECRET-%d", rand.Uint64())
 	eps := []*chaosEndpoint{
