@@ -190,12 +190,10 @@ func ConfigFromEnviron(environ []string) (Config, error) {
 		}
 	}
 	if v := vars[envMaxRetries]; v != "" {
-		n, problem := parseEnvInt(v)
+		n, problem := parseEnvNonNegative(v)
 		switch {
 		case problem != "":
 			fail(envMaxRetries, "%s", problem)
-		case n < 0:
-			fail(envMaxRetries, "%s is negative", quoteEnv(v))
 		case cfg.MaxRetries < 0:
 			// OPENAI_FALLBACK_ENABLED=false: one attempt, whatever this says.
 		case n == 0:
@@ -205,12 +203,10 @@ func ConfigFromEnviron(environ []string) (Config, error) {
 		}
 	}
 	if v := vars[envBackoffMS]; v != "" {
-		n, problem := parseEnvInt(v)
+		n, problem := parseEnvNonNegative(v)
 		switch {
 		case problem != "":
 			fail(envBackoffMS, "%s", problem)
-		case n < 0:
-			fail(envBackoffMS, "%s is negative", quoteEnv(v))
 		case int64(n) > math.MaxInt64/int64(time.Millisecond):
 			fail(envBackoffMS, "%s is out of range", quoteEnv(v))
 		default:
@@ -315,13 +311,9 @@ func envEndpoint(n int, vals *[numEnvFields]string, key, base string) (Endpoint,
 		if v == "" {
 			return
 		}
-		n, problem := parseEnvInt(v)
-		switch {
-		case problem != "":
+		if n, problem := parseEnvNonNegative(v); problem != "" {
 			fail(f, "%s", problem)
-		case n < 0:
-			fail(f, "%s is negative", quoteEnv(v))
-		default:
+		} else {
 			*dst = n
 		}
 	}
@@ -396,6 +388,15 @@ func parseEnvInt(v string) (int, string) {
 		return 0, quoteEnv(v) + " is not an integer"
 	}
 	return n, ""
+}
+
+// parseEnvNonNegative is parseEnvInt for values that must not be negative.
+func parseEnvNonNegative(v string) (int, string) {
+	n, problem := parseEnvInt(v)
+	if problem == "" && n < 0 {
+		return 0, quoteEnv(v) + " is negative"
+	}
+	return n, problem
 }
 
 // parseEnvDuration parses a Go duration ("30s") or plain milliseconds
