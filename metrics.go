@@ -2,6 +2,7 @@ package failover
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"sync/atomic"
 	"time"
@@ -105,9 +106,14 @@ func newMetrics(reg prometheus.Registerer, eps []*endpoint) (*metrics, error) {
 		breaker: prometheus.NewDesc("failover_breaker_state",
 			"Circuit breaker state of each endpoint: 0 closed, 1 half-open, 2 open.", ep, nil),
 	}
-	for _, c := range []prometheus.Collector{m.attempts, m.duration, state, m.cooldowns, m.spillovers, m.wait, m.failedOver, m.exhausted} {
+	collectors := []prometheus.Collector{m.attempts, m.duration, state, m.cooldowns, m.spillovers, m.wait, m.failedOver, m.exhausted}
+	for i, c := range collectors {
 		if err := reg.Register(c); err != nil {
-			return nil, err
+			// New fails: leave the registry as it was.
+			for _, done := range collectors[:i] {
+				reg.Unregister(done)
+			}
+			return nil, fmt.Errorf("failover: registering metrics (one registry per Transport): %w", err)
 		}
 	}
 	for i, name := range waitReasonNames {

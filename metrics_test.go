@@ -1,6 +1,7 @@
 package failover
 
 import (
+	"errors"
 	"net/http"
 	"testing"
 	"time"
@@ -151,3 +152,51 @@ func TestMetricsInFlightDuringAttempt(t *testing.T) {
 type roundTripFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripFunc) RoundTrip(req *http.Request) (*http.Response, error) { return f(req) }
+
+func TestMetricsSecondTransportOnSameRegistry(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	first, _ := newTestTransport(t, Config{Base: newScriptedBase(alwaysOK), Registerer: reg, Endpoints: []Endpoint{hostEndpoint("a", 0)}})
+	before, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = New(Config{Base: newScriptedBase(alwaysOK), Registerer: reg, Endpoints: []Endpoint{hostEndpoint("a", 0)}})
+	var already prometheus.AlreadyRegisteredError
+	if !errors.As(err, &already) {
+		t.Fatalf("second New on the same registry: err = %v, want AlreadyRegisteredError", err)
+	}
+	after, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(after) != len(before) {
+		t.Fatalf("registry had %d families before the failed New and %d after", len(before), len(after))
+	}
+	chat(t, first)
+	if got := metricValue(t, reg, "failover_attempts_total", map[string]string{"endpoint": "a", "outcome": "200"}); got != 1 {
+		t.Fatalf("first transport's attempts = %v after the failed New, want 1", got)
+	}
+}
+
+func TestMetricsFailedRegistrationLeavesRegistryUnchanged(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	// A family of the same name as one registered late in New.
+	clash := prometheus.NewCounter(prometheus.CounterOpts{Name: "failover_cooldowns_total", Help: "someone else's"})
+	reg.MustRegister(clash)
+	clash.Inc()
+	_, err := New(Config{Base: newScriptedBase(alwaysOK), Registerer: reg, Endpoints: []Endpoint{hostEndpoint("a", 0)}})
+	if err == nil {
+		t.Fatal("New succeeded on a registry holding a clashing family")
+	}
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(families) != 1 || families[0].GetName() != "failover_cooldowns_total" {
+		names := []string{}
+		for _, f := range families {
+			names = append(names, f.GetName())
+		}
+		t.Fatalf("registry holds %v after the failed New, want only the clashing family", names)
+	}
+}

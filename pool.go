@@ -548,6 +548,9 @@ func (t *Transport) initBreaker(e *endpoint, bc BreakerConfig) {
 			if to == gobreaker.StateOpen {
 				e.openUntil.Store(now.Add(timeout).UnixNano())
 			}
+			if t.logger == nil {
+				return // nothing to log later
+			}
 			e.pendingMu.Lock()
 			e.pending = append(e.pending, transition{from: from, to: to})
 			e.pendingMu.Unlock()
@@ -559,9 +562,9 @@ func (t *Transport) initBreaker(e *endpoint, bc BreakerConfig) {
 // transition is a breaker state change waiting to be logged.
 type transition struct{ from, to gobreaker.State }
 
-// flushTransitions logs and counts e's breaker state changes recorded since
-// the last flush. It is called after calls into the breaker, outside its
-// lock.
+// flushTransitions logs e's breaker state changes recorded since the last
+// flush (recorded only when there is a logger). It is called after calls
+// into the breaker, outside its lock.
 func (t *Transport) flushTransitions(e *endpoint) {
 	if !e.hasPending.Load() {
 		return
@@ -572,10 +575,8 @@ func (t *Transport) flushTransitions(e *endpoint) {
 	e.hasPending.Store(false)
 	e.pendingMu.Unlock()
 	for _, tr := range pending {
-		if t.logger != nil {
-			t.logger.Warn("failover: circuit breaker state changed",
-				slog.String("endpoint", e.name), slog.String("from", tr.from.String()), slog.String("to", tr.to.String()))
-		}
+		t.logger.Warn("failover: circuit breaker state changed",
+			slog.String("endpoint", e.name), slog.String("from", tr.from.String()), slog.String("to", tr.to.String()))
 	}
 }
 

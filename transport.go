@@ -44,7 +44,9 @@ type Config struct {
 
 	// Registerer receives the Transport's Prometheus metrics. Nil means no
 	// metrics are registered (and none are collected). The global registry
-	// is never used unless passed here. The metrics, whose endpoint label
+	// is never used unless passed here. One registry serves one Transport:
+	// New fails, leaving the registry unchanged, when the metrics are
+	// already registered there. The metrics, whose endpoint label
 	// is the endpoint's Name and whose outcome label is the status code,
 	// or "error" or "timeout" when no response arrived (never a path, a
 	// model, a key or an error text):
