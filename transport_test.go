@@ -3,6 +3,7 @@ package failover
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -1886,10 +1887,26 @@ func TestLogsNeverCarryKeys(t *testing.T) {
 	logs := buf.String()
 	var breaker, cooldown, failed bool
 	for _, line := range strings.Split(strings.TrimSpace(logs), "\n") {
-		l := strings.ToLower(line)
-		breaker = breaker || strings.Contains(l, "breaker")
-		cooldown = cooldown || strings.Contains(l, "cool")
-		failed = failed || strings.Contains(l, `"level":"debug"`)
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("log line is not JSON: %v: %s", err, line)
+		}
+		has := func(keys ...string) bool {
+			for _, k := range keys {
+				if _, ok := rec[k]; !ok {
+					return false
+				}
+			}
+			return true
+		}
+		switch rec["msg"] {
+		case "failover: circuit breaker state changed":
+			breaker = breaker || rec["level"] == "WARN" && has("endpoint", "from", "to")
+		case "failover: endpoint cooling down":
+			cooldown = cooldown || rec["level"] == "WARN" && has("endpoint", "status", "for")
+		case "failover: attempt failed":
+			failed = failed || rec["level"] == "DEBUG" && has("endpoint", "attempt", "outcome", "result")
+		}
 	}
 	if !breaker || !cooldown || !failed {
 		t.Errorf("logs lack a breaker change (%v), a cooldown (%v) or a debug line (%v):\n%s", breaker, cooldown, failed, logs)
