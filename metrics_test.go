@@ -200,3 +200,18 @@ func TestMetricsFailedRegistrationLeavesRegistryUnchanged(t *testing.T) {
 		t.Fatalf("registry holds %v after the failed New, want only the clashing family", names)
 	}
 }
+
+func TestMetricsTwoTransportsWrappedRegistry(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	for _, client := range []string{"a", "b"} {
+		wrapped := prometheus.WrapRegistererWith(prometheus.Labels{"client": client}, reg)
+		tr, _ := newTestTransport(t, Config{Base: newScriptedBase(alwaysOK), Registerer: wrapped, Endpoints: []Endpoint{hostEndpoint("e", 0)}})
+		chat(t, tr)
+	}
+	for _, client := range []string{"a", "b"} {
+		labels := map[string]string{"client": client, "endpoint": "e", "outcome": "200"}
+		if got := metricValue(t, reg, "failover_attempts_total", labels); got != 1 {
+			t.Errorf("attempts%v = %v, want 1", labels, got)
+		}
+	}
+}
