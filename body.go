@@ -25,8 +25,6 @@ type replayBody struct {
 	getBody    func() (io.ReadCloser, error) // set on outgoing requests
 }
 
-// newReplayBody prepares req's body for replay. A body above limit bytes
-// without GetBody is sent once, unbuffered beyond its first limit bytes.
 // init prepares req's body for replay. A body above limit bytes without
 // GetBody is sent once, unbuffered beyond its first limit bytes.
 func (b *replayBody) init(req *http.Request, limit int64) error {
