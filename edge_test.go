@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -517,5 +518,38 @@ func TestEdgeUpgradeBodyStaysWritable(t *testing.T) {
 	}
 	if err := rw.Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestURLErrorRedacted: a Base that returns *url.Error (one wrapping an
+// http.Client does) puts the outgoing URL in its message; the endpoint's
+// query there may hold a key, so neither the returned error nor Health
+// shows the query.
+func TestURLErrorRedacted(t *testing.T) {
+	const secret = "sk-query-SECRET"
+	base := roundTripFunc(func(req *http.Request) (*http.Response, error) {
+		if !strings.Contains(req.URL.RawQuery, secret) {
+			t.Errorf("outgoing query %q lacks the endpoint's parameter", req.URL.RawQuery)
+		}
+		return nil, &url.Error{Op: "Post", URL: req.URL.String(), Err: errors.New("connection refused")}
+	})
+	tr, _ := newTestTransport(t, Config{Base: base, MaxRetries: -1,
+		Endpoints: []Endpoint{{Name: "q", BaseURL: "https://q.test/v1?key=" + secret}}})
+	_, err := tr.RoundTrip(chatRequest(t, context.Background(), clientBase, false))
+	if err == nil {
+		t.Fatal("RoundTrip succeeded, want the base's error")
+	}
+	msg, last := err.Error(), healthOf(t, tr, "q").LastError
+	for _, s := range []string{msg, last} {
+		if strings.Contains(s, secret) {
+			t.Errorf("%q shows the endpoint's query", s)
+		}
+		if !strings.Contains(s, "https://q.test/v1/chat/completions") || !strings.Contains(s, "connection refused") {
+			t.Errorf("%q lost the URL's path or the cause", s)
+		}
+	}
+	var ue *url.Error
+	if !errors.As(err, &ue) {
+		t.Errorf("error %v no longer unwraps to *url.Error", err)
 	}
 }

@@ -114,7 +114,7 @@ func ConfigFromEnv() (Config, error) {
 //
 //	OPENAI_FALLBACK_ENABLED  A boolean; false means exactly one attempt per
 //	                         request (Config.MaxRetries = -1). Default: true.
-//	OPENAI_MAX_RETRIES       A non-negative integer, the extra attempts per
+//	OPENAI_MAX_RETRIES       An integer from 0 to 1000, the extra attempts per
 //	                         request (Config.MaxRetries); 0 means none.
 //	                         Default: 3.
 //	OPENAI_BACKOFF_MS        A non-negative integer, milliseconds
@@ -194,6 +194,8 @@ func ConfigFromEnviron(environ []string) (Config, error) {
 		switch {
 		case problem != "":
 			fail(envMaxRetries, "%s", problem)
+		case n > maxRetriesLimit:
+			fail(envMaxRetries, "%s is above %d", quoteEnv(v), maxRetriesLimit)
 		case cfg.MaxRetries < 0:
 			// OPENAI_FALLBACK_ENABLED=false: one attempt, whatever this says.
 		case n == 0:
@@ -284,6 +286,9 @@ func envEndpoint(n int, vals *[numEnvFields]string, key, base string) (Endpoint,
 		errs = append(errs, fmt.Errorf("failover: %s%s: %s", envFieldPrefix[f], suffix, fmt.Sprintf(format, args...)))
 	}
 	e := Endpoint{Priority: n, BaseURL: base, APIKey: key, Name: vals[fieldName]}
+	if !utf8.ValidString(e.Name) {
+		fail(fieldName, "%s is not valid UTF-8", quoteEnv(e.Name))
+	}
 	if e.BaseURL == "" {
 		e.BaseURL = DefaultClientBaseURL
 	}

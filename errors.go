@@ -3,10 +3,16 @@ package failover
 import (
 	"errors"
 	"fmt"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
 )
+
+// errDotSegment refuses a routed request whose path has a "." or ".."
+// segment after the base path: no API path has one, and an upstream that
+// cleans paths would serve it from outside the endpoint's base path.
+var errDotSegment = errors.New("failover: request path has a . or .. segment; not sent")
 
 var (
 	// ErrNoEndpoints is returned by [New] for a Config without endpoints.
@@ -121,4 +127,19 @@ func (e *Error) Unwrap() []error {
 	out := make([]error, 0, 1+len(e.Attempts))
 	out = append(out, e.Err)
 	return append(out, e.Attempts...)
+}
+
+// redactURLError returns err with the URL of a *url.Error (which a Base
+// wrapping an http.Client returns) cut to scheme, host and path: the
+// outgoing URL carries the endpoint's query, which may hold a key, and
+// attempt errors reach messages, logs and Health.
+func redactURLError(err error) error {
+	ue, ok := err.(*url.Error)
+	if !ok {
+		return err
+	}
+	if r := redactURL(ue.URL); r != ue.URL {
+		return &url.Error{Op: ue.Op, URL: r, Err: ue.Err}
+	}
+	return err
 }

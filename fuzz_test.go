@@ -4,6 +4,8 @@ import (
 	"context"
 	"net/http"
 	"net/url"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -70,6 +72,20 @@ func FuzzRewrite(f *testing.F) {
 			}
 			if len(gotQ[k]) != len(vs) {
 				t.Fatalf("query parameter %q lost: in %q, out %q", k, in.URL.RawQuery, out.URL.RawQuery)
+			}
+		}
+		// The caller's pairs travel verbatim, even those ParseQuery
+		// rejects, unless the endpoint sets the same parameter.
+		outPairs := strings.Split(out.URL.RawQuery, "&")
+		for _, pair := range strings.Split(in.URL.RawQuery, "&") {
+			key, _, _ := strings.Cut(pair, "=")
+			if k, err := url.QueryUnescape(key); err == nil {
+				if _, set := e.query[k]; set {
+					continue
+				}
+			}
+			if pair != "" && !slices.Contains(outPairs, pair) {
+				t.Fatalf("query pair %q lost: in %q, out %q", pair, in.URL.RawQuery, out.URL.RawQuery)
 			}
 		}
 		if e.query == nil && out.URL.RawQuery != in.URL.RawQuery {

@@ -44,6 +44,7 @@ var commonCodes = [...]int{200, 201, 204, 400, 401, 403, 404, 408, 409, 413, 422
 const (
 	slotError = len(commonCodes) + iota
 	slotTimeout
+	slotCanceled
 	numSlots
 )
 
@@ -62,7 +63,7 @@ type endpointMetrics struct {
 
 type counterRef struct{ prometheus.Counter }
 
-func newMetrics(reg prometheus.Registerer, eps []*endpoint) (*metrics, error) {
+func newMetrics(reg prometheus.Registerer, t *Transport) (*metrics, error) {
 	if reg == nil {
 		return nil, nil
 	}
@@ -70,7 +71,7 @@ func newMetrics(reg prometheus.Registerer, eps []*endpoint) (*metrics, error) {
 	m := &metrics{
 		attempts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "failover_attempts_total",
-			Help: "Attempts sent to each endpoint, by outcome: the status code, or error or timeout when no response arrived.",
+			Help: "Attempts sent to each endpoint, by outcome: the status code, or error, timeout or canceled (the caller gave up) when no response arrived.",
 		}, []string{"endpoint", "outcome"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "failover_attempt_duration_seconds",
@@ -100,7 +101,7 @@ func newMetrics(reg prometheus.Registerer, eps []*endpoint) (*metrics, error) {
 		}),
 	}
 	state := &stateCollector{
-		endpoints: eps,
+		t: t,
 		inflight: prometheus.NewDesc("failover_attempts_in_flight",
 			"Attempts sent to each endpoint that have not yet received their response headers.", ep, nil),
 		breaker: prometheus.NewDesc("failover_breaker_state",
@@ -137,6 +138,8 @@ func (m *metrics) forEndpoint(e *endpoint) *endpointMetrics {
 	return em
 }
 
+// attempt counts an attempt by its outcome: resp's status code, else
+// timeout or error.
 func (m *endpointMetrics) attempt(resp *http.Response, err error) {
 	if m == nil {
 		return
@@ -158,6 +161,18 @@ func (m *endpointMetrics) attempt(resp *http.Response, err error) {
 	case errors.Is(err, ErrAttemptTimeout):
 		slot = slotTimeout
 	}
+	m.count(slot)
+}
+
+// canceled counts an attempt the caller gave up on before its response
+// arrived.
+func (m *endpointMetrics) canceled() {
+	if m != nil {
+		m.count(slotCanceled)
+	}
+}
+
+func (m *endpointMetrics) count(slot int) {
 	ref := m.attempts[slot].Load()
 	if ref == nil {
 		label := "error"
@@ -166,6 +181,8 @@ func (m *endpointMetrics) attempt(resp *http.Response, err error) {
 			label = statusLabel(commonCodes[slot])
 		case slot == slotTimeout:
 			label = "timeout"
+		case slot == slotCanceled:
+			label = "canceled"
 		}
 		// WithLabelValues returns the same child for the same labels, so
 		// two goroutines racing here store equal values.
@@ -215,9 +232,9 @@ func (m *metrics) requestDone(failedAttempts int, ok bool) {
 // (attempts in flight, breaker state) at scrape time, from the atomics the
 // transport keeps anyway: no gauge is written on the hot path.
 type stateCollector struct {
-	endpoints []*endpoint
-	inflight  *prometheus.Desc
-	breaker   *prometheus.Desc
+	t        *Transport
+	inflight *prometheus.Desc
+	breaker  *prometheus.Desc
 }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -226,8 +243,13 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
-	for _, e := range c.endpoints {
+	for _, e := range c.t.endpoints {
+		// The breaker's own State, not the mirror: an open breaker whose
+		// timeout has passed reports half-open even when no request has
+		// come since, as Health does.
+		bs := e.breaker.State()
+		c.t.flushTransitions(e)
 		ch <- prometheus.MustNewConstMetric(c.inflight, prometheus.GaugeValue, float64(e.hot.inflight()), e.name)
-		ch <- prometheus.MustNewConstMetric(c.breaker, prometheus.GaugeValue, float64(e.breakerState.Load()), e.name)
+		ch <- prometheus.MustNewConstMetric(c.breaker, prometheus.GaugeValue, float64(bs), e.name)
 	}
 }

@@ -1,7 +1,9 @@
 package failover
 
 import (
+	"context"
 	"errors"
+	"io"
 	"net/http"
 	"testing"
 	"time"
@@ -215,3 +217,70 @@ func TestMetricsTwoTransportsWrappedRegistry(t *testing.T) {
 		}
 	}
 }
+
+// TestMetricsBreakerStateNotStale: once an open breaker's timeout has
+// passed, a scrape reports it half-open although no request (and no call to
+// Health) has come since, as Health would.
+func TestMetricsBreakerStateNotStale(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	base := roundTripFunc(func(*http.Request) (*http.Response, error) { return reply(500, "down"), nil })
+	tr, _ := newTestTransport(t, Config{Base: base, Registerer: reg, MaxRetries: -1,
+		Breaker:   BreakerConfig{FailureThreshold: 1, OpenTimeout: time.Millisecond},
+		Endpoints: []Endpoint{hostEndpoint("a", 0)}})
+	chat(t, tr)
+	state := func() float64 {
+		return metricValue(t, reg, "failover_breaker_state", map[string]string{"endpoint": "a"})
+	}
+	eventually(t, "reported half-open by a scrape alone", func() bool { return state() == float64(StateHalfOpen) })
+}
+
+// TestMetricsCountCanceledAttempt: an attempt sent and then given up by
+// the caller is counted, with outcome canceled, as Health counts it.
+func TestMetricsCountCanceledAttempt(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	base := roundTripFunc(func(req *http.Request) (*http.Response, error) {
+		cancel()
+		<-req.Context().Done()
+		return nil, req.Context().Err()
+	})
+	tr, _ := newTestTransport(t, Config{Base: base, Registerer: reg, Endpoints: []Endpoint{hostEndpoint("a", 0)}})
+	if _, err := tr.RoundTrip(chatRequest(t, ctx, clientBase, false)); !errors.Is(err, context.Canceled) {
+		t.Fatalf("error %v, want context.Canceled", err)
+	}
+	if got := metricValue(t, reg, "failover_attempts_total", map[string]string{"endpoint": "a", "outcome": "canceled"}); got != 1 {
+		t.Errorf("canceled attempts = %v, want 1", got)
+	}
+	if got := healthOf(t, tr, "a").Requests; got != 1 {
+		t.Errorf("Health requests = %d, want 1", got)
+	}
+}
+
+// TestMetricsAttemptEndsAtHeaders: an attempt stops being in flight when
+// its response headers arrive, before its error body is read for
+// classification.
+func TestMetricsAttemptEndsAtHeaders(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	var inflightAtRead []float64
+	base := roundTripFunc(func(*http.Request) (*http.Response, error) {
+		resp := reply(400, "")
+		resp.Body = io.NopCloser(readFunc(func(p []byte) (int, error) {
+			inflightAtRead = append(inflightAtRead, metricValue(t, reg, "failover_attempts_in_flight", map[string]string{"endpoint": "a"}))
+			return copy(p, "bad request"), io.EOF
+		}))
+		return resp, nil
+	})
+	tr, _ := newTestTransport(t, Config{Base: base, Registerer: reg, MaxRetries: -1, Endpoints: []Endpoint{hostEndpoint("a", 0)}})
+	if status, _ := chat(t, tr); status != 400 {
+		t.Fatalf("status %d, want 400", status)
+	}
+	if len(inflightAtRead) == 0 || inflightAtRead[0] != 0 {
+		t.Fatalf("in flight while the error body was read: %v, want 0", inflightAtRead)
+	}
+}
+
+// readFunc adapts a function to io.Reader.
+type readFunc func([]byte) (int, error)
+
+func (f readFunc) Read(p []byte) (int, error) { return f(p) }

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/sony/gobreaker/v2"
 	"golang.org/x/time/rate"
@@ -34,12 +35,17 @@ type Endpoint struct {
 	// BaseURL is the absolute http or https URL requests are sent to. It may
 	// carry a path prefix (https://proxy.example/openai/v1), which replaces
 	// the client-side base path of each request, and a query, whose
-	// parameters are set on every request (Azure's api-version). It must not
-	// carry user information. Required.
+	// parameters are added to every request's (Azure's api-version),
+	// replacing the caller's of the same name. Its escaping is kept. It
+	// must not carry user information, a fragment or a query that does not
+	// parse. Required.
 	BaseURL string
 
 	// APIKey is sent as "Authorization: Bearer <APIKey>", replacing the
-	// caller's Authorization header. Empty keeps the caller's header as it is.
+	// caller's Authorization header. The caller's OpenAI-Organization and
+	// OpenAI-Project headers, which scope the caller's key, are then
+	// dropped; set the endpoint's own in Header. Empty keeps the caller's
+	// headers as they are.
 	APIKey string
 
 	// Priority orders endpoints: lower numbers are preferred, and a higher
@@ -75,7 +81,8 @@ type Endpoint struct {
 	Disabled bool
 
 	// Header holds extra headers set on every request to this endpoint,
-	// replacing the caller's values for the same keys. Nil means none.
+	// replacing the caller's values for the same keys in any spelling.
+	// Nil means none.
 	Header http.Header
 }
 
@@ -94,16 +101,24 @@ func (e Endpoint) GoString() string {
 // immutable after New; its state is atomics, the breaker's own short lock and
 // the limiter's own short lock: no lock of the Transport's.
 type endpoint struct {
-	cfg     Endpoint
-	index   int    // position in Transport.endpoints
-	name    string // == cfg.Name
-	scheme  string
-	host    string
-	path    string // path prefix without trailing slash
-	rawPath string // escaped path prefix, "" when it equals path
-	query   url.Values
-	auth    []string // {"Bearer <key>"}, nil when APIKey is empty
-	header  http.Header
+	cfg      Endpoint
+	index    int    // position in Transport.endpoints
+	name     string // == cfg.Name
+	scheme   string
+	host     string
+	path     string // path prefix without trailing slash
+	escPath  string // the same, escaped as BaseURL has it
+	rawPath  bool   // escPath is not the default escaping of path
+	query    url.Values
+	rawQuery string   // BaseURL's query as written, sent before the caller's
+	auth     []string // {"Bearer <key>"}, nil when APIKey is empty
+	header   http.Header
+	// drop are the caller's headers removed, in any spelling, from each
+	// request to this endpoint: those it sets itself (Authorization when
+	// it has a key, its extra headers), so that the caller's value never
+	// travels beside its own, and with a key, OpenAI-Organization and
+	// OpenAI-Project, which qualify the caller's key, not this one.
+	drop    []headerName
 	timeout time.Duration
 
 	limiter *rate.Limiter // nil when unlimited
@@ -407,6 +422,8 @@ func prepareEndpoint(i int, c Endpoint) (*endpoint, error) {
 		return nil, fmt.Errorf("%s: Burst %d is negative", label, c.Burst)
 	case c.Timeout < 0:
 		return nil, fmt.Errorf("%s: Timeout %v is negative", label, c.Timeout)
+	case !utf8.ValidString(c.Name):
+		return nil, fmt.Errorf("%s: Name is not valid UTF-8", label)
 	case strings.ContainsAny(c.APIKey, "\r\n"):
 		return nil, fmt.Errorf("%s: APIKey contains a line break", label)
 	}
@@ -442,20 +459,43 @@ func prepareEndpoint(i int, c Endpoint) (*endpoint, error) {
 		timeout: c.Timeout,
 		header:  c.Header,
 	}
-	if raw := strings.TrimSuffix(u.RawPath, "/"); raw != "" && raw != e.path {
-		e.rawPath = raw
-	}
+	e.escPath = strings.TrimSuffix(u.EscapedPath(), "/")
+	e.rawPath = u.RawPath != ""
 	if u.RawQuery != "" {
-		e.query = u.Query()
+		e.query, _ = url.ParseQuery(u.RawQuery) // parseBaseURL checked it
+		e.rawQuery = u.RawQuery
 	}
 	if c.APIKey != "" {
 		e.auth = []string{"Bearer " + c.APIKey}
+		e.drop = append(e.drop, headerName{"Authorization", true})
+		for _, k := range keyScopeHeaders {
+			if _, set := c.Header[k]; !set {
+				e.drop = append(e.drop, headerName{k, false})
+			}
+		}
+	}
+	for k := range c.Header {
+		e.drop = append(e.drop, headerName{k, true})
 	}
 	if c.MaxRPS > 0 {
 		e.limiter = rate.NewLimiter(rate.Limit(c.MaxRPS), c.Burst)
 	}
 	e.cfg = c
 	return e, nil
+}
+
+// keyScopeHeaders name the account and project an OpenAI key is used
+// under (canonical spelling). A caller's apply to the caller's key: sent
+// with an endpoint's key of another organization they get a 401, which
+// would open that endpoint's breaker.
+var keyScopeHeaders = []string{"Openai-Organization", "Openai-Project"}
+
+// headerName is a canonical header name the rewrite removes from the
+// caller's headers in any spelling; set means the endpoint sets it again,
+// so its canonical spelling is left to be overwritten.
+type headerName struct {
+	name string
+	set  bool
 }
 
 // parseBaseURL parses an absolute http(s) URL without user information. Its
@@ -482,6 +522,9 @@ func parseBaseURL(s string) (*url.URL, error) {
 		return nil, errors.New("carries user information; put credentials in APIKey or Header")
 	case u.Fragment != "":
 		return nil, errors.New("carries a fragment")
+	}
+	if _, err := url.ParseQuery(u.RawQuery); err != nil {
+		return nil, errors.New("query does not parse")
 	}
 	u.Host = canonicalHost(u.Scheme, u.Host)
 	return u, nil

@@ -53,11 +53,7 @@ func newRouter(clientBases []string, eps []*endpoint) (router, error) {
 		add(u.Scheme, u.Host, strings.TrimSuffix(u.Path, "/"), strings.TrimSuffix(u.EscapedPath(), "/"))
 	}
 	for _, e := range eps {
-		raw := e.rawPath
-		if raw == "" {
-			raw = e.path
-		}
-		add(e.scheme, e.host, e.path, raw)
+		add(e.scheme, e.host, e.path, e.escPath)
 	}
 	for h, bases := range r.byHost {
 		sort.SliceStable(bases, func(i, j int) bool { return len(bases[i].path) > len(bases[j].path) })
@@ -96,6 +92,21 @@ func (r *router) match(u *url.URL) (match, bool) {
 	return match{}, false
 }
 
+// hasDotSegment reports whether path p has a "." or ".." segment, which
+// an upstream that cleans paths would resolve outside the endpoint's base
+// path, with the endpoint's key.
+func hasDotSegment(p string) bool {
+	if !strings.Contains(p, "/.") && !strings.HasPrefix(p, ".") {
+		return false
+	}
+	for seg := range strings.SplitSeq(p, "/") {
+		if seg == "." || seg == ".." {
+			return true
+		}
+	}
+	return false
+}
+
 // underPath reports whether p is base or below it at a segment boundary.
 func underPath(p, base string) bool {
 	if !strings.HasPrefix(p, base) {
@@ -111,9 +122,11 @@ type outgoing struct {
 }
 
 // rewrite returns the outgoing request for one attempt of in on e: a shallow
-// copy carrying ctx, with scheme, host and base path replaced by
-// the endpoint's, its query parameters set, Authorization replaced by its
-// key and its extra headers set. in is never modified.
+// copy carrying ctx, with scheme, host and base path replaced by the
+// endpoint's (escaping kept), its query parameters added, Authorization
+// replaced by its key, the caller's OpenAI-Organization and OpenAI-Project
+// dropped when it has a key, and its extra headers set. in is never
+// modified.
 //
 // Header value slices are shared with in and with the endpoint's
 // configuration; the http.RoundTripper contract forbids a transport to
@@ -131,23 +144,18 @@ func rewrite(ctx context.Context, in *http.Request, e *endpoint, m match) *http.
 	if e.path != m.base.path {
 		u.Path = e.path + m.rest
 	}
-	switch {
-	case in.URL.RawPath == "":
-	case m.rawRest != "" || m.rest == "":
-		raw := e.rawPath
-		if raw == "" {
-			raw = e.path
+	if in.URL.RawPath != "" || e.rawPath {
+		// Keep the escaping of both parts: the endpoint's prefix as its
+		// BaseURL has it, the rest as the caller sent it (or the default
+		// escaping when the caller's did not line up with the base).
+		rest := m.rawRest
+		if rest == "" && m.rest != "" {
+			rest = (&url.URL{Path: m.rest}).EscapedPath()
 		}
-		u.RawPath = raw + m.rawRest
-	default:
-		u.RawPath = "" // let url.URL derive the escaping from Path
+		u.RawPath = e.escPath + rest
 	}
 	if e.query != nil {
-		q := u.Query()
-		for k, vs := range e.query {
-			q[k] = vs
-		}
-		u.RawQuery = q.Encode()
+		u.RawQuery = mergeQuery(e, in.URL.RawQuery)
 	}
 	out.URL = u
 	out.Host = ""
@@ -161,9 +169,56 @@ func rewrite(ctx context.Context, in *http.Request, e *endpoint, m match) *http.
 	if e.auth != nil {
 		h["Authorization"] = e.auth
 	}
+	if len(e.drop) > 0 {
+		for k := range h {
+			if dropped(k, e.drop) {
+				delete(h, k)
+			}
+		}
+	}
 	for k, vs := range e.header {
 		h[k] = vs
 	}
 	out.Header = h
 	return out
+}
+
+// dropped reports whether the caller's header k is to be removed: one of
+// names in any spelling (a header map written to directly can hold
+// "authorization"), except the canonical spelling of one set again anyway.
+func dropped(k string, names []headerName) bool {
+	for _, n := range names {
+		if len(k) == len(n.name) && strings.EqualFold(k, n.name) {
+			return !n.set || k != n.name
+		}
+	}
+	return false
+}
+
+// mergeQuery is the outgoing query of a request with query caller to e: e's
+// own query as written, then each of the caller's parameters, verbatim,
+// except those e sets itself. Pairs that do not parse are kept as they are.
+func mergeQuery(e *endpoint, caller string) string {
+	if caller == "" {
+		return e.rawQuery
+	}
+	var b strings.Builder
+	b.Grow(len(e.rawQuery) + 1 + len(caller))
+	b.WriteString(e.rawQuery)
+	for caller != "" {
+		var pair string
+		pair, caller, _ = strings.Cut(caller, "&")
+		if pair == "" {
+			continue
+		}
+		key, _, _ := strings.Cut(pair, "=")
+		if k, err := url.QueryUnescape(key); err == nil {
+			if _, set := e.query[k]; set {
+				continue
+			}
+		}
+		b.WriteByte('&')
+		b.WriteString(pair)
+	}
+	return b.String()
 }

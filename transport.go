@@ -34,8 +34,8 @@ type Config struct {
 	Endpoints []Endpoint
 
 	// MaxRetries is how many extra attempts a request may make after its
-	// first, across all endpoints. Zero means the default, 3; negative
-	// means none: one attempt per request, no failover.
+	// first, across all endpoints, at most 1000. Zero means the default,
+	// 3; negative means none: one attempt per request, no failover.
 	MaxRetries int
 
 	// Base sends the rewritten requests, and passes through untouched the
@@ -150,6 +150,7 @@ type BreakerConfig struct {
 // Defaults for the zero fields of Config.
 const (
 	defaultMaxRetries    = 3
+	maxRetriesLimit      = 1000
 	defaultBackoffMin    = 200 * time.Millisecond
 	defaultBackoffMax    = 5 * time.Second
 	defaultMaxWait       = 10 * time.Second
@@ -214,6 +215,9 @@ func New(cfg Config) (*Transport, error) {
 	if cfg.Breaker.HalfOpenRequests < 0 {
 		errs = append(errs, fmt.Errorf("failover: Breaker.HalfOpenRequests %d is negative", cfg.Breaker.HalfOpenRequests))
 	}
+	if cfg.MaxRetries > maxRetriesLimit {
+		errs = append(errs, fmt.Errorf("failover: MaxRetries %d is above %d", cfg.MaxRetries, maxRetriesLimit))
+	}
 	if cfg.MaxErrorBody < 0 {
 		errs = append(errs, fmt.Errorf("failover: MaxErrorBody %d is negative", cfg.MaxErrorBody))
 	}
@@ -272,12 +276,15 @@ func New(cfg Config) (*Transport, error) {
 	if cfg.MaxBodyBuffer < 0 {
 		t.maxBody = 0
 	}
-	if t.metrics, err = newMetrics(cfg.Registerer, eps); err != nil {
+	for _, e := range eps {
+		t.initBreaker(e, cfg.Breaker)
+	}
+	// Registered last: a scrape may come at once and reads the breakers.
+	if t.metrics, err = newMetrics(cfg.Registerer, t); err != nil {
 		return nil, err
 	}
 	for _, e := range eps {
 		e.m = t.metrics.forEndpoint(e)
-		t.initBreaker(e, cfg.Breaker)
 	}
 	t.tiers = buildTiers(eps)
 	return t, nil
@@ -313,6 +320,12 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	m, ok := t.router.match(req.URL)
 	if !ok {
 		return t.base.RoundTrip(req)
+	}
+	if hasDotSegment(m.rest) {
+		if req.Body != nil {
+			_ = req.Body.Close()
+		}
+		return nil, errDotSegment
 	}
 	ctx := req.Context()
 	var body replayBody
@@ -351,8 +364,14 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		out := rewrite(ctx, req, e, m)
 		out.Body, out.GetBody = rc, body.getBody
 		resp, errBody, err := t.send(e, out)
+		err = redactURLError(err)
 		if ctx.Err() != nil {
 			// The caller gave up: no fault of the endpoint's.
+			if resp != nil {
+				e.m.attempt(resp, nil)
+			} else {
+				e.m.canceled()
+			}
 			e.settle(done, errNotSent)
 			closeBody(resp)
 			cause = context.Cause(ctx)
@@ -414,10 +433,10 @@ func (t *Transport) send(e *endpoint, out *http.Request) (resp *http.Response, e
 	// the cost of time.Now on virtual machines.
 	start := time.Since(t.epoch)
 	resp, err = t.base.RoundTrip(out)
+	e.endAttempt(time.Since(t.epoch) - start) // the headers are in
 	if err == nil && resp.StatusCode >= 400 {
 		errBody, resp.Body = readPrefix(resp.Body, t.maxErrBody)
 	}
-	e.endAttempt(time.Since(t.epoch) - start)
 	if timer == nil {
 		return resp, errBody, err
 	}

@@ -1638,6 +1638,14 @@ func TestNewValidation(t *testing.T) {
 			wantIn: []string{"Breaker.FailureThreshold"}},
 		{name: "negative Cooldown", cfg: Config{Endpoints: []Endpoint{good("e1")}, Cooldown: -time.Second},
 			wantIn: []string{"Cooldown"}},
+		{name: "BaseURL query does not parse", cfg: Config{Endpoints: []Endpoint{with("e1", func(e *Endpoint) { e.BaseURL = "https://e1.test/v1?key=SECRET;x" })}},
+			wantIn: []string{"BaseURL", `"e1"`, "query"}},
+		{name: "Name not UTF-8", cfg: Config{Endpoints: []Endpoint{good("caf\xe9")}},
+			wantIn: []string{"Name", "UTF-8"}},
+		{name: "MaxRetries that would overflow", cfg: Config{Endpoints: []Endpoint{good("e1")}, MaxRetries: math.MaxInt},
+			wantIn: []string{"MaxRetries"}},
+		{name: "MaxRetries above the limit", cfg: Config{Endpoints: []Endpoint{good("e1")}, MaxRetries: 1001},
+			wantIn: []string{"MaxRetries", "1000"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tr, err := New(tc.cfg)

@@ -1,0 +1,174 @@
+package failover
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// sendVia sends a GET for rawURL (with header h, if any) through a
+// Transport with the single endpoint e and returns what the base saw.
+func sendVia(t *testing.T, e Endpoint, rawURL string, h http.Header) *http.Request {
+	t.Helper()
+	rec := &recordingBase{}
+	tr, _ := newTestTransport(t, Config{Base: rec, Endpoints: []Endpoint{e}})
+	req, err := http.NewRequestWithContext(context.Background(), http.MethodGet, rawURL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h != nil {
+		req.Header = h
+	}
+	before := snapshot(req)
+	roundTrip(t, tr, req)
+	if rec.req == nil {
+		t.Fatalf("%s was not sent", rawURL)
+	}
+	if after := snapshot(req); after != before {
+		t.Errorf("caller's request modified:\nbefore %s\nafter  %s", before, after)
+	}
+	return rec.req
+}
+
+func TestRoutingKeepsEscaping(t *testing.T) {
+	for _, tc := range []struct {
+		name, base, url, want string
+	}{
+		{"escaped slash in the endpoint's path", "https://gw.test/models/org%2Fmodel/v1", clientBase + "/chat/completions",
+			"/models/org%2Fmodel/v1/chat/completions"},
+		{"escaped slash in both", "https://gw.test/models/org%2Fmodel/v1", clientBase + "/files/a%2Fb",
+			"/models/org%2Fmodel/v1/files/a%2Fb"},
+		{"space in the endpoint's path, escaped slash in the request's", "https://gw.test/my%20proxy/v1", clientBase + "/files/a%2Fb",
+			"/my%20proxy/v1/files/a%2Fb"},
+		{"escaped slash in the request's only", "https://gw.test/v1", clientBase + "/files/a%2Fb",
+			"/v1/files/a%2Fb"},
+		{"nothing escaped", "https://gw.test/openai/v1", clientBase + "/chat/completions",
+			"/openai/v1/chat/completions"},
+		{"the base itself", "https://gw.test/models/org%2Fmodel/v1", clientBase,
+			"/models/org%2Fmodel/v1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out := sendVia(t, Endpoint{Name: "gw", BaseURL: tc.base, APIKey: "k"}, tc.url, nil)
+			if got := out.URL.EscapedPath(); got != tc.want {
+				t.Errorf("sent to %q, want %q", got, tc.want)
+			}
+			if got := out.URL.String(); !strings.HasPrefix(got, "https://gw.test"+tc.want) {
+				t.Errorf("outgoing URL %q, want it to start with https://gw.test%s", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestRoutingEndpointQueryKeepsCallersParametersVerbatim(t *testing.T) {
+	e := Endpoint{Name: "az", BaseURL: "https://az.test/openai/v1?api-version=1&b=%2F", APIKey: "k"}
+	for _, tc := range []struct{ query, want string }{
+		{"", "api-version=1&b=%2F"},
+		{"x=1", "api-version=1&b=%2F&x=1"},
+		// Pairs url.ParseQuery rejects are kept; the endpoint's
+		// parameters replace the caller's of the same name.
+		{"filter=a;b&x=%zz&ok=1&api-version=9&b=3&c=%2F", "api-version=1&b=%2F&filter=a;b&x=%zz&ok=1&c=%2F"},
+		{"a&&b=", "api-version=1&b=%2F&a"},
+	} {
+		t.Run(tc.query, func(t *testing.T) {
+			u := clientBase + "/models"
+			if tc.query != "" {
+				u += "?" + tc.query
+			}
+			if got := sendVia(t, e, u, nil).URL.RawQuery; got != tc.want {
+				t.Errorf("sent query %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestRoutingDropsCallersCredentials checks that a caller's Authorization
+// (in any spelling), OpenAI-Organization and OpenAI-Project never reach an
+// endpoint with its own key, and that an endpoint's extra header replaces
+// the caller's of any spelling.
+func TestRoutingDropsCallersCredentials(t *testing.T) {
+	const secret = "sk-caller-SECRET"
+	caller := func() http.Header {
+		return http.Header{
+			"Authorization":       {"Bearer " + secret},
+			"authorization":       {"Bearer " + secret},
+			"Openai-Organization": {"org-caller"},
+			"openai-project":      {"proj-caller"},
+			"x-extra":             {"caller"},
+			"Content-Type":        {"application/json"},
+		}
+	}
+	t.Run("endpoint with key", func(t *testing.T) {
+		out := sendVia(t, Endpoint{Name: "p", BaseURL: "https://p.test/v1", APIKey: "ep-key", Header: http.Header{"X-Extra": {"ep"}}},
+			clientBase+"/models", caller())
+		want := http.Header{
+			"Authorization": {"Bearer ep-key"},
+			"X-Extra":       {"ep"},
+			"Content-Type":  {"application/json"},
+		}
+		if !headersEqual(out.Header, want) {
+			t.Errorf("sent headers %v, want %v", out.Header, want)
+		}
+	})
+	t.Run("endpoint sets its own organization", func(t *testing.T) {
+		out := sendVia(t, Endpoint{Name: "p", BaseURL: "https://p.test/v1", APIKey: "ep-key", Header: http.Header{"OpenAI-Organization": {"org-ep"}}},
+			clientBase+"/models", caller())
+		if got := out.Header.Values("Openai-Organization"); !slices.Equal(got, []string{"org-ep"}) {
+			t.Errorf("OpenAI-Organization %q, want the endpoint's", got)
+		}
+		if got := out.Header.Values("Openai-Project"); got != nil {
+			t.Errorf("OpenAI-Project %q, want none", got)
+		}
+	})
+	t.Run("endpoint without key keeps the caller's", func(t *testing.T) {
+		out := sendVia(t, Endpoint{Name: "p", BaseURL: "https://p.test/v1"}, clientBase+"/models", caller())
+		if !headersEqual(out.Header, caller()) {
+			t.Errorf("sent headers %v, want the caller's %v", out.Header, caller())
+		}
+	})
+}
+
+func headersEqual(a, b http.Header) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, vs := range a {
+		if !slices.Equal(vs, b[k]) {
+			return false
+		}
+	}
+	return true
+}
+
+// TestRoutingRefusesDotSegments: a routed path with a . or .. segment,
+// escaped or not, is never sent; an upstream that cleans paths would serve
+// it from outside the endpoint's base path, with the endpoint's key.
+func TestRoutingRefusesDotSegments(t *testing.T) {
+	base := newScriptedBase(alwaysOK)
+	tr, _ := newTestTransport(t, Config{Base: base, Endpoints: []Endpoint{{Name: "p", BaseURL: "https://p.test/openai/v1", APIKey: "k"}}})
+	for _, path := range []string{"/../../admin", "/%2e%2e/%2E%2E/admin", "/..%2f..%2fadmin", "/files/./x", "/files/.."} {
+		t.Run(path, func(t *testing.T) {
+			body := &countingBody{r: strings.NewReader(chatBody(false))}
+			req := post(t, clientBase+path, body)
+			resp, err := tr.RoundTrip(req)
+			if resp != nil {
+				_ = resp.Body.Close()
+			}
+			if !errors.Is(err, errDotSegment) {
+				t.Errorf("error %v, want errDotSegment", err)
+			}
+			if body.closes.Load() != 1 {
+				t.Errorf("request body closed %d times, want 1", body.closes.Load())
+			}
+		})
+	}
+	if n := len(base.Seen()); n != 0 {
+		t.Fatalf("%d request(s) with dot segments sent", n)
+	}
+	// A segment that merely starts with a dot is an ordinary name.
+	if status, _ := roundTrip(t, tr, post(t, clientBase+"/files/.well-known", nil)); status != 200 {
+		t.Errorf("/files/.well-known: status %d, want 200", status)
+	}
+}
