@@ -62,9 +62,9 @@ func (b *logBuffer) String() string {
 }
 
 // waitFor waits until the buffer matches re and returns the submatches of
-// the first match. It fails the test if exited is closed (or sends) first,
-// or after waitLimit.
-func (b *logBuffer) waitFor(t *testing.T, re *regexp.Regexp, exited <-chan int) []string {
+// the first match. It fails the test if exited sends first (putting the
+// code back for runningProxy.wait), or after waitLimit.
+func (b *logBuffer) waitFor(t *testing.T, re *regexp.Regexp, exited chan int) []string {
 	t.Helper()
 	timeout := time.NewTimer(waitLimit)
 	defer timeout.Stop()
@@ -79,6 +79,7 @@ func (b *logBuffer) waitFor(t *testing.T, re *regexp.Regexp, exited <-chan int) 
 		select {
 		case <-changed:
 		case code := <-exited:
+			exited <- code // buffered: for runningProxy.wait
 			t.Fatalf("the command exited with %d before logging %q; its output:\n%s", code, re, b)
 		case <-timeout.C:
 			t.Fatalf("no %q in the output within %v:\n%s", re, waitLimit, b)

@@ -42,9 +42,9 @@ func parseProxyFlags(args []string, stderr io.Writer) (proxyFlags, error) {
 	fs.StringVar(&f.adminListen, "admin-listen", "",
 		"`address` to serve /metrics and /healthz on; empty: on -listen")
 	fs.BoolVar(&f.allowRemote, "allow-remote", false,
-		"listen on non-loopback addresses without "+envProxyKey+", and on a non-loopback -admin-listen")
+		"listen on non-loopback addresses without "+envProxyKey+", and serve /metrics and /healthz on one")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", proxy.DefaultShutdownTimeout,
-		"how long requests in flight (streams too) may run on after SIGINT or SIGTERM")
+		"how long requests in flight (streams and upgraded connections too) may run on after SIGINT or SIGTERM")
 	fs.TextVar(&f.logLevel, "log-level", slog.LevelInfo, "log `level`: debug, info, warn or error")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: failover proxy [flags]
@@ -55,8 +55,10 @@ the README). Point an SDK's base URL at http://<listen>/v1.
 
 `+envProxyKey+`, when set, is the key clients must send as their API key
 (Authorization: Bearer <key>). Without it the proxy listens on loopback only,
-unless -allow-remote is given. The client's own Authorization header is never
-forwarded: each endpoint's key replaces it.
+unless -allow-remote is given. /metrics and /healthz never ask for the key:
+they are served on -admin-listen, or on -listen without it, and that address
+must be loopback unless -allow-remote is given. The client's own
+Authorization header is never forwarded: each endpoint's key replaces it.
 
 Flags:
 `)
@@ -108,16 +110,16 @@ func runProxyCommand(ctx context.Context, args, environ []string, stderr io.Writ
 	}
 	defer p.Close()
 
-	ln, err := listen(f.listen, "-listen", key == "" && !f.allowRemote)
+	pol := remotePolicy{haveKey: key != "", allowRemote: f.allowRemote}
+	// The admin handlers go on -listen unless -admin-listen is given.
+	ln, err := listen(f.listen, "-listen", pol, true, f.adminListen == "")
 	if err != nil {
 		fmt.Fprintf(stderr, "failover proxy: %v\n", err)
 		return exitCode(err)
 	}
 	var admin net.Listener
 	if f.adminListen != "" {
-		// The admin handlers never ask for the proxy key: only
-		// -allow-remote opens them to the network.
-		if admin, err = listen(f.adminListen, "-admin-listen", !f.allowRemote); err != nil {
+		if admin, err = listen(f.adminListen, "-admin-listen", pol, false, true); err != nil {
 			_ = ln.Close()
 			fmt.Fprintf(stderr, "failover proxy: %v\n", err)
 			return exitCode(err)
@@ -162,26 +164,55 @@ func exitCode(err error) int {
 	return exitFailure
 }
 
-// listen listens on addr; with loopbackOnly, it refuses (and closes) a
-// listener whose bound address is reachable from other machines. Checking
-// the bound address, not the text of addr, covers host names, "" and
-// 0.0.0.0 alike.
-func listen(addr, flagName string, loopbackOnly bool) (net.Listener, error) {
+// listen listens on addr, the value of flagName, for the API (api), the
+// admin handlers (admin) or both, and refuses (closing it) a listener that
+// pol does not allow to serve them on its bound address. Checking the
+// bound address, not the text of addr, covers host names, "" and 0.0.0.0
+// alike.
+func listen(addr, flagName string, pol remotePolicy, api, admin bool) (net.Listener, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", flagName, err)
 	}
-	if loopbackOnly && !proxy.IsLoopback(ln.Addr()) {
-		bound := ln.Addr().String()
+	if err := pol.check(flagName, addr, ln.Addr(), api, admin); err != nil {
 		_ = ln.Close()
-		if flagName == "-admin-listen" {
-			return nil, fmt.Errorf("refusing %s %s (bound to %s): %w; /metrics and /healthz need no key, so pass -allow-remote to serve them to other machines",
-				flagName, addr, bound, errRemote)
-		}
-		return nil, fmt.Errorf("refusing %s %s (bound to %s): %w, and %s is not set, so anyone who reaches it could spend the endpoints' keys; set %s (clients then send it as their API key), or pass -allow-remote",
-			flagName, addr, bound, errRemote, envProxyKey, envProxyKey)
+		return nil, err
 	}
 	return ln, nil
+}
+
+// remotePolicy decides what the proxy may serve on an address reachable
+// from other machines.
+type remotePolicy struct {
+	haveKey     bool // FAILOVER_PROXY_KEY is set: API requests must present it
+	allowRemote bool // -allow-remote: anything may be served anywhere
+}
+
+// check returns an error wrapping errRemote when a listener for flagName
+// (asked for as addr, bound to bound) would serve to other machines, without
+// -allow-remote, the API with no proxy key (api) or /metrics and /healthz
+// (admin), which never ask for the key; otherwise nil.
+func (pol remotePolicy) check(flagName, addr string, bound net.Addr, api, admin bool) error {
+	if pol.allowRemote || proxy.IsLoopback(bound) {
+		return nil
+	}
+	switch {
+	case api && !pol.haveKey:
+		err := fmt.Errorf("refusing %s %s (bound to %s): %w, and %s is not set, so anyone who reaches it could spend the endpoints' keys; set %s (clients then send it as their API key), or pass -allow-remote",
+			flagName, addr, bound, errRemote, envProxyKey, envProxyKey)
+		if admin {
+			err = fmt.Errorf("%w (/metrics and /healthz, served there too, need no key: with %s set, also pass -admin-listen on a loopback address such as 127.0.0.1:9090)",
+				err, envProxyKey)
+		}
+		return err
+	case admin && api:
+		return fmt.Errorf("refusing %s %s (bound to %s): %w, and /metrics and /healthz, served there too without -admin-listen, need no key; pass -admin-listen on a loopback address (such as 127.0.0.1:9090) to serve them apart, or -allow-remote to serve them to other machines",
+			flagName, addr, bound, errRemote)
+	case admin:
+		return fmt.Errorf("refusing %s %s (bound to %s): %w; /metrics and /healthz need no key, so pass -admin-listen on a loopback address, or -allow-remote to serve them to other machines",
+			flagName, addr, bound, errRemote)
+	}
+	return nil
 }
 
 // checkNoLoop refuses an endpoint whose base URL is the proxy's own

@@ -2,8 +2,11 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -12,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/failover-go/failover/internal/fakeopenai"
 	"github.com/failover-go/failover/internal/proxy"
@@ -40,8 +44,8 @@ type openAIError struct {
 }
 
 // checkOpenAIError checks that resp has status and an OpenAI-format error
-// body with code.
-func checkOpenAIError(t *testing.T, resp *http.Response, status int, code string) {
+// body with code, and returns that error.
+func checkOpenAIError(t *testing.T, resp *http.Response, status int, code string) openAIError {
 	t.Helper()
 	body := readAll(t, resp)
 	if resp.StatusCode != status {
@@ -54,6 +58,7 @@ func checkOpenAIError(t *testing.T, resp *http.Response, status int, code string
 	if e.Error.Code != code {
 		t.Errorf("error code %q, want %q", e.Error.Code, code)
 	}
+	return e
 }
 
 // checkAuthorization checks the Authorization header an upstream saw.
@@ -446,6 +451,8 @@ func TestProxyRefusesRemoteWithoutKey(t *testing.T) {
 	}{
 		{"API without a proxy key", env, []string{"-listen", "0.0.0.0:0"}, "FAILOVER_PROXY_KEY"},
 		{"admin even with a proxy key", append(env, "FAILOVER_PROXY_KEY="+proxyKey), []string{"-admin-listen", "0.0.0.0:0"}, "-allow-remote"},
+		// Without -admin-listen, /metrics and /healthz are on -listen.
+		{"admin on the API listener with a proxy key", append(env, "FAILOVER_PROXY_KEY="+proxyKey), []string{"-listen", "0.0.0.0:0"}, "-admin-listen"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := append([]string{"proxy", "-listen", "127.0.0.1:0"}, tc.args...)
@@ -511,5 +518,214 @@ func TestCheckNoLoop(t *testing.T) {
 		if (err != nil) != tc.loops {
 			t.Errorf("%s on %v: error %v, want a loop: %v", tc.url, tc.addr, err, tc.loops)
 		}
+	}
+}
+
+// TestRemotePolicy checks which listeners the proxy refuses to serve on a
+// non-loopback address: the API without a proxy key, and /metrics and
+// /healthz (which never ask for it) whether on -admin-listen or, without
+// it, on -listen; -allow-remote lifts both.
+func TestRemotePolicy(t *testing.T) {
+	loopback := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 8080}
+	wildcard := &net.TCPAddr{IP: net.IPv4zero, Port: 8080}
+	lan := &net.TCPAddr{IP: net.IPv4(192, 168, 1, 2), Port: 8080}
+	for _, tc := range []struct {
+		name       string
+		pol        remotePolicy
+		bound      net.Addr
+		api, admin bool
+		refused    bool
+		mention    string
+	}{
+		{"loopback, API and admin, no key", remotePolicy{}, loopback, true, true, false, ""},
+		{"API without key", remotePolicy{}, wildcard, true, false, true, envProxyKey},
+		{"API with key", remotePolicy{haveKey: true}, lan, true, false, false, ""},
+		{"API with key, admin on it", remotePolicy{haveKey: true}, wildcard, true, true, true, "-admin-listen"},
+		{"API without key, admin on it", remotePolicy{}, lan, true, true, true, "-admin-listen"},
+		{"admin listener with key", remotePolicy{haveKey: true}, wildcard, false, true, true, "-allow-remote"},
+		{"admin listener on loopback", remotePolicy{}, loopback, false, true, false, ""},
+		{"allow remote, no key", remotePolicy{allowRemote: true}, wildcard, true, true, false, ""},
+		{"allow remote, admin listener", remotePolicy{allowRemote: true, haveKey: true}, lan, false, true, false, ""},
+	} {
+		err := tc.pol.check("-listen", "addr", tc.bound, tc.api, tc.admin)
+		if (err != nil) != tc.refused {
+			t.Errorf("%s: error %v, want refused: %v", tc.name, err, tc.refused)
+			continue
+		}
+		if err == nil {
+			continue
+		}
+		if !errors.Is(err, errRemote) || exitCode(err) != exitUsage {
+			t.Errorf("%s: error %v does not exit %d", tc.name, err, exitUsage)
+		}
+		for _, want := range []string{tc.mention, "-allow-remote"} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("%s: error %q does not mention %q", tc.name, err, want)
+			}
+		}
+	}
+}
+
+// rawRequest sends a request with the request target written as is (no
+// client normalises it) to the proxy at addr and returns the response.
+func rawRequest(t *testing.T, addr, method, target string) *http.Response {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, waitLimit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if err := c.SetDeadline(time.Now().Add(waitLimit)); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(c, "%s %s HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n", method, target)
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, target, err)
+	}
+	return resp
+}
+
+// TestProxyRefusesDotSegments sends paths that climb out of the base path
+// with dot segments, plain or escaped: an upstream that resolves them
+// would serve /admin/keys instead of /openai/v1/..., with the endpoint's
+// key. The proxy answers 400 itself, without naming the path, and logs
+// the request.
+func TestProxyRefusesDotSegments(t *testing.T) {
+	up := startUpstream(t, fakeopenai.WithName("up"), fakeopenai.WithPrefix("/openai/v1"))
+	p := startProxy(t, []string{"OPENAI_BASE_URL_1=" + up.URL(), "OPENAI_API_KEY_1=" + firstKey})
+	addr := strings.TrimPrefix(p.url, "http://")
+	for _, target := range []string{
+		"/v1/../../admin/keys",
+		"/v1/%2e%2e/%2e%2e/admin/keys",
+		"/v1/..%2f..%2fadmin%2fkeys",
+		"/v1/./models",
+		"/v1/models/..",
+		"/elsewhere/../v1/models",
+	} {
+		resp := rawRequest(t, addr, http.MethodGet, target)
+		e := checkOpenAIError(t, resp, http.StatusBadRequest, "invalid_path")
+		resp.Body.Close()
+		if strings.Contains(e.Error.Message, "admin") || strings.Contains(e.Error.Message, "models") {
+			t.Errorf("%s: the error message names the path: %q", target, e.Error.Message)
+		}
+	}
+	if got := up.Hits(); got != 0 {
+		t.Errorf("the upstream got %d request(s) with dot segments", got)
+	}
+	p.logs.waitFor(t, regexp.MustCompile(regexp.QuoteMeta("msg=request method=GET path=/v1/../../admin/keys status=400 ")), p.exited)
+
+	// A clean path still goes through.
+	resp := rawRequest(t, addr, http.MethodGet, "/v1/models")
+	if body := readAll(t, resp); resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /v1/models: status %d: %s", resp.StatusCode, body)
+	}
+	if last, _ := up.Last(); last.Path != "/openai/v1/models" {
+		t.Errorf("the upstream saw %q, want /openai/v1/models", last.Path)
+	}
+}
+
+// TestProxyDropsClientOrganization sends the OpenAI-Organization and
+// OpenAI-Project headers that qualify a client's own key: the proxy never
+// forwards that key, so it drops them too, for an endpoint with a key of
+// its own (to which OpenAI would answer 401 mismatched_organization,
+// opening its breaker) and without one.
+func TestProxyDropsClientOrganization(t *testing.T) {
+	for name, key := range map[string]string{"no endpoint key": "", "endpoint key": firstKey} {
+		t.Run(name, func(t *testing.T) {
+			up := startUpstream(t, fakeopenai.WithName("up"))
+			env := []string{"OPENAI_BASE_URL_1=" + up.URL()}
+			if key != "" {
+				env = append(env, "OPENAI_API_KEY_1="+key)
+			}
+			p := startProxy(t, env)
+			ctx, cancel := context.WithTimeout(t.Context(), waitLimit)
+			defer cancel()
+			req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.url+"/v1/chat/completions", strings.NewReader(chatBody))
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header.Set("Content-Type", "application/json")
+			req.Header.Set("OpenAI-Organization", "org-client")
+			req.Header.Set("OpenAI-Project", "proj_client")
+			req.Header.Set("OpenAI-Beta", "assistants=v2")
+			resp, err := newClient(t).Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			if body := readAll(t, resp); resp.StatusCode != http.StatusOK {
+				t.Fatalf("status %d: %s", resp.StatusCode, body)
+			}
+			last, _ := up.Last()
+			for _, h := range []string{"OpenAI-Organization", "OpenAI-Project"} {
+				if v := last.Header.Values(h); v != nil {
+					t.Errorf("the upstream saw %s %q", h, v)
+				}
+			}
+			if last.Header.Get("OpenAI-Beta") == "" {
+				t.Error("the upstream did not see OpenAI-Beta; other headers must pass")
+			}
+		})
+	}
+}
+
+// TestProxyLogsBrokenStreams checks that a stream cut by the upstream, or
+// abandoned by the client, still gets its access-log line, marked
+// aborted: the ReverseProxy ends such a response by panicking.
+func TestProxyLogsBrokenStreams(t *testing.T) {
+	abortedRE := regexp.MustCompile(`msg=request method=POST path=/v1/chat/completions status=200 bytes=\d+ duration=\S+ aborted=true`)
+
+	t.Run("upstream cuts", func(t *testing.T) {
+		up := startUpstream(t, fakeopenai.WithName("up"))
+		up.SetFault(fakeopenai.StreamCut(1))
+		p := startProxy(t, []string{"OPENAI_BASE_URL_1=" + up.URL()})
+		resp := post(t, newClient(t), p.url+"/v1/chat/completions", "", streamBody)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+		if _, err := io.ReadAll(resp.Body); err == nil {
+			t.Error("the cut stream reached the client whole")
+		}
+		p.logs.waitFor(t, abortedRE, p.exited)
+	})
+
+	t.Run("client leaves", func(t *testing.T) {
+		up := newBlockingStream(t)
+		p := startProxy(t, []string{"OPENAI_BASE_URL_1=" + up.srv.URL + "/v1"})
+		ctx, cancel := context.WithTimeout(t.Context(), waitLimit)
+		defer cancel()
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.url+"/v1/chat/completions", strings.NewReader(streamBody))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := newClient(t).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := readEvent(t, bufio.NewReader(resp.Body)); got != firstEvent {
+			t.Fatalf("first event %q, want %q", got, firstEvent)
+		}
+		cancel() // the client goes away mid-stream
+		resp.Body.Close()
+		p.logs.waitFor(t, abortedRE, p.exited)
+	})
+}
+
+// TestProxyAllAttemptsTimedOut checks that a request whose every attempt
+// ran into its endpoint's timeout gets a 504, not a 502.
+func TestProxyAllAttemptsTimedOut(t *testing.T) {
+	first := startUpstream(t, fakeopenai.WithName("first"))
+	second := startUpstream(t, fakeopenai.WithName("second"), fakeopenai.WithPrefix("/proxy/v1"))
+	first.SetFault(fakeopenai.Hang())
+	second.SetFault(fakeopenai.Hang())
+	// The timeouts are what the test is about, not a synchronisation:
+	// the upstreams never answer.
+	env := append(twoEndpoints(first, second), "OPENAI_TIMEOUT_1=100ms", "OPENAI_TIMEOUT_2=100ms")
+	p := startProxy(t, env)
+	resp := post(t, newClient(t), p.url+"/v1/chat/completions", "", chatBody)
+	e := checkOpenAIError(t, resp, http.StatusGatewayTimeout, "upstream_timeout")
+	if !strings.Contains(e.Error.Message, `"first": timed out`) || !strings.Contains(e.Error.Message, `"second": timed out`) {
+		t.Errorf("the error %q does not say each endpoint timed out", e.Error.Message)
 	}
 }

@@ -8,8 +8,10 @@
 // transport rewrites it onto the chosen endpoint. Responses, streams
 // included, are flushed to the client as they arrive. The client's
 // Authorization header is never forwarded: each endpoint's own key replaces
-// it. With a proxy key set, a client must present that key as its bearer
-// token. /metrics (Prometheus) and /healthz ([failover.Transport.HealthHandler])
+// it; nor are the OpenAI-Organization and OpenAI-Project headers that
+// qualify it. A path with a "." or ".." segment gets a 400 and goes
+// nowhere. With a proxy key set, a client must present that key as its
+// bearer token. /metrics (Prometheus) and /healthz ([failover.Transport.HealthHandler])
 // are served beside the API or on a listener of their own.
 //
 // The package lives under internal/ so that the command and the SDK tests
@@ -17,9 +19,11 @@
 package proxy
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
@@ -78,13 +82,15 @@ type Config struct {
 	ProxyKey string
 
 	// ShutdownTimeout bounds how long [Proxy.Serve] waits for requests in
-	// flight, streams included, once its context is done; then it closes
-	// the remaining connections. Zero means [DefaultShutdownTimeout].
+	// flight, streams and upgraded connections included, once its context
+	// is done; then it closes the remaining connections. Zero means
+	// [DefaultShutdownTimeout].
 	ShutdownTimeout time.Duration
 
 	// Logger receives the proxy's logs: one line per request at Info
-	// (method, path, status, duration; never a header, a query or a body),
-	// shutdown progress, and the transport's own logs. Nil means silent.
+	// (method, path, status, bytes, duration, and aborted=true for a
+	// response cut short; never a header, a query or a body), shutdown
+	// progress, and the transport's own logs. Nil means silent.
 	Logger *slog.Logger
 }
 
@@ -231,7 +237,9 @@ func (p *Proxy) handler(api, admin bool) http.Handler {
 			p.metrics.ServeHTTP(w, r)
 		case admin && r.URL.Path == HealthPath:
 			p.health.ServeHTTP(w, r)
-		case api && underPath(r.URL.Path, p.basePath):
+		case api && (underPath(r.URL.Path, p.basePath) || hasDotSegment(r.URL)):
+			// A path with dot segments gets its 400 from serveAPI, in or
+			// out of the base path.
 			p.serveAPI(w, r)
 		default:
 			writeError(w, http.StatusNotFound, "invalid_request_error", "unknown_url",
@@ -240,23 +248,74 @@ func (p *Proxy) handler(api, admin bool) http.Handler {
 	})
 }
 
-// serveAPI checks the client's access and proxies the request, logging it.
+// serveAPI checks the request's path and the client's access and proxies
+// the request, logging it.
 func (p *Proxy) serveAPI(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	rec := &recorder{ResponseWriter: w}
-	if p.requireKey && !p.authorized(r) {
+	completed := false
+	// Deferred, so that a request whose handler panics gets its line too:
+	// the ReverseProxy aborts a response whose body it cannot copy (the
+	// upstream cut the stream, or the client went away) by panicking with
+	// http.ErrAbortHandler. Nothing recovers: the panic goes on to
+	// net/http, which closes the connection.
+	defer func() {
+		attrs := []slog.Attr{
+			slog.String("method", r.Method),
+			slog.String("path", r.URL.Path),
+			slog.Int("status", rec.status()),
+			slog.Int64("bytes", rec.written),
+			slog.Duration("duration", time.Since(start)),
+		}
+		if !completed {
+			attrs = append(attrs, slog.Bool("aborted", true))
+		}
+		p.logger.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
+	}()
+	switch {
+	case hasDotSegment(r.URL):
+		// An upstream (or anything in front of it) that resolves dot
+		// segments would serve the request from outside the endpoint's
+		// base path, with the endpoint's key. No API path has one.
+		writeError(rec, http.StatusBadRequest, "invalid_request_error", "invalid_path",
+			`The request path has a "." or ".." segment; the proxy does not forward such paths.`)
+	case p.requireKey && !p.authorized(r):
 		w.Header().Set("WWW-Authenticate", `Bearer realm="failover"`)
 		writeError(rec, http.StatusUnauthorized, "invalid_request_error", "invalid_api_key",
 			"Missing or incorrect proxy key: send the proxy's key (FAILOVER_PROXY_KEY) as Authorization: Bearer <key>.")
-	} else {
+	default:
 		p.rp.ServeHTTP(rec, r)
 	}
-	p.logger.LogAttrs(r.Context(), slog.LevelInfo, "request",
-		slog.String("method", r.Method),
-		slog.String("path", r.URL.Path),
-		slog.Int("status", rec.status()),
-		slog.Int64("bytes", rec.written),
-		slog.Duration("duration", time.Since(start)))
+	completed = true
+}
+
+// hasDotSegment reports whether u's path has a "." or ".." segment, either
+// decoded (u.Path, where %2F has become a separator) or escaped (each
+// segment of u.EscapedPath() unescaped, so that %2e%2e counts).
+func hasDotSegment(u *url.URL) bool {
+	if isDotSegments(u.Path, false) {
+		return true
+	}
+	return isDotSegments(u.EscapedPath(), true)
+}
+
+// isDotSegments reports whether a segment of p, unescaped first when
+// escaped is true, is "." or "..".
+func isDotSegments(p string, escaped bool) bool {
+	if !strings.Contains(p, ".") && !(escaped && strings.Contains(p, "%")) {
+		return false
+	}
+	for seg := range strings.SplitSeq(p, "/") {
+		if escaped {
+			if s, err := url.PathUnescape(seg); err == nil {
+				seg = s
+			}
+		}
+		if seg == "." || seg == ".." {
+			return true
+		}
+	}
+	return false
 }
 
 // Close releases the idle upstream connections of the proxy's own base
@@ -299,6 +358,18 @@ func (r *recorder) Write(b []byte) (int, error) {
 	n, err := r.ResponseWriter.Write(b)
 	r.written += int64(n)
 	return n, err
+}
+
+// Hijack hijacks the underlying connection, as the ReverseProxy does to
+// relay an upgraded (WebSocket) connection once the upstream answered 101;
+// the access log then shows 101, which the proxy writes on the hijacked
+// connection.
+func (r *recorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := http.NewResponseController(r.ResponseWriter).Hijack()
+	if err == nil && r.code == 0 {
+		r.code = http.StatusSwitchingProtocols
+	}
+	return conn, brw, err
 }
 
 // Flush flushes the underlying writer, for callers that test for

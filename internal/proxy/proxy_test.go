@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -78,6 +79,13 @@ func TestRewrite(t *testing.T) {
 		in.Header.Set("Authorization", "Bearer client")
 		in.Header.Set("Accept-Encoding", "br")
 		in.Header.Set("OpenAI-Beta", "assistants=v2")
+		// They qualify the client's own key, never forwarded.
+		in.Header.Set("OpenAI-Organization", "org-client")
+		in.Header.Set("OpenAI-Project", "proj_client")
+		// A header map written to directly keeps any spelling.
+		in.Header["openai-organization"] = []string{"org-client-2"}
+		in.Header["OPENAI-PROJECT"] = []string{"proj_client_2"}
+		in.Header["authorization"] = []string{"Bearer client-2"}
 		pr := &httputil.ProxyRequest{In: in, Out: in.Clone(context.Background())}
 		p.rewrite(pr)
 		if got := pr.Out.URL.String(); got != tc.want {
@@ -86,11 +94,85 @@ func TestRewrite(t *testing.T) {
 		if pr.Out.Host != "" {
 			t.Errorf("Out.Host = %q, want empty", pr.Out.Host)
 		}
-		if h := pr.Out.Header; h.Get("Authorization") != "" || h.Get("Accept-Encoding") != "" || h.Get("OpenAI-Beta") == "" {
-			t.Errorf("outgoing headers %v: want Authorization and Accept-Encoding gone, others kept", h)
+		for k := range pr.Out.Header {
+			switch strings.ToLower(k) {
+			case "authorization", "accept-encoding", "openai-organization", "openai-project":
+				t.Errorf("outgoing header %q kept; want it dropped", k)
+			}
+		}
+		if pr.Out.Header.Get("OpenAI-Beta") == "" {
+			t.Error("OpenAI-Beta dropped; want other headers kept")
 		}
 		if in.Header.Get("Authorization") == "" || in.URL.Host != "127.0.0.1:8080" {
 			t.Error("rewrite modified the inbound request")
+		}
+	}
+}
+
+func TestHasDotSegment(t *testing.T) {
+	for _, tc := range []struct {
+		target string
+		want   bool
+	}{
+		{"/v1/chat/completions", false},
+		{"/v1/files/file-abc.jsonl/content", false},
+		{"/v1/files/.../content", false},
+		{"/v1/files/.hidden", false},
+		{"/v1/files/a%2Fb/content", false},
+		{"/v1/../../admin/keys", true},
+		{"/v1/./models", true},
+		{"/v1/..", true},
+		{"/v1/.", true},
+		{"/..", true},
+		{"/v1/%2e%2e/%2e%2e/admin/keys", true},
+		{"/v1/%2E%2E/admin", true},
+		{"/v1/.%2e/admin", true},
+		{"/v1/%2e/models", true},
+		{"/v1/..%2f..%2fadmin%2fkeys", true},
+		{"/v1/models%2f..", true},
+		{"/v1/models%2f.%2fx", true},
+	} {
+		u, err := url.ParseRequestURI(tc.target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := hasDotSegment(u); got != tc.want {
+			t.Errorf("hasDotSegment(%s) = %v, want %v", tc.target, got, tc.want)
+		}
+	}
+}
+
+// TestErrorStatus checks the status of a request that got no upstream
+// response: 504 when every attempt timed out, whatever ended the request.
+func TestErrorStatus(t *testing.T) {
+	timedOut := func(name string) error {
+		return &failover.AttemptError{Endpoint: name, Outcome: failover.OutcomeFailure,
+			Err: fmt.Errorf("attempt: %w", failover.ErrAttemptTimeout)}
+	}
+	refused := &failover.AttemptError{Endpoint: "r", Outcome: failover.OutcomeFailure,
+		Err: &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connect: connection refused")}}
+	for _, tc := range []struct {
+		name   string
+		err    error
+		status int
+		code   string
+	}{
+		{"every attempt timed out", &failover.Error{Err: failover.ErrAttemptsExhausted,
+			Attempts: []error{timedOut("a"), timedOut("b"), timedOut("a")}}, 504, "upstream_timeout"},
+		{"timed out, then none available", &failover.Error{Err: fmt.Errorf("%w (2 open)", failover.ErrNoEndpointAvailable),
+			Attempts: []error{timedOut("a"), timedOut("b")}}, 504, "upstream_timeout"},
+		{"deadline", &failover.Error{Err: context.DeadlineExceeded}, 504, "upstream_timeout"},
+		{"one refused", &failover.Error{Err: failover.ErrAttemptsExhausted,
+			Attempts: []error{timedOut("a"), refused}}, 502, "upstream_unavailable"},
+		{"none available", &failover.Error{Err: failover.ErrNoEndpointAvailable}, 503, "no_endpoint_available"},
+		{"refused, then none available", &failover.Error{Err: failover.ErrNoEndpointAvailable,
+			Attempts: []error{refused}}, 503, "no_endpoint_available"},
+		{"exhausted without attempts", &failover.Error{Err: failover.ErrAttemptsExhausted}, 502, "upstream_unavailable"},
+		{"other error", errors.New("boom"), 502, "upstream_unavailable"},
+	} {
+		status, code := errorStatus(tc.err)
+		if status != tc.status || code != tc.code {
+			t.Errorf("%s: %d %s, want %d %s", tc.name, status, code, tc.status, tc.code)
 		}
 	}
 }

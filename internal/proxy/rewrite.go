@@ -14,12 +14,22 @@ import (
 	"github.com/failover-go/failover"
 )
 
+// droppedHeaders are the client's headers the proxy never forwards, in
+// their canonical spelling (any spelling is dropped):
+//
+//   - Authorization, so that only an endpoint's own key ever goes upstream;
+//   - OpenAI-Organization and OpenAI-Project, which qualify the client's
+//     own key: sent with an endpoint's key, OpenAI answers them with 401
+//     mismatched_organization, a failure the transport would count against
+//     every endpoint in turn until their breakers open;
+//   - Accept-Encoding, so that the base transport negotiates compression
+//     itself and the failover classifier reads error bodies decompressed.
+var droppedHeaders = []string{"Authorization", "Openai-Organization", "Openai-Project", "Accept-Encoding"}
+
 // rewrite maps an inbound request under the base path onto InternalBaseURL,
-// keeping the rest of its path (escaping included) and its query. It drops
-// the client's Authorization, so that only an endpoint's own key ever goes
-// upstream, and its Accept-Encoding, so that the base transport negotiates
-// compression itself and the failover classifier reads error bodies
-// decompressed. Out is a clone of In; In is not modified.
+// keeping the rest of its path (escaping included) and its query, and
+// drops the client's [droppedHeaders] whatever their spelling. Out is a
+// clone of In; In is not modified.
 func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 	in := pr.In.URL
 	u := *p.internal
@@ -32,8 +42,21 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 	u.RawQuery = pr.Out.URL.RawQuery
 	pr.Out.URL = &u
 	pr.Out.Host = "" // the Host header follows the URL, then the endpoint
-	pr.Out.Header.Del("Authorization")
-	pr.Out.Header.Del("Accept-Encoding")
+	dropHeaders(pr.Out.Header)
+}
+
+// dropHeaders deletes from h each of [droppedHeaders] in any spelling: a
+// header map written to directly (not parsed off the wire) can hold
+// "openai-organization" beside or instead of the canonical key.
+func dropHeaders(h http.Header) {
+	for k := range h {
+		for _, name := range droppedHeaders {
+			if len(k) == len(name) && strings.EqualFold(k, name) {
+				delete(h, k)
+				break
+			}
+		}
+	}
 }
 
 // keyHash hashes a proxy key so that comparisons take the same time
@@ -66,18 +89,40 @@ func (p *Proxy) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 		p.logger.DebugContext(ctx, "request abandoned", "path", r.URL.Path, "error", err)
 		return
 	}
-	status, code := http.StatusBadGateway, "upstream_unavailable"
-	var fe *failover.Error
-	if errors.As(err, &fe) {
-		switch {
-		case errors.Is(fe.Err, failover.ErrNoEndpointAvailable):
-			status, code = http.StatusServiceUnavailable, "no_endpoint_available"
-		case errors.Is(fe.Err, context.DeadlineExceeded):
-			status, code = http.StatusGatewayTimeout, "upstream_timeout"
-		}
-	}
+	status, code := errorStatus(err)
 	p.logger.WarnContext(ctx, "no endpoint answered", "path", r.URL.Path, "error", err)
 	writeError(w, status, "server_error", code, describe(err))
+}
+
+// errorStatus chooses the status and OpenAI error code of a request that
+// got no upstream response: 504 upstream_timeout when time ran out (the
+// request's deadline passed, or it made attempts and every one of them was
+// cut by its endpoint's Timeout, whatever ended the request then); else
+// 503 no_endpoint_available when no endpoint was available; else 502
+// upstream_unavailable.
+func errorStatus(err error) (int, string) {
+	var fe *failover.Error
+	if !errors.As(err, &fe) {
+		return http.StatusBadGateway, "upstream_unavailable"
+	}
+	switch {
+	case errors.Is(fe.Err, context.DeadlineExceeded), allTimedOut(fe.Attempts):
+		return http.StatusGatewayTimeout, "upstream_timeout"
+	case errors.Is(fe.Err, failover.ErrNoEndpointAvailable):
+		return http.StatusServiceUnavailable, "no_endpoint_available"
+	}
+	return http.StatusBadGateway, "upstream_unavailable"
+}
+
+// allTimedOut reports whether attempts is not empty and each attempt in it
+// ended in its endpoint's Timeout ([failover.ErrAttemptTimeout]).
+func allTimedOut(attempts []error) bool {
+	for _, a := range attempts {
+		if !errors.Is(a, failover.ErrAttemptTimeout) {
+			return false
+		}
+	}
+	return len(attempts) > 0
 }
 
 // describe summarises a transport error for the client: why the request

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -32,14 +33,18 @@ var ErrShutdownTimeout = errors.New("proxy: shutdown timed out; requests in flig
 // ownership of the listeners and closes them.
 //
 // Once ctx is done, the listeners close at once (new connections are
-// refused) and requests in flight, streams included, run to their end
-// within the shutdown timeout; then the remaining connections are closed,
-// the requests' contexts canceled, and Serve returns [ErrShutdownTimeout].
-// It returns nil after a complete graceful shutdown, and a listener's error
-// if one fails before ctx is done (after shutting down the other).
+// refused) and requests in flight, streams and upgraded (WebSocket)
+// connections included, run to their end within the shutdown timeout;
+// then the remaining connections are closed, the requests' contexts
+// canceled, and Serve returns [ErrShutdownTimeout]. It returns nil after a
+// complete graceful shutdown, and a listener's error if one fails before
+// ctx is done (after shutting down the other).
 func (p *Proxy) Serve(ctx context.Context, ln, admin net.Listener) error {
 	baseCtx, cancelBase := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelBase()
+	// http.Server.Shutdown forgets a connection once it is hijacked, as
+	// the ReverseProxy does to relay an upgraded one: ups tracks those.
+	ups := newUpgrades()
 
 	type server struct {
 		srv *http.Server
@@ -51,7 +56,7 @@ func (p *Proxy) Serve(ctx context.Context, ln, admin net.Listener) error {
 	)
 	add := func(h http.Handler, l net.Listener) {
 		srv := &http.Server{
-			Handler:           h,
+			Handler:           ups.wrap(h),
 			ReadHeaderTimeout: readHeaderTimeout,
 			IdleTimeout:       idleTimeout,
 			ErrorLog:          slog.NewLogLogger(p.logger.Handler(), slog.LevelWarn),
@@ -92,21 +97,40 @@ func (p *Proxy) Serve(ctx context.Context, ln, admin net.Listener) error {
 	defer cancel()
 	var (
 		wg       sync.WaitGroup
-		timedOut sync.Once
+		cutOnce  sync.Once
+		timedOut bool // set in cut, read after wg.Wait
 	)
+	// cut ends what is still in flight at the deadline: the requests'
+	// contexts (which closes their upstream connections) and the upgraded
+	// connections; each server then closes its own.
+	cut := func() {
+		cutOnce.Do(func() {
+			p.logger.Warn("shutdown timed out; closing the connections still in use",
+				"timeout", p.shutdownTimeout)
+			timedOut = true
+			cancelBase()
+			ups.cut()
+		})
+	}
 	for _, s := range servers {
 		wg.Go(func() {
 			if s.srv.Shutdown(sctx) != nil {
-				timedOut.Do(func() {
-					p.logger.Warn("shutdown timed out; closing the connections still in use",
-						"timeout", p.shutdownTimeout)
-					cancelBase()
-				})
+				cut()
 				_ = s.srv.Close()
 			}
 		})
 	}
 	wg.Wait()
+	// Every server is shut down, so no request starts any more: wait for
+	// the upgraded connections still relayed.
+	if n, idle := ups.inFlight(); n > 0 && !timedOut {
+		p.logger.Info("waiting for upgraded connections", "count", n)
+		select {
+		case <-idle:
+		case <-sctx.Done():
+			cut()
+		}
+	}
 	draining.Wait()
 	for ; running > 0; running-- {
 		if e := <-errc; err == nil && !errors.Is(e, http.ErrServerClosed) {
@@ -116,12 +140,128 @@ func (p *Proxy) Serve(ctx context.Context, ln, admin net.Listener) error {
 	if err != nil {
 		return fmt.Errorf("proxy: serving: %w", err)
 	}
-	if sctx.Err() != nil {
+	if timedOut {
 		return ErrShutdownTimeout
 	}
 	p.logger.Info("shut down")
 	return nil
 }
+
+// upgrades tracks the upgrade requests a server is handling and the
+// connections they hijack, which http.Server.Shutdown neither waits for
+// nor closes. A request counts from the start of its handler, while
+// Shutdown still waits for its connection, to its end.
+type upgrades struct {
+	mu       sync.Mutex
+	n        int                   // upgrade requests in flight
+	idle     chan struct{}         // closed while n is 0
+	conns    map[net.Conn]struct{} // their hijacked connections
+	cutShort bool                  // set by cut: connections hijacked later are closed at once
+}
+
+func newUpgrades() *upgrades {
+	idle := make(chan struct{})
+	close(idle)
+	return &upgrades{idle: idle, conns: make(map[net.Conn]struct{})}
+}
+
+// wrap returns h counting the requests that ask for an upgrade (any with
+// an Upgrade header: counting one that is not switched costs nothing) and
+// tracking the connections they hijack.
+func (u *upgrades) wrap(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") == "" {
+			h.ServeHTTP(w, r)
+			return
+		}
+		tw := &hijackTracker{ResponseWriter: w, u: u}
+		u.begin()
+		defer u.end(tw)
+		h.ServeHTTP(tw, r)
+	})
+}
+
+func (u *upgrades) begin() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.n == 0 {
+		u.idle = make(chan struct{})
+	}
+	u.n++
+}
+
+// end ends a request begun with begin, forgetting its connection (which
+// the ReverseProxy has closed by now).
+func (u *upgrades) end(tw *hijackTracker) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if tw.conn != nil {
+		delete(u.conns, tw.conn)
+	}
+	if u.n--; u.n == 0 {
+		close(u.idle)
+	}
+}
+
+// hijacked records conn, hijacked by an upgrade request, or closes it at
+// once after cut. It reports whether conn is still open.
+func (u *upgrades) hijacked(conn net.Conn) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.cutShort {
+		_ = conn.Close()
+		return false
+	}
+	u.conns[conn] = struct{}{}
+	return true
+}
+
+// inFlight returns the number of upgrade requests in flight and a channel
+// closed once there are none.
+func (u *upgrades) inFlight() (int, <-chan struct{}) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.n, u.idle
+}
+
+// cut closes the hijacked connections, now and from now on.
+func (u *upgrades) cut() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.cutShort = true
+	for c := range u.conns {
+		_ = c.Close()
+	}
+}
+
+// hijackTracker is the ResponseWriter of an upgrade request: it hands the
+// connection it hijacks to its [upgrades]. Everything else reaches the
+// server's writer through Unwrap.
+type hijackTracker struct {
+	http.ResponseWriter
+	u    *upgrades
+	conn net.Conn // set by Hijack; read by upgrades.end in the same goroutine
+}
+
+// Hijack hijacks the server's connection and tracks it.
+func (w *hijackTracker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err != nil {
+		return conn, brw, err
+	}
+	if !w.u.hijacked(conn) {
+		return nil, nil, errors.New("proxy: shutting down; upgraded connection closed")
+	}
+	w.conn = conn
+	return conn, brw, nil
+}
+
+// Flush flushes the server's writer, for callers that test for
+// http.Flusher.
+func (w *hijackTracker) Flush() { _ = http.NewResponseController(w.ResponseWriter).Flush() }
+
+// Unwrap returns the server's writer, for http.ResponseController.
+func (w *hijackTracker) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // EndpointInfo describes one configured endpoint for a start-up log. It
 // carries the key only as a fingerprint.
