@@ -7,10 +7,12 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -551,5 +553,148 @@ func TestURLErrorRedacted(t *testing.T) {
 	var ue *url.Error
 	if !errors.As(err, &ue) {
 		t.Errorf("error %v no longer unwraps to *url.Error", err)
+	}
+}
+
+// TestLimitsAtTheirMaximum: the largest MaxBodyBuffer and MaxErrorBody
+// mean "no limit", not an overflow that empties the bodies.
+func TestLimitsAtTheirMaximum(t *testing.T) {
+	payload := strings.Repeat("x", 100)
+	const errBody = `{"error":{"message":"bad model"}}`
+	base := newScriptedBase(func(req *http.Request, _ int) (*http.Response, error) {
+		return reply(400, errBody), nil
+	})
+	tr, _ := newTestTransport(t, Config{Base: base, MaxBodyBuffer: math.MaxInt64, MaxErrorBody: math.MaxInt64,
+		Endpoints: []Endpoint{hostEndpoint("a", 0)}})
+	body := &countingBody{r: strings.NewReader(payload)}
+	status, got := roundTrip(t, tr, post(t, clientBase+"/chat/completions", body))
+	if seen := base.Seen(); len(seen) != 1 || seen[0].body != payload {
+		t.Errorf("upstream saw %+v, want one request with the %d-byte payload", seen, len(payload))
+	}
+	if status != 400 || got != errBody {
+		t.Errorf("caller got %d %q, want the upstream's 400 body intact", status, got)
+	}
+}
+
+// TestHugeWeightsAndThresholds: weights whose sum overflows int and
+// breaker counts beyond uint32 are accepted and mean what they say.
+func TestHugeWeightsAndThresholds(t *testing.T) {
+	big := uint64(1) << 32 // truncates to 0 where int has 32 bits: the default then
+	base := newScriptedBase(func(req *http.Request, _ int) (*http.Response, error) {
+		if req.URL.Host == "a.test" {
+			return reply(500, "down"), nil
+		}
+		return reply(200, "ok"), nil
+	})
+	a, b := hostEndpoint("a", 0), hostEndpoint("b", 0)
+	a.Weight, b.Weight = math.MaxInt, math.MaxInt-1
+	tr, _ := newTestTransport(t, Config{Base: base, Endpoints: []Endpoint{a, b},
+		Breaker: BreakerConfig{FailureThreshold: int(big), HalfOpenRequests: int(big)}})
+	for range 4 {
+		if status, _ := chat(t, tr); status != 200 {
+			t.Fatalf("status %d, want 200 (b answers)", status)
+		}
+	}
+	if base.Hits("a.test") == 0 || base.Hits("b.test") == 0 {
+		t.Errorf("hits a=%d b=%d, want both weighted in", base.Hits("a.test"), base.Hits("b.test"))
+	}
+	if h := healthOf(t, tr, "a"); h.State != StateClosed {
+		t.Errorf("a is %v after %d failures, want closed (threshold 1<<32)", h.State, h.Failures)
+	}
+}
+
+// TestCooldownDoublingSaturates: the doubling default for 429s without a
+// delay header stops at MaxCooldown, even where the shift would overflow.
+func TestCooldownDoublingSaturates(t *testing.T) {
+	base := newScriptedBase(func(*http.Request, int) (*http.Response, error) { return reply(429, "slow down"), nil })
+	tr, clk := newTestTransport(t, Config{Base: base, MaxRetries: -1, Cooldown: 1<<34 + 1, MaxCooldown: time.Hour,
+		Endpoints: []Endpoint{hostEndpoint("a", 0)}})
+	tr.endpoints[0].throttled.Store(30) // 30 consecutive 429s already
+	chat(t, tr)
+	if got, want := healthOf(t, tr, "a").CooldownUntil, clk.Now().Add(time.Hour); !got.Equal(want) {
+		t.Errorf("cooldown until %v, want MaxCooldown from now (%v)", got, want)
+	}
+}
+
+// Test503CoolsDownOnlyWithRetryAfter: a 503's x-ratelimit-reset headers are
+// about the rate limits, not the outage: no cooldown without Retry-After.
+func Test503CoolsDownOnlyWithRetryAfter(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		kv   []string
+		cool bool
+	}{
+		{"rate limit resets only", []string{"X-Ratelimit-Reset-Requests", "6m0s"}, false},
+		{"Retry-After", []string{"Retry-After", "7"}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			base := newScriptedBase(func(*http.Request, int) (*http.Response, error) { return reply(503, "busy", tc.kv...), nil })
+			tr, _ := newTestTransport(t, Config{Base: base, MaxRetries: -1, Endpoints: []Endpoint{hostEndpoint("a", 0)}})
+			chat(t, tr)
+			if cooling := !healthOf(t, tr, "a").CooldownUntil.IsZero(); cooling != tc.cool {
+				t.Errorf("cooling down: %v, want %v", cooling, tc.cool)
+			}
+		})
+	}
+}
+
+// TestFailedResponseBelow400KeepsItsBody: a response that failed without
+// an error status (x-should-retry on a redirect) and ends up returned after
+// a later attempt failed too still has its body.
+func TestFailedResponseBelow400KeepsItsBody(t *testing.T) {
+	base := newScriptedBase(func(req *http.Request, _ int) (*http.Response, error) {
+		if req.URL.Host == "a.test" {
+			return reply(307, "moved-body", "X-Should-Retry", "true"), nil
+		}
+		return nil, errors.New("connection refused")
+	})
+	tr, _ := newTestTransport(t, Config{Base: base, MaxRetries: 1, Endpoints: []Endpoint{hostEndpoint("a", 0), hostEndpoint("b", 1)}})
+	status, body := roundTrip(t, tr, chatRequest(t, context.Background(), clientBase, false))
+	if status != 307 || body != "moved-body" {
+		t.Errorf("caller got %d %q, want a's 307 with its body", status, body)
+	}
+}
+
+// TestBrokenBaseContract: a base that returns a response without a body,
+// or neither a response nor an error, does not make RoundTrip panic.
+func TestBrokenBaseContract(t *testing.T) {
+	t.Run("nil body with a timeout", func(t *testing.T) {
+		base := roundTripFunc(func(*http.Request) (*http.Response, error) {
+			return &http.Response{StatusCode: 200, Header: http.Header{}}, nil
+		})
+		a := hostEndpoint("a", 0)
+		a.Timeout = time.Minute
+		tr, _ := newTestTransport(t, Config{Base: base, Endpoints: []Endpoint{a}})
+		if status, body := roundTrip(t, tr, chatRequest(t, context.Background(), clientBase, false)); status != 200 || body != "" {
+			t.Errorf("got %d %q, want 200 with an empty body", status, body)
+		}
+	})
+	t.Run("nil response and nil error", func(t *testing.T) {
+		base := roundTripFunc(func(*http.Request) (*http.Response, error) { return nil, nil })
+		tr, _ := newTestTransport(t, Config{Base: base, MaxRetries: -1, Endpoints: []Endpoint{hostEndpoint("a", 0)}})
+		resp, err := tr.RoundTrip(chatRequest(t, context.Background(), clientBase, false))
+		if resp != nil || !errors.Is(err, errNilResponse) {
+			t.Errorf("got %v, %v; want errNilResponse", resp, err)
+		}
+	})
+}
+
+// TestResponseRequestIsTheCallers: the returned response's Request is the
+// caller's, not the attempt's, which carries the endpoint's key.
+func TestResponseRequestIsTheCallers(t *testing.T) {
+	for _, code := range []int{200, 503} {
+		t.Run(strconv.Itoa(code), func(t *testing.T) {
+			base := newScriptedBase(func(*http.Request, int) (*http.Response, error) { return reply(code, "x"), nil })
+			tr, _ := newTestTransport(t, Config{Base: base, MaxRetries: -1, Endpoints: []Endpoint{hostEndpoint("a", 0)}})
+			req := chatRequest(t, context.Background(), clientBase, false)
+			resp, err := tr.RoundTrip(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			if resp.Request != req {
+				t.Errorf("resp.Request is %v %v, want the caller's request", resp.Request.URL, resp.Request.Header)
+			}
+		})
 	}
 }

@@ -14,6 +14,10 @@ import (
 // cleans paths would serve it from outside the endpoint's base path.
 var errDotSegment = errors.New("failover: request path has a . or .. segment; not sent")
 
+// errNilResponse stands for what a base RoundTripper that broke its
+// contract returned: neither a response nor an error.
+var errNilResponse = errors.New("failover: the base RoundTripper returned neither a response nor an error")
+
 var (
 	// ErrNoEndpoints is returned by [New] for a Config without endpoints.
 	ErrNoEndpoints = errors.New("failover: no endpoints configured")

@@ -123,7 +123,7 @@ func FuzzRetryDelay(f *testing.F) {
 				h.Set(k, v)
 			}
 		}
-		d, ok := retryDelay(h, now, limit)
+		d, ok := retryDelay(h, now, limit, true)
 		if d < 0 || d > limit {
 			t.Fatalf("retryDelay(%v) = %v, outside [0, %v]", h, d, limit)
 		}

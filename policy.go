@@ -160,19 +160,27 @@ func DefaultBackoff(min, max time.Duration, attemptNum int, _ *http.Response) ti
 }
 
 // retryDelay returns how long the response headers ask the client to wait
-// before the next request, from (in this order) retry-after-ms,
-// Retry-After (seconds or an HTTP date), x-ratelimit-reset-requests and
-// x-ratelimit-reset-tokens (Go durations such as "1s" or "6m0s", as OpenAI
-// sends them). It never returns a negative duration nor one above limit; ok
-// is false when no header gives a usable delay.
-func retryDelay(h http.Header, now time.Time, limit time.Duration) (d time.Duration, ok bool) {
+// before the next request: retry-after-ms, else Retry-After (seconds or an
+// HTTP date), else, when resets is set (for a 429), the later of
+// x-ratelimit-reset-requests and x-ratelimit-reset-tokens (Go durations such
+// as "1s" or "6m0s", as OpenAI sends them; a 429 does not say which limit
+// it hit). It never returns a negative duration nor one above limit; ok is
+// false when no header gives a usable delay.
+func retryDelay(h http.Header, now time.Time, limit time.Duration, resets bool) (d time.Duration, ok bool) {
 	if len(h) == 0 {
 		return 0, false
 	}
 	if d, ok = parseMillis(h.Get("Retry-After-Ms")); !ok {
-		if d, ok = parseRetryAfter(h.Get("Retry-After"), now); !ok {
-			if d, ok = parseResetDuration(h.Get("X-Ratelimit-Reset-Requests")); !ok {
-				d, ok = parseResetDuration(h.Get("X-Ratelimit-Reset-Tokens"))
+		if d, ok = parseRetryAfter(h.Get("Retry-After"), now); !ok && resets {
+			dr, okr := parseResetDuration(h.Get("X-Ratelimit-Reset-Requests"))
+			dt, okt := parseResetDuration(h.Get("X-Ratelimit-Reset-Tokens"))
+			switch {
+			case okr && okt:
+				d, ok = max(dr, dt), true
+			case okr:
+				d, ok = dr, true
+			case okt:
+				d, ok = dt, true
 			}
 		}
 	}

@@ -158,6 +158,15 @@ type endpointStats struct {
 	failures    atomic.Uint64
 	consecutive atomic.Uint64
 	lastErr     atomic.Pointer[lastError]
+
+	// unsettled counts the failures reported to the breaker since the
+	// last success reported to it: while it is not zero, a success must
+	// be reported too, or the breaker would keep counting failures that
+	// the success ended. It is raised after the breaker hears of a
+	// failure and taken (Swap) before it hears of a success, so it is
+	// never zero while the breaker counts a failure; at worst it makes a
+	// success be reported that the breaker did not need.
+	unsettled atomic.Int64
 }
 
 // hotStats are the counters behind [EndpointHealth] that every attempt
@@ -315,15 +324,15 @@ func normalizeWeights(weights []int) []int {
 		w[i] = x
 		g = gcd(g, x)
 	}
-	total := 0
+	total := 0.0 // in float64: a sum of large ints could overflow
 	for i := range w {
 		w[i] /= g
-		total += w[i]
+		total += float64(w[i])
 	}
 	if total <= maxSchedule {
 		return w
 	}
-	scale := float64(maxSchedule-len(w)) / float64(total)
+	scale := float64(maxSchedule-len(w)) / total
 	for i := range w {
 		w[i] = max(1, int(float64(w[i])*scale))
 	}
@@ -571,12 +580,12 @@ func validHeaderName(k string) bool {
 // under the breaker's lock, so it only records the change; the goroutine
 // that caused it logs it afterwards (flushTransitions).
 func (t *Transport) initBreaker(e *endpoint, bc BreakerConfig) {
-	threshold := uint32(orDefault(bc.FailureThreshold, defaultFailures))
+	threshold := clampUint32(orDefault(bc.FailureThreshold, defaultFailures))
 	timeout := orDefault(bc.OpenTimeout, defaultOpenTimeout)
 	e.stateSince.Store(t.now().UnixNano())
 	e.breaker = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
 		Name:        e.name,
-		MaxRequests: uint32(orDefault(bc.HalfOpenRequests, 1)),
+		MaxRequests: clampUint32(orDefault(bc.HalfOpenRequests, 1)),
 		Timeout:     timeout,
 		ReadyToTrip: func(c gobreaker.Counts) bool {
 			rejected := e.keyRejected.Load()
@@ -586,11 +595,13 @@ func (t *Transport) initBreaker(e *endpoint, bc BreakerConfig) {
 		IsExcluded:   func(err error) bool { return err == errNotSent || err == errThrottled },
 		OnStateChange: func(_ string, from, to gobreaker.State) {
 			now := t.now()
-			e.breakerState.Store(int32(to))
-			e.stateSince.Store(now.UnixNano())
 			if to == gobreaker.StateOpen {
+				// Before the state: whoever sees it open must find
+				// when it reopens.
 				e.openUntil.Store(now.Add(timeout).UnixNano())
 			}
+			e.stateSince.Store(now.UnixNano())
+			e.breakerState.Store(int32(to))
 			if t.logger == nil {
 				return // nothing to log later
 			}
@@ -600,6 +611,15 @@ func (t *Transport) initBreaker(e *endpoint, bc BreakerConfig) {
 			e.hasPending.Store(true)
 		},
 	})
+}
+
+// clampUint32 converts n, not negative, to the breaker's uint32 counts,
+// saturating: a threshold above them is one never reached.
+func clampUint32(n int) uint32 {
+	if uint64(n) > math.MaxUint32 {
+		return math.MaxUint32
+	}
+	return uint32(n)
 }
 
 // transition is a breaker state change waiting to be logged.
@@ -635,18 +655,17 @@ func (e *endpoint) endAttempt(latency time.Duration) {
 }
 
 // record accounts for one classified attempt: statistics, metrics and, for
-// a failure, the debug log line and the last error. It reports whether a
-// success ended a streak of failures.
-func (t *Transport) record(e *endpoint, attempt int, v Verdict, resp *http.Response, err error) (endedStreak bool) {
+// a failure, the debug log line and the last error.
+func (t *Transport) record(e *endpoint, attempt int, v Verdict, resp *http.Response, err error) {
 	e.m.attempt(resp, err)
 	if !v.Outcome.Failed() {
 		if e.stats.consecutive.Load() != 0 {
-			endedStreak = e.stats.consecutive.Swap(0) != 0
+			e.stats.consecutive.Store(0)
 		}
 		if v.Outcome == OutcomeSuccess && e.throttled.Load() != 0 {
 			e.throttled.Store(0)
 		}
-		return endedStreak
+		return
 	}
 	e.stats.failures.Add(1)
 	e.stats.consecutive.Add(1)
@@ -663,7 +682,6 @@ func (t *Transport) record(e *endpoint, attempt int, v Verdict, resp *http.Respo
 			slog.String("endpoint", e.name), slog.Int("attempt", attempt),
 			slog.String("outcome", v.Outcome.String()), slog.String("result", label))
 	}
-	return false
 }
 
 // outcomeLabel is the coarse outcome of an attempt for metrics and logs:
@@ -687,13 +705,12 @@ func statusLabel(code int) string {
 }
 
 // admit asks e's breaker to let an attempt through. On the fast path (the
-// breaker closed and no failure since the last success) it returns a nil
-// done without taking the breaker's lock: a success would teach the breaker
-// nothing, and a failure is reported through settle, which then asks the
-// breaker first. Otherwise done is the breaker's own, to run exactly once
-// through settle.
+// breaker closed and counting no failure) it returns a nil done without
+// taking the breaker's lock: a success would teach the breaker nothing, and
+// a failure is reported through settle, which then asks the breaker first.
+// Otherwise done is the breaker's own, to run exactly once through settle.
 func (e *endpoint) admit() (done func(error), ok bool) {
-	if gobreaker.State(e.breakerState.Load()) == gobreaker.StateClosed && e.stats.consecutive.Load() == 0 {
+	if gobreaker.State(e.breakerState.Load()) == gobreaker.StateClosed && e.stats.unsettled.Load() == 0 {
 		return nil, true
 	}
 	done, err := e.breaker.Allow()
@@ -718,11 +735,13 @@ func (e *endpoint) settle(done func(error), err error) {
 }
 
 // reportSuccess settles a successful attempt. On the fast path it tells the
-// breaker only when this success ended a failure streak that began while
-// the attempt was in flight, so that the breaker's count of consecutive
-// failures resets as ours did.
-func (e *endpoint) reportSuccess(done func(error), endedStreak bool) {
-	if done != nil || endedStreak {
+// breaker only when failures were reported to it meanwhile (see
+// endpointStats.unsettled), so that its count of consecutive failures
+// resets.
+func (e *endpoint) reportSuccess(done func(error)) {
+	// Taken before the breaker hears of the success: see unsettled.
+	owed := e.stats.unsettled.Load() != 0 && e.stats.unsettled.Swap(0) != 0
+	if done != nil || owed {
 		e.settle(done, nil)
 	}
 }
@@ -737,8 +756,10 @@ func (t *Transport) reportFailure(e *endpoint, v Verdict, resp *http.Response, d
 		e.keyRejected.Store(true)
 		e.settle(done, errKeyRejected)
 		e.keyRejected.Store(false)
+		e.stats.unsettled.Add(1)
 	default:
 		e.settle(done, errFailed)
+		e.stats.unsettled.Add(1)
 	}
 	t.flushTransitions(e)
 	if resp == nil {
@@ -754,15 +775,16 @@ func (t *Transport) reportFailure(e *endpoint, v Verdict, resp *http.Response, d
 // capped at MaxCooldown.
 func (t *Transport) startCooldown(e *endpoint, resp *http.Response) {
 	now := t.now()
-	d, ok := retryDelay(resp.Header, now, t.maxCool)
+	d, ok := retryDelay(resp.Header, now, t.maxCool, resp.StatusCode == http.StatusTooManyRequests)
 	if !ok {
 		if resp.StatusCode != http.StatusTooManyRequests {
 			return
 		}
 		n := min(e.throttled.Add(1)-1, 30)
-		d = min(t.cooldown<<n, t.maxCool)
-		if d <= 0 { // overflow
-			d = t.maxCool
+		if t.cooldown > t.maxCool>>n {
+			d = t.maxCool // also where the shift would overflow
+		} else {
+			d = t.cooldown << n
 		}
 	}
 	if d <= 0 {

@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"time"
 
@@ -276,6 +277,10 @@ func New(cfg Config) (*Transport, error) {
 	if cfg.MaxBodyBuffer < 0 {
 		t.maxBody = 0
 	}
+	// A limit is checked by reading limit+1 bytes: keep that from
+	// overflowing.
+	t.maxBody = min(t.maxBody, math.MaxInt64-1)
+	t.maxErrBody = min(t.maxErrBody, math.MaxInt64-1)
 	for _, e := range eps {
 		t.initBreaker(e, cfg.Breaker)
 	}
@@ -315,7 +320,8 @@ func sleepContext(ctx context.Context, d time.Duration) error {
 // RoundTrip sends req to the chosen endpoint, failing over to the next when
 // an attempt fails, as [Transport] describes; a request not under a routed
 // base URL goes to the base transport untouched. req is never modified, and
-// its body is closed exactly once.
+// its body is closed exactly once. The returned response's Request is req
+// (the attempt's own request carries the endpoint's key).
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	m, ok := t.router.match(req.URL)
 	if !ok {
@@ -353,7 +359,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if last != nil {
 			// Another attempt runs: hold the last failure in memory
 			// (bounded) and release its connection.
-			last = keepBody(last, lastPrefix)
+			last = keepBody(last, lastPrefix, t.maxErrBody)
 		}
 		rc, err := body.next()
 		if err != nil {
@@ -379,13 +385,16 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			break
 		}
 		v := t.classify(resp, decodedPrefix(resp, errBody, t.maxErrBody), err)
-		endedStreak := t.record(e, n, v, resp, err)
+		t.record(e, n, v, resp, err)
 		if !v.Outcome.Failed() {
-			e.reportSuccess(done, endedStreak)
+			e.reportSuccess(done)
 			t.flushTransitions(e)
 			closeBody(last)
 			body.close()
 			t.metrics.requestDone(len(errs), true)
+			// The caller's request, not the attempt's: that one
+			// carries the endpoint's key.
+			resp.Request = req
 			return resp, nil
 		}
 		t.reportFailure(e, v, resp, done)
@@ -404,6 +413,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	body.close()
 	t.metrics.requestDone(len(errs), false)
 	if last != nil && ctx.Err() == nil {
+		last.Request = req
 		return last, nil
 	}
 	closeBody(last)
@@ -434,6 +444,13 @@ func (t *Transport) send(e *endpoint, out *http.Request) (resp *http.Response, e
 	start := time.Since(t.epoch)
 	resp, err = t.base.RoundTrip(out)
 	e.endAttempt(time.Since(t.epoch) - start) // the headers are in
+	switch {
+	case err != nil:
+	case resp == nil:
+		err = errNilResponse
+	case resp.Body == nil:
+		resp.Body = http.NoBody // as http.Client would make it
+	}
 	if err == nil && resp.StatusCode >= 400 {
 		errBody, resp.Body = readPrefix(resp.Body, t.maxErrBody)
 	}

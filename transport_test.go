@@ -683,15 +683,25 @@ func TestRetryDelayParsing(t *testing.T) {
 		{[]string{"X-Ratelimit-Reset-Requests", "1m30s"}, time.Minute, true},
 		{[]string{"X-Ratelimit-Reset-Requests", "-1s"}, 0, false},
 		{[]string{"X-Ratelimit-Reset-Tokens", "0.5"}, 500 * time.Millisecond, true},
+		// A 429 does not say which limit it hit: the later reset.
+		{[]string{"X-Ratelimit-Reset-Requests", "12ms", "X-Ratelimit-Reset-Tokens", "7.66s"}, 7660 * time.Millisecond, true},
+		{[]string{"X-Ratelimit-Reset-Requests", "2s", "X-Ratelimit-Reset-Tokens", "1s"}, 2 * time.Second, true},
+		{[]string{"X-Ratelimit-Reset-Requests", "bad", "X-Ratelimit-Reset-Tokens", "1s"}, time.Second, true},
+		{[]string{"Retry-After", "3", "X-Ratelimit-Reset-Tokens", "9s"}, 3 * time.Second, true},
 	} {
 		h := http.Header{}
 		for i := 0; i+1 < len(tc.kv); i += 2 {
 			h.Set(tc.kv[i], tc.kv[i+1])
 		}
-		got, ok := retryDelay(h, now, time.Minute)
+		got, ok := retryDelay(h, now, time.Minute, true)
 		if got != tc.want || ok != tc.wantOK {
 			t.Errorf("retryDelay(%v) = %v, %v; want %v, %v", tc.kv, got, ok, tc.want, tc.wantOK)
 		}
+	}
+	// Without resets (a 503), only Retry-After and retry-after-ms count.
+	h := http.Header{"X-Ratelimit-Reset-Requests": {"6m0s"}}
+	if got, ok := retryDelay(h, now, time.Minute, false); ok {
+		t.Errorf("retryDelay of rate limit resets for a 503 = %v, want none", got)
 	}
 }
 
@@ -732,6 +742,60 @@ func TestBreakerOpensAfterConsecutiveFailures(t *testing.T) {
 				t.Errorf("b is %v, want closed", h.State)
 			}
 		})
+	}
+}
+
+// TestBreakerForgetsFailuresASuccessEnded replays, with the calls
+// RoundTrip makes, attempts that overlap: four failures are classified,
+// then a success ends their streak, and only then do the four failures
+// reach the breaker. The breaker must not keep counting them once later
+// successes come, or one more failure would open it.
+func TestBreakerForgetsFailuresASuccessEnded(t *testing.T) {
+	base := newScriptedBase(alwaysOK)
+	tr, _ := newTestTransport(t, Config{Base: base, Endpoints: []Endpoint{hostEndpoint("a", 0)}})
+	e := tr.endpoints[0]
+	failed := Verdict{Outcome: OutcomeFailure}
+	var dones [6]func(error)
+	for i := range dones {
+		done, ok := e.admit()
+		if !ok {
+			t.Fatal("a closed breaker refused an attempt")
+		}
+		dones[i] = done
+	}
+	for range 4 {
+		tr.record(e, 1, failed, reply(500, "down"), nil)
+	}
+	tr.record(e, 1, Verdict{Outcome: OutcomeSuccess}, reply(200, "ok"), nil)
+	e.reportSuccess(dones[4])
+	for i := range 4 {
+		tr.reportFailure(e, failed, reply(500, "down"), dones[i])
+	}
+	if got := e.breaker.Counts().ConsecutiveFailures; got != 4 {
+		t.Fatalf("setup: the breaker counts %d consecutive failures, want 4", got)
+	}
+	// A success admitted before the failures were reported ends now.
+	tr.record(e, 1, Verdict{Outcome: OutcomeSuccess}, reply(200, "ok"), nil)
+	e.reportSuccess(dones[5])
+	if got := e.breaker.Counts().ConsecutiveFailures; got != 0 {
+		t.Errorf("after an overlapping success the breaker still counts %d consecutive failures", got)
+	}
+	// So does one admitted afterwards.
+	for i := range 4 {
+		done, _ := e.admit()
+		tr.reportFailure(e, failed, reply(500, "down"), done)
+		if i == 3 && e.breaker.Counts().ConsecutiveFailures != 4 {
+			t.Fatalf("setup: the breaker counts %d consecutive failures, want 4", e.breaker.Counts().ConsecutiveFailures)
+		}
+	}
+	if code, _ := chat(t, tr); code != 200 {
+		t.Fatalf("status %d, want 200", code)
+	}
+	if got := e.breaker.Counts().ConsecutiveFailures; got != 0 {
+		t.Errorf("after a later success the breaker still counts %d consecutive failures", got)
+	}
+	if h := healthOf(t, tr, "a"); h.State != StateClosed || h.ConsecutiveFailures != 0 {
+		t.Errorf("a is %v with %d consecutive failures, want closed with 0", h.State, h.ConsecutiveFailures)
 	}
 }
 
