@@ -698,3 +698,47 @@ func TestResponseRequestIsTheCallers(t *testing.T) {
 		})
 	}
 }
+
+// TestPanicDuringTrialFreesTheBreaker: a panic in user code (here the
+// Classifier) during a half-open breaker's trial must not leave the trial
+// outstanding forever, which would shut the endpoint out for good.
+func TestPanicDuringTrialFreesTheBreaker(t *testing.T) {
+	var panicking atomic.Bool
+	base := newScriptedBase(func(_ *http.Request, n int) (*http.Response, error) {
+		if n == 1 {
+			return reply(500, "down"), nil
+		}
+		return reply(200, "ok"), nil
+	})
+	classify := func(resp *http.Response, body []byte, err error) Verdict {
+		if panicking.Load() {
+			panic("classifier bug")
+		}
+		return DefaultClassifier(resp, body, err)
+	}
+	tr, _ := newTestTransport(t, Config{Base: base, Classifier: classify, MaxRetries: -1, MaxWait: 50 * time.Millisecond,
+		Breaker:   BreakerConfig{FailureThreshold: 1, OpenTimeout: time.Millisecond},
+		Endpoints: []Endpoint{hostEndpoint("a", 0)}})
+	if status, _ := chat(t, tr); status != 500 {
+		t.Fatalf("status %d, want 500", status)
+	}
+	waitState(t, tr, "a", StateHalfOpen)
+
+	panicking.Store(true)
+	func() {
+		defer func() {
+			if r := recover(); r != "classifier bug" {
+				t.Fatalf("recovered %v, want the classifier's panic", r)
+			}
+		}()
+		_, _ = tr.RoundTrip(chatRequest(t, context.Background(), clientBase, false))
+	}()
+	panicking.Store(false)
+
+	if status, _ := chat(t, tr); status != 200 {
+		t.Fatalf("after the panic: status %d, want a new trial answered 200", status)
+	}
+	if got := base.Hits("a.test"); got != 3 {
+		t.Errorf("a got %d requests, want 3", got)
+	}
+}

@@ -348,13 +348,16 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		lastPrefix []byte         // the first MaxErrorBody bytes of its body
 		errs       []error        // why each attempt failed
 		cause      error          // why the loop ended without a response to return
+		held       heldAttempt    // the breaker's done of the attempt in progress
 	)
+	defer held.release()
 	for n := 1; n <= attempts; n++ {
 		e, done, err := t.choose(ctx, &st)
 		if err != nil {
 			cause = err
 			break
 		}
+		held.hold(e, done)
 		t.flushTransitions(e)
 		if last != nil {
 			// Another attempt runs: hold the last failure in memory
@@ -363,7 +366,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		rc, err := body.next()
 		if err != nil {
-			e.settle(done, errNotSent)
+			e.settle(held.take(), errNotSent)
 			cause = err
 			break
 		}
@@ -378,7 +381,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			} else {
 				e.m.canceled()
 			}
-			e.settle(done, errNotSent)
+			e.settle(held.take(), errNotSent)
 			closeBody(resp)
 			cause = context.Cause(ctx)
 			errs = append(errs, &AttemptError{Endpoint: e.name, Attempt: n, Err: cause})
@@ -387,7 +390,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		v := t.classify(resp, decodedPrefix(resp, errBody, t.maxErrBody), err)
 		t.record(e, n, v, resp, err)
 		if !v.Outcome.Failed() {
-			e.reportSuccess(done)
+			e.reportSuccess(held.take())
 			t.flushTransitions(e)
 			closeBody(last)
 			body.close()
@@ -397,7 +400,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			resp.Request = req
 			return resp, nil
 		}
-		t.reportFailure(e, v, resp, done)
+		t.reportFailure(e, v, resp, held.take())
 		st.tried.add(e.index)
 		if v.AvoidEndpoint {
 			st.avoid.add(e.index)
@@ -421,6 +424,31 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		cause = ErrAttemptsExhausted
 	}
 	return nil, &Error{Attempts: errs, Err: cause}
+}
+
+// heldAttempt keeps the breaker's done of the attempt in progress until it
+// is settled. Should a panic (in the base, the classifier or a log handler)
+// unwind RoundTrip first, release frees the breaker's slot: a half-open
+// breaker would otherwise wait for its trial forever.
+type heldAttempt struct {
+	e    *endpoint
+	done func(error) // nil on the breaker's fast path, or once taken
+}
+
+func (h *heldAttempt) hold(e *endpoint, done func(error)) { h.e, h.done = e, done }
+
+// take returns done for settling, and forgets it.
+func (h *heldAttempt) take() func(error) {
+	done := h.done
+	h.done = nil
+	return done
+}
+
+// release settles an attempt a panic left unsettled.
+func (h *heldAttempt) release() {
+	if h.done != nil {
+		h.e.settle(h.take(), errNotSent)
+	}
 }
 
 // send makes one attempt on e. For a response with status 400 or above it
