@@ -539,9 +539,14 @@ func parseBaseURL(s string) (*url.URL, error) {
 	return u, nil
 }
 
-// canonicalHost lowercases host and removes the scheme's default port.
+// canonicalHost lowercases host (but an IPv6 zone, an interface name that
+// may be case-sensitive) and removes the scheme's default port.
 func canonicalHost(scheme, host string) string {
-	host = strings.ToLower(host)
+	if name, zone, ok := strings.Cut(host, "%25"); ok {
+		host = strings.ToLower(name) + "%25" + zone
+	} else {
+		host = strings.ToLower(host)
+	}
 	switch {
 	case scheme == "https" && strings.HasSuffix(host, ":443"):
 		return strings.TrimSuffix(host, ":443")

@@ -172,3 +172,18 @@ func TestRoutingRefusesDotSegments(t *testing.T) {
 		t.Errorf("/files/.well-known: status %d, want 200", status)
 	}
 }
+
+func TestCanonicalHost(t *testing.T) {
+	for _, tc := range []struct{ scheme, host, want string }{
+		{"https", "API.OpenAI.com", "api.openai.com"},
+		{"https", "api.openai.com:443", "api.openai.com"},
+		{"http", "LOCALHOST:80", "localhost"},
+		{"http", "localhost:443", "localhost:443"},
+		{"https", "[FE80::1%25Eth0]:8443", "[fe80::1%25Eth0]:8443"},
+		{"http", "[FE80::1%25Eth0]:80", "[fe80::1%25Eth0]"},
+	} {
+		if got := canonicalHost(tc.scheme, tc.host); got != tc.want {
+			t.Errorf("canonicalHost(%q, %q) = %q, want %q", tc.scheme, tc.host, got, tc.want)
+		}
+	}
+}
