@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -740,5 +741,43 @@ func TestPanicDuringTrialFreesTheBreaker(t *testing.T) {
 	}
 	if got := base.Hits("a.test"); got != 3 {
 		t.Errorf("a got %d requests, want 3", got)
+	}
+}
+
+// TestEndpointHeader: with Config.EndpointHeader set, each response of a
+// routed request names the endpoint that sent it, whether it succeeded
+// or was the last failure; without it, responses are left as they are.
+func TestEndpointHeader(t *testing.T) {
+	script := func(codes map[string]int) func(*http.Request, int) (*http.Response, error) {
+		return func(req *http.Request, _ int) (*http.Response, error) {
+			resp := reply(codes[req.URL.Host], "x")
+			resp.Header = nil // a base may leave it nil
+			return resp, nil
+		}
+	}
+	for _, tc := range []struct {
+		name   string
+		header string
+		codes  map[string]int
+		want   []string
+	}{
+		{"after a failover", "failover-endpoint", map[string]int{"a.test": 503, "b.test": 200}, []string{"b"}},
+		{"the last failure", "Failover-Endpoint", map[string]int{"a.test": 503, "b.test": 502}, []string{"b"}},
+		{"first try", "Failover-Endpoint", map[string]int{"a.test": 200}, []string{"a"}},
+		{"not asked for", "", map[string]int{"a.test": 200}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			base := newScriptedBase(script(tc.codes))
+			tr, _ := newTestTransport(t, Config{Base: base, EndpointHeader: tc.header,
+				Endpoints: []Endpoint{hostEndpoint("a", 0), hostEndpoint("b", 1)}})
+			resp, err := tr.RoundTrip(chatRequest(t, context.Background(), clientBase, false))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			if got := resp.Header.Values("Failover-Endpoint"); !slices.Equal(got, tc.want) {
+				t.Errorf("Failover-Endpoint %q, want %q", got, tc.want)
+			}
+		})
 	}
 }

@@ -127,6 +127,13 @@ type Config struct {
 	// reaches the caller whole when its attempt is the request's last, and
 	// cut at this size when a later attempt ran. Zero means 1 MiB.
 	MaxErrorBody int64
+
+	// EndpointHeader, when set, names a response header that every
+	// response of a routed request carries, set to the Name of the
+	// endpoint that answered (for instance "Failover-Endpoint"), so that
+	// a caller, or a client of the proxy, can tell which served it. It
+	// must be a valid header name. Empty means no such header.
+	EndpointHeader string
 }
 
 // BreakerConfig configures the circuit breaker of each endpoint (a
@@ -183,8 +190,10 @@ type Transport struct {
 	maxCool    time.Duration
 	maxBody    int64
 	maxErrBody int64
-	logger     *slog.Logger
-	metrics    *metrics
+	// endpointHeader is Config.EndpointHeader, canonical; "" for none.
+	endpointHeader string
+	logger         *slog.Logger
+	metrics        *metrics
 
 	// now and sleep are the clock; tests replace them. epoch is the
 	// monotonic origin of attempt latencies.
@@ -216,6 +225,9 @@ func New(cfg Config) (*Transport, error) {
 	if cfg.Breaker.HalfOpenRequests < 0 {
 		errs = append(errs, fmt.Errorf("failover: Breaker.HalfOpenRequests %d is negative", cfg.Breaker.HalfOpenRequests))
 	}
+	if cfg.EndpointHeader != "" && !validHeaderName(cfg.EndpointHeader) {
+		errs = append(errs, fmt.Errorf("failover: EndpointHeader %q is not a valid header name", cfg.EndpointHeader))
+	}
 	if cfg.MaxRetries > maxRetriesLimit {
 		errs = append(errs, fmt.Errorf("failover: MaxRetries %d is above %d", cfg.MaxRetries, maxRetriesLimit))
 	}
@@ -235,23 +247,24 @@ func New(cfg Config) (*Transport, error) {
 	}
 
 	t := &Transport{
-		base:       cfg.Base,
-		endpoints:  eps,
-		router:     rt,
-		attempts:   1 + cfg.MaxRetries,
-		classify:   cfg.Classifier,
-		backoff:    cfg.Backoff,
-		backoffMin: orDefault(cfg.BackoffMin, defaultBackoffMin),
-		backoffMax: orDefault(cfg.BackoffMax, defaultBackoffMax),
-		maxWait:    orDefault(cfg.MaxWait, defaultMaxWait),
-		cooldown:   orDefault(cfg.Cooldown, defaultCooldown),
-		maxCool:    orDefault(cfg.MaxCooldown, defaultMaxCooldown),
-		maxBody:    orDefault(cfg.MaxBodyBuffer, defaultMaxBodyBuffer),
-		maxErrBody: orDefault(cfg.MaxErrorBody, defaultMaxErrorBody),
-		logger:     cfg.Logger,
-		now:        time.Now,
-		sleep:      sleepContext,
-		epoch:      time.Now(),
+		base:           cfg.Base,
+		endpoints:      eps,
+		router:         rt,
+		attempts:       1 + cfg.MaxRetries,
+		classify:       cfg.Classifier,
+		backoff:        cfg.Backoff,
+		backoffMin:     orDefault(cfg.BackoffMin, defaultBackoffMin),
+		backoffMax:     orDefault(cfg.BackoffMax, defaultBackoffMax),
+		maxWait:        orDefault(cfg.MaxWait, defaultMaxWait),
+		cooldown:       orDefault(cfg.Cooldown, defaultCooldown),
+		maxCool:        orDefault(cfg.MaxCooldown, defaultMaxCooldown),
+		maxBody:        orDefault(cfg.MaxBodyBuffer, defaultMaxBodyBuffer),
+		maxErrBody:     orDefault(cfg.MaxErrorBody, defaultMaxErrorBody),
+		endpointHeader: http.CanonicalHeaderKey(cfg.EndpointHeader),
+		logger:         cfg.Logger,
+		now:            time.Now,
+		sleep:          sleepContext,
+		epoch:          time.Now(),
 	}
 	switch {
 	case cfg.MaxRetries == 0:
@@ -346,6 +359,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		st         requestState
 		last       *http.Response // the last failed response
 		lastPrefix []byte         // the first MaxErrorBody bytes of its body
+		lastBy     *endpoint      // the endpoint that sent it
 		errs       []error        // why each attempt failed
 		cause      error          // why the loop ended without a response to return
 		held       heldAttempt    // the breaker's done of the attempt in progress
@@ -398,6 +412,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			// The caller's request, not the attempt's: that one
 			// carries the endpoint's key.
 			resp.Request = req
+			t.markEndpoint(resp, e)
 			return resp, nil
 		}
 		t.reportFailure(e, v, resp, held.take())
@@ -409,7 +424,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if resp != nil {
 			ae.StatusCode = resp.StatusCode
 			closeBody(last)
-			last, lastPrefix = resp, errBody
+			last, lastPrefix, lastBy = resp, errBody, e
 		}
 		errs = append(errs, ae)
 	}
@@ -417,6 +432,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	t.metrics.requestDone(len(errs), false)
 	if last != nil && ctx.Err() == nil {
 		last.Request = req
+		t.markEndpoint(last, lastBy)
 		return last, nil
 	}
 	closeBody(last)
@@ -424,6 +440,17 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		cause = ErrAttemptsExhausted
 	}
 	return nil, &Error{Attempts: errs, Err: cause}
+}
+
+// markEndpoint sets the EndpointHeader, if any, of a response e sent.
+func (t *Transport) markEndpoint(resp *http.Response, e *endpoint) {
+	if t.endpointHeader == "" {
+		return
+	}
+	if resp.Header == nil {
+		resp.Header = make(http.Header, 1)
+	}
+	resp.Header[t.endpointHeader] = []string{e.name}
 }
 
 // heldAttempt keeps the breaker's done of the attempt in progress until it

@@ -1710,6 +1710,8 @@ func TestNewValidation(t *testing.T) {
 			wantIn: []string{"MaxRetries"}},
 		{name: "MaxRetries above the limit", cfg: Config{Endpoints: []Endpoint{good("e1")}, MaxRetries: 1001},
 			wantIn: []string{"MaxRetries", "1000"}},
+		{name: "bad EndpointHeader", cfg: Config{Endpoints: []Endpoint{good("e1")}, EndpointHeader: "Failover Endpoint"},
+			wantIn: []string{"EndpointHeader"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tr, err := New(tc.cfg)

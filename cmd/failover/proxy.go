@@ -28,6 +28,7 @@ type proxyFlags struct {
 	allowRemote     bool
 	shutdownTimeout time.Duration
 	logLevel        slog.Level
+	endpointHeader  string
 }
 
 // parseProxyFlags parses the proxy command's arguments, reporting any error
@@ -46,6 +47,8 @@ func parseProxyFlags(args []string, stderr io.Writer) (proxyFlags, error) {
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", proxy.DefaultShutdownTimeout,
 		"how long requests in flight (streams and upgraded connections too) may run on after SIGINT or SIGTERM")
 	fs.TextVar(&f.logLevel, "log-level", slog.LevelInfo, "log `level`: debug, info, warn or error")
+	fs.StringVar(&f.endpointHeader, "endpoint-header", "Failover-Endpoint",
+		"response `header` naming the endpoint that answered; empty: none")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: failover proxy [flags]
 
@@ -96,6 +99,7 @@ func runProxyCommand(ctx context.Context, args, environ []string, stderr io.Writ
 		configError(stderr, err)
 		return exitUsage
 	}
+	cfg.EndpointHeader = f.endpointHeader
 	key := strings.TrimSpace(lookupEnv(environ, envProxyKey))
 	p, err := proxy.New(proxy.Config{
 		Failover:        cfg,

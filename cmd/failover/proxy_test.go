@@ -83,6 +83,9 @@ func TestProxyFailsOver(t *testing.T) {
 	if !strings.Contains(body, fakeopenai.Reply("second")) {
 		t.Errorf("reply %s does not name the second upstream", body)
 	}
+	if got := resp.Header.Get("Failover-Endpoint"); got != "second" {
+		t.Errorf("Failover-Endpoint %q, want second", got)
+	}
 	if got := first.Hits(); got != 0 {
 		t.Errorf("the refusing upstream got %d request(s)", got)
 	}
@@ -421,6 +424,7 @@ func TestProxyBadConfiguration(t *testing.T) {
 		{"bad shutdown timeout", []string{"OPENAI_API_KEY_1=" + secret}, []string{"-shutdown-timeout", "0s"}, "-shutdown-timeout"},
 		{"bad log level", []string{"OPENAI_API_KEY_1=" + secret}, []string{"-log-level", "loud"}, "-log-level"},
 		{"stray argument", []string{"OPENAI_API_KEY_1=" + secret}, []string{"serve"}, `"serve"`},
+		{"bad endpoint header", []string{"OPENAI_API_KEY_1=" + secret}, []string{"-endpoint-header", "Failover Endpoint"}, "EndpointHeader"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := append([]string{"proxy", "-listen", "127.0.0.1:0"}, tc.args...)
