@@ -235,3 +235,36 @@ func ExampleTransport_HealthHandler() {
 	// failover_attempts_total{endpoint="down",outcome="401"} 1
 	// failover_breaker_state{endpoint="down"} 2
 }
+
+// With EndpointHeader set, each response names the endpoint that answered
+// it, for the caller's logs: here the second, after the first answered 503.
+func ExampleConfig_endpointHeader() {
+	busy := fakeopenai.New(fakeopenai.WithName("busy"))
+	defer busy.Close()
+	spare := fakeopenai.New(fakeopenai.WithName("spare"))
+	defer spare.Close()
+	busy.SetFault(fakeopenai.StatusFault(http.StatusServiceUnavailable))
+
+	transport, err := failover.New(failover.Config{
+		Endpoints: []failover.Endpoint{
+			{Name: "busy", BaseURL: busy.URL(), APIKey: "sk-busy"},
+			{Name: "spare", BaseURL: spare.URL(), APIKey: "sk-spare", Priority: 1},
+		},
+		EndpointHeader: "Failover-Endpoint",
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	client := &http.Client{Transport: transport}
+	resp, err := client.Post("https://api.openai.com/v1/chat/completions", "application/json",
+		strings.NewReader(`{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}`))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer resp.Body.Close()
+	fmt.Println(resp.StatusCode, "from", resp.Header.Get("Failover-Endpoint"))
+	fmt.Println("request URL the caller sees:", resp.Request.URL)
+	// Output:
+	// 200 from spare
+	// request URL the caller sees: https://api.openai.com/v1/chat/completions
+}
