@@ -71,37 +71,12 @@ func TestProxyUpgradedConnection(t *testing.T) {
 			}
 			p := startProxy(t, env)
 
-			conn, err := net.DialTimeout("tcp", strings.TrimPrefix(p.url, "http://"), waitLimit)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close()
-			if err := conn.SetDeadline(time.Now().Add(waitLimit)); err != nil {
-				t.Fatal(err)
-			}
-			fmt.Fprintf(conn, "GET /v1/realtime?model=m HTTP/1.1\r\nHost: proxy\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nAuthorization: Bearer %s\r\n\r\n", clientToken)
-			br := bufio.NewReader(conn)
-			resp, err := http.ReadResponse(br, nil)
-			if err != nil {
-				t.Fatalf("reading the upgrade response: %v", err)
-			}
-			if resp.StatusCode != http.StatusSwitchingProtocols {
-				t.Fatalf("status %d, want 101", resp.StatusCode)
-			}
+			conn, br := openUpgraded(t, p.url)
 			if got := <-auth; got != "Bearer "+secondKey {
 				t.Errorf("the upstream saw Authorization %q, want the second endpoint's key", got)
 			}
 			for _, msg := range []string{"hello", "second message"} {
-				if _, err := fmt.Fprintf(conn, "%s\n", msg); err != nil {
-					t.Fatalf("writing %q: %v", msg, err)
-				}
-				got, err := br.ReadString('\n')
-				if err != nil {
-					t.Fatalf("reading the echo of %q: %v", msg, err)
-				}
-				if want := "echo: " + msg + "\n"; got != want {
-					t.Errorf("got %q, want %q", got, want)
-				}
+				checkEcho(t, conn, br, msg)
 			}
 		})
 	}
@@ -121,8 +96,9 @@ func closedPortURL(t *testing.T) string {
 	return "http://" + addr
 }
 
-// openUpgraded opens an upgraded connection through the proxy at proxyURL
-// and checks that it echoes.
+// openUpgraded opens an upgraded connection through the proxy at proxyURL,
+// sending the client's own token (which must not travel on), and checks
+// that it echoes.
 func openUpgraded(t *testing.T, proxyURL string) (net.Conn, *bufio.Reader) {
 	t.Helper()
 	conn, err := net.DialTimeout("tcp", strings.TrimPrefix(proxyURL, "http://"), waitLimit)
@@ -133,7 +109,7 @@ func openUpgraded(t *testing.T, proxyURL string) (net.Conn, *bufio.Reader) {
 	if err := conn.SetDeadline(time.Now().Add(waitLimit)); err != nil {
 		t.Fatal(err)
 	}
-	fmt.Fprint(conn, "GET /v1/realtime?model=m HTTP/1.1\r\nHost: proxy\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+	fmt.Fprintf(conn, "GET /v1/realtime?model=m HTTP/1.1\r\nHost: proxy\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nAuthorization: Bearer %s\r\n\r\n", clientToken)
 	br := bufio.NewReader(conn)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
