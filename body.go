@@ -127,16 +127,13 @@ func (memBody) Close() error { return nil }
 // keepBody returns resp with its body in memory, so that its connection is
 // released while later attempts run: the prefix already read when that was
 // all of it, else at most the prefix (the rest is discarded). A body no
-// prefix was read from keeps its first limit bytes.
-func keepBody(resp *http.Response, prefix []byte, limit int64) *http.Response {
+// prefix was read from (a 2xx a custom Classifier failed) is not read now,
+// outside the attempt's timeout: it is discarded.
+func keepBody(resp *http.Response, prefix []byte) *http.Response {
 	if resp.Body == nil {
 		return resp
 	}
-	if prefix == nil && resp.Body != http.NoBody {
-		// A failed response below 400, whose body was not read to
-		// classify it: keep its first limit bytes now.
-		prefix, _ = io.ReadAll(io.LimitReader(resp.Body, limit))
-	}
+
 	if _, ok := resp.Body.(*memBody); ok {
 		return resp
 	}

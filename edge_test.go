@@ -281,7 +281,7 @@ func TestEdgeTimeoutShorterThanDial(t *testing.T) {
 		t.Fatal("the slow endpoint was never dialled")
 	}
 	h := healthOf(t, tr, "slow")
-	if h.Requests != 1 || h.Failures != 1 || !strings.Contains(h.LastError, "no response headers within "+timeout.String()) {
+	if h.Requests != 1 || h.Failures != 1 || !strings.Contains(h.LastError, "timed out after "+timeout.String()) {
 		t.Errorf("slow: %d attempts, %d failures, last error %q; want one attempt timed out", h.Requests, h.Failures, h.LastError)
 	}
 	if b.Hits() != 1 {
@@ -779,5 +779,37 @@ func TestEndpointHeader(t *testing.T) {
 				t.Errorf("Failover-Endpoint %q, want %q", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestSlowBodyOfFailedRedirectIsTimed: a redirect that fails the attempt
+// (x-should-retry: true) but whose body never ends must not hold up the
+// failover beyond the endpoint's Timeout: its body is read for the
+// classifier within the attempt, like an error body.
+func TestSlowBodyOfFailedRedirectIsTimed(t *testing.T) {
+	a := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Should-Retry", "true")
+		w.Header().Set("Location", "/elsewhere")
+		w.WriteHeader(http.StatusFound)
+		w.(http.Flusher).Flush()
+		<-r.Context().Done() // the body never ends
+	}))
+	defer a.Close()
+	b := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, `{"ok":true}`)
+	}))
+	defer b.Close()
+	tr, _ := newTestTransport(t, Config{MaxRetries: 1, Endpoints: []Endpoint{
+		{Name: "a", BaseURL: a.URL + "/v1", APIKey: "ka", Timeout: 100 * time.Millisecond},
+		{Name: "b", BaseURL: b.URL + "/v1", APIKey: "kb", Priority: 1},
+	}})
+	ctx, cancel := context.WithTimeout(context.Background(), waitBound)
+	defer cancel()
+	status, body := roundTrip(t, tr, chatRequest(t, ctx, clientBase, false))
+	if status != 200 || body != `{"ok":true}` {
+		t.Errorf("got %d %q, want b's answer", status, body)
+	}
+	if h := healthOf(t, tr, "a"); !strings.Contains(h.LastError, "timed out") {
+		t.Errorf("a's last error %q, want its timeout", h.LastError)
 	}
 }

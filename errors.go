@@ -42,7 +42,7 @@ var (
 type timeoutError struct{ after time.Duration }
 
 func (e *timeoutError) Error() string {
-	return "failover: no response headers within " + e.after.String()
+	return "failover: attempt timed out after " + e.after.String()
 }
 func (e *timeoutError) Is(target error) bool { return target == ErrAttemptTimeout }
 func (e *timeoutError) Timeout() bool        { return true }

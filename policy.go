@@ -70,7 +70,7 @@ type Verdict struct {
 }
 
 // Classifier decides what an attempt's result means. Exactly one of resp and
-// err is non-nil. For a response with status 400 or above, body holds its
+// err is non-nil. For a response with status 300 or above, body holds its
 // first bytes (up to [Config].MaxErrorBody, gunzipped if the caller asked
 // for gzip itself) and the classifier must not read resp.Body; for other
 // responses body is nil. A Classifier must be safe for
@@ -298,18 +298,18 @@ func (s *bitset) clear() {
 	clear(s.big)
 }
 
-// choose returns the endpoint for the next attempt, with the breaker's done
-// func to settle exactly once. When no endpoint can take the request now it
+// choose returns the endpoint for the next attempt, with the breaker's
+// ticket for it, whose done is to be settled exactly once. When no endpoint can take the request now it
 // waits, within MaxWait and the context, for the soonest to become
 // available (a rate limiter refilling, a cooldown ending, an open breaker
 // letting a trial through) or, when every eligible endpoint was tried, for
 // a backoff before trying them again.
-func (t *Transport) choose(ctx context.Context, st *requestState) (*endpoint, func(error), error) {
+func (t *Transport) choose(ctx context.Context, st *requestState) (*endpoint, ticket, error) {
 	for {
 		clock := lazyClock{now: t.now}
-		e, done, p := t.pick(&clock, st)
+		e, tk, p := t.pick(&clock, st)
 		if e != nil {
-			return e, done, nil
+			return e, tk, nil
 		}
 		now := clock.get()
 		fits := func(d time.Duration) bool {
@@ -333,15 +333,15 @@ func (t *Transport) choose(ctx context.Context, st *requestState) (*endpoint, fu
 			reason = waitBackoff
 			d = t.backoff(t.backoffMin, t.backoffMax, st.rounds, nil)
 			if !fits(d) {
-				return nil, nil, p.unavailable()
+				return nil, ticket{}, p.unavailable()
 			}
 			st.rounds++
 			st.tried.clear()
 		default:
-			return nil, nil, p.unavailable()
+			return nil, ticket{}, p.unavailable()
 		}
 		if err := t.sleep(ctx, d); err != nil {
-			return nil, nil, err
+			return nil, ticket{}, err
 		}
 		st.waited += d
 		t.metrics.waited(reason, d)
@@ -380,7 +380,7 @@ func (p *pickResult) unavailable() error {
 // pick returns the first eligible endpoint: tiers by priority, each walked
 // from its weighted round robin start. Cheap atomic checks come first;
 // then the breaker admits the request, then the limiter. It does not wait.
-func (t *Transport) pick(clock *lazyClock, st *requestState) (*endpoint, func(error), pickResult) {
+func (t *Transport) pick(clock *lazyClock, st *requestState) (*endpoint, ticket, pickResult) {
 	var p pickResult
 	for _, tr := range t.tiers {
 		n := len(tr.members)
@@ -414,13 +414,13 @@ func (t *Transport) pick(clock *lazyClock, st *requestState) (*endpoint, func(er
 				p.retryable = true
 				continue
 			}
-			done, ok := e.admit()
+			tk, ok := e.admit()
 			if !ok {
 				p.open++
 				continue
 			}
 			if e.limiter != nil && !e.allowRate(t.now) {
-				e.settle(done, errNotSent)
+				e.settle(tk.done, errNotSent)
 				p.limited++
 				p.soonest(untilToken(e.limiter, t.now()), waitRateLimit, false)
 				if !st.spilled.has(e.index) {
@@ -429,10 +429,10 @@ func (t *Transport) pick(clock *lazyClock, st *requestState) (*endpoint, func(er
 				}
 				continue
 			}
-			return e, done, p
+			return e, tk, p
 		}
 	}
-	return nil, nil, p
+	return nil, ticket{}, p
 }
 
 func (p *pickResult) soonest(d time.Duration, r waitReason, tried bool) {

@@ -69,7 +69,7 @@ type Endpoint struct {
 	Burst int
 
 	// Timeout bounds one attempt on this endpoint, from sending the request
-	// until the response headers arrive (and, for a status of 400 or above,
+	// until the response headers arrive (and, for a status of 300 or above,
 	// the read of the error body's first [Config].MaxErrorBody bytes,
 	// which decides whether to fail over). It never cuts a successful
 	// response body or a stream. Zero means no per-attempt timeout (the
@@ -130,9 +130,13 @@ type endpoint struct {
 	// lock. openUntil is when an open breaker lets a trial through (unix
 	// nanoseconds).
 	breakerState atomic.Int32
-	openUntil    atomic.Int64
-	stateSince   atomic.Int64
-	keyRejected  atomic.Bool // set while reporting a failure that must open the breaker at once
+	// gen counts the breaker's state changes, as gobreaker counts its
+	// generations: a result only counts in the generation its attempt
+	// was admitted in (see ticket).
+	gen         atomic.Uint64
+	openUntil   atomic.Int64
+	stateSince  atomic.Int64
+	keyRejected atomic.Bool // set while reporting a failure that must open the breaker at once
 
 	pendingMu  sync.Mutex
 	pending    []transition
@@ -606,6 +610,7 @@ func (t *Transport) initBreaker(e *endpoint, bc BreakerConfig) {
 				e.openUntil.Store(now.Add(timeout).UnixNano())
 			}
 			e.stateSince.Store(now.UnixNano())
+			e.gen.Add(1)
 			e.breakerState.Store(int32(to))
 			if t.logger == nil {
 				return // nothing to log later
@@ -709,17 +714,33 @@ func statusLabel(code int) string {
 	return "other"
 }
 
+// ticket is the breaker's admission of one attempt: done is the breaker's
+// own callback, nil on the fast path, and gen the endpoint's breaker
+// generation (read before asking the breaker) when it was admitted.
+type ticket struct {
+	done func(error)
+	gen  uint64
+}
+
+// stale reports whether the breaker has changed state since tk was issued:
+// it opened, or opened and closed again, while the attempt ran. gobreaker
+// ignores a stale done; the fast path must ignore a stale result too.
+func (e *endpoint) stale(tk ticket) bool { return e.gen.Load() != tk.gen }
+
 // admit asks e's breaker to let an attempt through. On the fast path (the
-// breaker closed and counting no failure) it returns a nil done without
-// taking the breaker's lock: a success would teach the breaker nothing, and
-// a failure is reported through settle, which then asks the breaker first.
-// Otherwise done is the breaker's own, to run exactly once through settle.
-func (e *endpoint) admit() (done func(error), ok bool) {
+// breaker closed and counting no failure) the ticket has a nil done and
+// the breaker's lock is not taken: a success would teach the breaker
+// nothing, and a failure is reported through settle, which then asks the
+// breaker first. Otherwise done is the breaker's own, to run exactly once
+// through settle.
+func (e *endpoint) admit() (ticket, bool) {
+	tk := ticket{gen: e.gen.Load()}
 	if gobreaker.State(e.breakerState.Load()) == gobreaker.StateClosed && e.stats.unsettled.Load() == 0 {
-		return nil, true
+		return tk, true
 	}
 	done, err := e.breaker.Allow()
-	return done, err == nil
+	tk.done = done
+	return tk, err == nil
 }
 
 // settle reports an attempt's result to e's breaker: through done when
@@ -742,28 +763,38 @@ func (e *endpoint) settle(done func(error), err error) {
 // reportSuccess settles a successful attempt. On the fast path it tells the
 // breaker only when failures were reported to it meanwhile (see
 // endpointStats.unsettled), so that its count of consecutive failures
-// resets.
-func (e *endpoint) reportSuccess(done func(error)) {
+// resets. A stale success (see ticket) settles nothing it owes: the
+// breaker would not count it, so the next success does.
+func (e *endpoint) reportSuccess(tk ticket) {
 	// Taken before the breaker hears of the success: see unsettled.
-	owed := e.stats.unsettled.Load() != 0 && e.stats.unsettled.Swap(0) != 0
-	if done != nil || owed {
-		e.settle(done, nil)
+	owed := !e.stale(tk) && e.stats.unsettled.Load() != 0 && e.stats.unsettled.Swap(0) != 0
+	if tk.done != nil || owed {
+		e.settle(tk.done, nil)
 	}
 }
 
 // reportFailure tells e's breaker about a failed attempt and starts a
-// cooldown when the response asks for one.
-func (t *Transport) reportFailure(e *endpoint, v Verdict, resp *http.Response, done func(error)) {
-	switch v.Outcome {
-	case OutcomeThrottled:
-		e.settle(done, errThrottled)
-	case OutcomeKeyRejected:
+// cooldown when the response asks for one. A failure admitted on the fast
+// path before the breaker last changed state is not counted, as gobreaker
+// does not count a stale done; but a rejected key always is, in the
+// breaker's current state.
+func (t *Transport) reportFailure(e *endpoint, v Verdict, resp *http.Response, tk ticket) {
+	switch {
+	case v.Outcome == OutcomeThrottled:
+		e.settle(tk.done, errThrottled)
+	case v.Outcome == OutcomeKeyRejected:
+		if e.stale(tk) {
+			e.settle(tk.done, errNotSent)
+			tk.done = nil // report it afresh
+		}
 		e.keyRejected.Store(true)
-		e.settle(done, errKeyRejected)
+		e.settle(tk.done, errKeyRejected)
 		e.keyRejected.Store(false)
 		e.stats.unsettled.Add(1)
+	case tk.done == nil && e.stale(tk):
+		// Stale on the fast path: dropped.
 	default:
-		e.settle(done, errFailed)
+		e.settle(tk.done, errFailed)
 		e.stats.unsettled.Add(1)
 	}
 	t.flushTransitions(e)

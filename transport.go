@@ -121,11 +121,13 @@ type Config struct {
 	// 8 MiB; negative means never buffer.
 	MaxBodyBuffer int64
 
-	// MaxErrorBody is how much of a response body with status 400 or above
+	// MaxErrorBody is how much of a response body with status 300 or above
 	// is read into memory, so that the classifier can inspect it and the
 	// connection is released while later attempts run. A longer error body
 	// reaches the caller whole when its attempt is the request's last, and
-	// cut at this size when a later attempt ran. Zero means 1 MiB.
+	// cut at this size when a later attempt ran. (A 2xx response that a
+	// custom Classifier fails is not read: when a later attempt runs, its
+	// body is dropped.) Zero means 1 MiB.
 	MaxErrorBody int64
 
 	// EndpointHeader, when set, names a response header that every
@@ -362,25 +364,25 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		lastBy     *endpoint      // the endpoint that sent it
 		errs       []error        // why each attempt failed
 		cause      error          // why the loop ended without a response to return
-		held       heldAttempt    // the breaker's done of the attempt in progress
+		held       heldAttempt    // the breaker's ticket of the attempt in progress
 	)
 	defer held.release()
 	for n := 1; n <= attempts; n++ {
-		e, done, err := t.choose(ctx, &st)
+		e, tk, err := t.choose(ctx, &st)
 		if err != nil {
 			cause = err
 			break
 		}
-		held.hold(e, done)
+		held.hold(e, tk)
 		t.flushTransitions(e)
 		if last != nil {
 			// Another attempt runs: hold the last failure in memory
 			// (bounded) and release its connection.
-			last = keepBody(last, lastPrefix, t.maxErrBody)
+			last = keepBody(last, lastPrefix)
 		}
 		rc, err := body.next()
 		if err != nil {
-			e.settle(held.take(), errNotSent)
+			e.settle(held.take().done, errNotSent)
 			cause = err
 			break
 		}
@@ -395,7 +397,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			} else {
 				e.m.canceled()
 			}
-			e.settle(held.take(), errNotSent)
+			e.settle(held.take().done, errNotSent)
 			closeBody(resp)
 			cause = context.Cause(ctx)
 			errs = append(errs, &AttemptError{Endpoint: e.name, Attempt: n, Err: cause})
@@ -453,32 +455,32 @@ func (t *Transport) markEndpoint(resp *http.Response, e *endpoint) {
 	resp.Header[t.endpointHeader] = []string{e.name}
 }
 
-// heldAttempt keeps the breaker's done of the attempt in progress until it
-// is settled. Should a panic (in the base, the classifier or a log handler)
-// unwind RoundTrip first, release frees the breaker's slot: a half-open
-// breaker would otherwise wait for its trial forever.
+// heldAttempt keeps the breaker's ticket of the attempt in progress until
+// it is settled. Should a panic (in the base, the classifier or a log
+// handler) unwind RoundTrip first, release frees the breaker's slot: a
+// half-open breaker would otherwise wait for its trial forever.
 type heldAttempt struct {
-	e    *endpoint
-	done func(error) // nil on the breaker's fast path, or once taken
+	e  *endpoint
+	tk ticket
+	on bool // tk is held and not yet settled
 }
 
-func (h *heldAttempt) hold(e *endpoint, done func(error)) { h.e, h.done = e, done }
+func (h *heldAttempt) hold(e *endpoint, tk ticket) { h.e, h.tk, h.on = e, tk, true }
 
-// take returns done for settling, and forgets it.
-func (h *heldAttempt) take() func(error) {
-	done := h.done
-	h.done = nil
-	return done
+// take returns the ticket for settling, and forgets it.
+func (h *heldAttempt) take() ticket {
+	h.on = false
+	return h.tk
 }
 
 // release settles an attempt a panic left unsettled.
 func (h *heldAttempt) release() {
-	if h.done != nil {
-		h.e.settle(h.take(), errNotSent)
+	if h.on {
+		h.e.settle(h.take().done, errNotSent)
 	}
 }
 
-// send makes one attempt on e. For a response with status 400 or above it
+// send makes one attempt on e. For a response with status 300 or above it
 // reads up to MaxErrorBody bytes of the body into errBody. The per-attempt
 // timeout, if any, covers the wait for the headers and that read; it never
 // cuts a body returned to the caller.
@@ -506,7 +508,7 @@ func (t *Transport) send(e *endpoint, out *http.Request) (resp *http.Response, e
 	case resp.Body == nil:
 		resp.Body = http.NoBody // as http.Client would make it
 	}
-	if err == nil && resp.StatusCode >= 400 {
+	if err == nil && resp.StatusCode >= 300 {
 		errBody, resp.Body = readPrefix(resp.Body, t.maxErrBody)
 	}
 	if timer == nil {

@@ -755,35 +755,35 @@ func TestBreakerForgetsFailuresASuccessEnded(t *testing.T) {
 	tr, _ := newTestTransport(t, Config{Base: base, Endpoints: []Endpoint{hostEndpoint("a", 0)}})
 	e := tr.endpoints[0]
 	failed := Verdict{Outcome: OutcomeFailure}
-	var dones [6]func(error)
-	for i := range dones {
-		done, ok := e.admit()
+	var tickets [6]ticket
+	for i := range tickets {
+		tk, ok := e.admit()
 		if !ok {
 			t.Fatal("a closed breaker refused an attempt")
 		}
-		dones[i] = done
+		tickets[i] = tk
 	}
 	for range 4 {
 		tr.record(e, 1, failed, reply(500, "down"), nil)
 	}
 	tr.record(e, 1, Verdict{Outcome: OutcomeSuccess}, reply(200, "ok"), nil)
-	e.reportSuccess(dones[4])
+	e.reportSuccess(tickets[4])
 	for i := range 4 {
-		tr.reportFailure(e, failed, reply(500, "down"), dones[i])
+		tr.reportFailure(e, failed, reply(500, "down"), tickets[i])
 	}
 	if got := e.breaker.Counts().ConsecutiveFailures; got != 4 {
 		t.Fatalf("setup: the breaker counts %d consecutive failures, want 4", got)
 	}
 	// A success admitted before the failures were reported ends now.
 	tr.record(e, 1, Verdict{Outcome: OutcomeSuccess}, reply(200, "ok"), nil)
-	e.reportSuccess(dones[5])
+	e.reportSuccess(tickets[5])
 	if got := e.breaker.Counts().ConsecutiveFailures; got != 0 {
 		t.Errorf("after an overlapping success the breaker still counts %d consecutive failures", got)
 	}
 	// So does one admitted afterwards.
 	for i := range 4 {
-		done, _ := e.admit()
-		tr.reportFailure(e, failed, reply(500, "down"), done)
+		tk, _ := e.admit()
+		tr.reportFailure(e, failed, reply(500, "down"), tk)
 		if i == 3 && e.breaker.Counts().ConsecutiveFailures != 4 {
 			t.Fatalf("setup: the breaker counts %d consecutive failures, want 4", e.breaker.Counts().ConsecutiveFailures)
 		}
@@ -796,6 +796,68 @@ func TestBreakerForgetsFailuresASuccessEnded(t *testing.T) {
 	}
 	if h := healthOf(t, tr, "a"); h.State != StateClosed || h.ConsecutiveFailures != 0 {
 		t.Errorf("a is %v with %d consecutive failures, want closed with 0", h.State, h.ConsecutiveFailures)
+	}
+}
+
+// TestBreakerStaleSuccessOwesNothing: an attempt admitted before the
+// breaker opened, went half-open and closed again succeeds only after
+// failures were counted in the new generation. gobreaker ignores its
+// stale done, so it must not settle what the breaker owes either: a later
+// success does, and one more failure then does not open the breaker.
+func TestBreakerStaleSuccessOwesNothing(t *testing.T) {
+	entered := make(chan struct{})
+	release := make(chan struct{})
+	base := roundTripFunc(func(req *http.Request) (*http.Response, error) {
+		switch req.Header.Get("X-Mode") {
+		case "fail":
+			return reply(500, "down"), nil
+		case "block":
+			close(entered)
+			<-release
+		}
+		return reply(200, "ok"), nil
+	})
+	tr, _ := newTestTransport(t, Config{Base: base, MaxRetries: -1,
+		Breaker:   BreakerConfig{FailureThreshold: 5, OpenTimeout: time.Millisecond},
+		Endpoints: []Endpoint{hostEndpoint("a", 0)}})
+	send := func(mode string) int {
+		req := chatRequest(t, context.Background(), clientBase, false)
+		req.Header.Set("X-Mode", mode)
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			t.Errorf("%s: %v", mode, err)
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	send("fail") // the breaker counts 1: the next attempt takes the slow path
+	slow := make(chan int)
+	go func() { slow <- send("block") }()
+	<-entered
+	for range 4 {
+		send("fail") // the breaker opens: a new generation
+	}
+	waitState(t, tr, "a", StateHalfOpen)
+	if code := send("ok"); code != 200 {
+		t.Fatalf("trial: status %d, want 200", code)
+	}
+	for range 4 {
+		send("fail") // counted in the closed breaker's new generation
+	}
+	close(release)
+	if code := <-slow; code != 200 {
+		t.Fatalf("the slow attempt: status %d, want 200", code)
+	}
+	for range 3 {
+		send("ok")
+	}
+	if got := tr.endpoints[0].breaker.Counts().ConsecutiveFailures; got != 0 {
+		t.Errorf("after fresh successes the breaker counts %d consecutive failures", got)
+	}
+	send("fail")
+	if h := healthOf(t, tr, "a"); h.State != StateClosed {
+		t.Errorf("a is %v after one failure following successes (threshold 5), want closed", h.State)
 	}
 }
 
@@ -964,7 +1026,7 @@ func TestAttemptTimeoutFailsOver(t *testing.T) {
 		t.Errorf("hits a=%d b=%d, want 1 each", a.Hits(), b.Hits())
 	}
 	h := healthOf(t, tr, "a")
-	if h.Failures != 1 || !strings.Contains(h.LastError, "100ms") || !strings.Contains(h.LastError, "response headers") {
+	if h.Failures != 1 || !strings.Contains(h.LastError, "timed out after 100ms") {
 		t.Errorf("a: failures %d, last error %q; want 1 and a timeout after 100ms", h.Failures, h.LastError)
 	}
 }
