@@ -473,6 +473,11 @@ func prepareEndpoint(i int, c Endpoint) (*endpoint, error) {
 		header:  c.Header,
 	}
 	e.escPath = strings.TrimSuffix(u.EscapedPath(), "/")
+	if e.escPath == u.EscapedPath() {
+		// The path ends in an escaped slash (%2F), not a separator: it
+		// stays, in both forms, so that they still agree.
+		e.path = u.Path
+	}
 	e.rawPath = u.RawPath != ""
 	if u.RawQuery != "" {
 		e.query, _ = url.ParseQuery(u.RawQuery) // parseBaseURL checked it
@@ -546,8 +551,9 @@ func parseBaseURL(s string) (*url.URL, error) {
 // canonicalHost lowercases host (but an IPv6 zone, an interface name that
 // may be case-sensitive) and removes the scheme's default port.
 func canonicalHost(scheme, host string) string {
-	if name, zone, ok := strings.Cut(host, "%25"); ok {
-		host = strings.ToLower(name) + "%25" + zone
+	// url.Parse has unescaped the zone's "%25" to "%".
+	if name, zone, ok := strings.Cut(host, "%"); ok {
+		host = strings.ToLower(name) + "%" + zone
 	} else {
 		host = strings.ToLower(host)
 	}

@@ -49,6 +49,10 @@ func TestRoutingKeepsEscaping(t *testing.T) {
 			"/openai/v1/chat/completions"},
 		{"the base itself", "https://gw.test/models/org%2Fmodel/v1", clientBase,
 			"/models/org%2Fmodel/v1"},
+		{"a base ending in an escaped slash", "https://gw.test/a%2Fb/v1%2F", clientBase + "/x",
+			"/a%2Fb/v1%2F/x"},
+		{"a base ending in a slash", "https://gw.test/a%2Fb/v1/", clientBase + "/x",
+			"/a%2Fb/v1/x"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out := sendVia(t, Endpoint{Name: "gw", BaseURL: tc.base, APIKey: "k"}, tc.url, nil)
@@ -179,11 +183,19 @@ func TestCanonicalHost(t *testing.T) {
 		{"https", "api.openai.com:443", "api.openai.com"},
 		{"http", "LOCALHOST:80", "localhost"},
 		{"http", "localhost:443", "localhost:443"},
-		{"https", "[FE80::1%25Eth0]:8443", "[fe80::1%25Eth0]:8443"},
-		{"http", "[FE80::1%25Eth0]:80", "[fe80::1%25Eth0]"},
+		{"https", "[FE80::1%Eth0]:8443", "[fe80::1%Eth0]:8443"},
+		{"http", "[FE80::1%Eth0]:80", "[fe80::1%Eth0]"},
 	} {
 		if got := canonicalHost(tc.scheme, tc.host); got != tc.want {
 			t.Errorf("canonicalHost(%q, %q) = %q, want %q", tc.scheme, tc.host, got, tc.want)
 		}
+	}
+	// As an endpoint's BaseURL spells it, escaped.
+	eps, err := prepareEndpoints([]Endpoint{{BaseURL: "http://[FE80::1%25Eth0]:8080/v1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := eps[0].host, "[fe80::1%Eth0]:8080"; got != want {
+		t.Errorf("endpoint host %q, want %q", got, want)
 	}
 }
