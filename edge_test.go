@@ -6,6 +6,7 @@ import (
 	"compress/gzip"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"math"
 	"net"
@@ -811,5 +812,93 @@ func TestSlowBodyOfFailedRedirectIsTimed(t *testing.T) {
 	}
 	if h := healthOf(t, tr, "a"); !strings.Contains(h.LastError, "timed out") {
 		t.Errorf("a's last error %q, want its timeout", h.LastError)
+	}
+}
+
+// TestHTTP2Upstreams runs a failover over HTTP/2 over TLS, as the OpenAI
+// API speaks it: the first endpoint answers 503, the second a chat
+// completion and then a stream, whose events must reach the caller one
+// at a time, each before the upstream writes the next.
+func TestHTTP2Upstreams(t *testing.T) {
+	newH2 := func(h http.HandlerFunc) *httptest.Server {
+		srv := httptest.NewUnstartedServer(h)
+		srv.EnableHTTP2 = true
+		srv.StartTLS()
+		t.Cleanup(srv.Close)
+		return srv
+	}
+	var aHits atomic.Int32
+	a := newH2(func(w http.ResponseWriter, r *http.Request) {
+		aHits.Add(1)
+		http.Error(w, `{"error":{"message":"overloaded"}}`, http.StatusServiceUnavailable)
+	})
+	next := make(chan struct{}) // the caller got the last event
+	type seen struct {
+		proto, auth, body string
+	}
+	bSaw := make(chan seen, 2)
+	b := newH2(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		bSaw <- seen{r.Proto, r.Header.Get("Authorization"), string(body)}
+		if !strings.Contains(string(body), `"stream":true`) {
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, `{"choices":[{"message":{"content":"hi"}}]}`)
+			return
+		}
+		w.Header().Set("Content-Type", "text/event-stream")
+		for i := range 3 {
+			fmt.Fprintf(w, "data: {\"n\":%d}\n\n", i)
+			w.(http.Flusher).Flush()
+			select {
+			case <-next:
+			case <-r.Context().Done():
+				return
+			}
+		}
+		_, _ = io.WriteString(w, "data: [DONE]\n\n")
+	})
+	// Both servers use httptest's certificate: one client trusts both.
+	base := b.Client().Transport.(*http.Transport)
+	t.Cleanup(base.CloseIdleConnections)
+	tr, _ := newTestTransport(t, Config{Base: base, Endpoints: []Endpoint{
+		{Name: "a", BaseURL: a.URL + "/v1", APIKey: "ka"},
+		{Name: "b", BaseURL: b.URL + "/v1", APIKey: "kb", Priority: 1},
+	}})
+
+	for _, stream := range []bool{false, true} {
+		resp, err := tr.RoundTrip(chatRequest(t, context.Background(), clientBase, stream))
+		if err != nil {
+			t.Fatalf("stream=%v: %v", stream, err)
+		}
+		if resp.StatusCode != 200 || resp.ProtoMajor != 2 {
+			t.Fatalf("stream=%v: %d over %s, want 200 over HTTP/2", stream, resp.StatusCode, resp.Proto)
+		}
+		s := <-bSaw
+		if s.proto != "HTTP/2.0" || s.auth != "Bearer kb" || s.body != chatBody(stream) {
+			t.Errorf("stream=%v: b saw %+v, want HTTP/2.0, its own key and the request's body", stream, s)
+		}
+		if !stream {
+			got, _ := io.ReadAll(resp.Body)
+			if !strings.Contains(string(got), `"hi"`) {
+				t.Errorf("body %q, want b's completion", got)
+			}
+			resp.Body.Close()
+			continue
+		}
+		events := bufio.NewScanner(resp.Body)
+		for i := range 3 {
+			line := ""
+			for line == "" && events.Scan() {
+				line = events.Text()
+			}
+			if want := fmt.Sprintf("data: {\"n\":%d}", i); line != want {
+				t.Fatalf("event %d: %q, want %q", i, line, want)
+			}
+			next <- struct{}{} // b writes the next event only now
+		}
+		resp.Body.Close()
+	}
+	if got := aHits.Load(); got != 2 {
+		t.Errorf("a got %d requests, want 2 (each request tried it first)", got)
 	}
 }
