@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math"
 	"net/http"
 	"net/url"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -422,33 +424,43 @@ func prepareEndpoint(i int, c Endpoint) (*endpoint, error) {
 	if c.Name != "" {
 		label = fmt.Sprintf("failover: endpoint %d (%q)", i, c.Name)
 	}
+	var errs []error
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: "+format, append([]any{label}, args...)...))
+	}
 	u, err := parseBaseURL(c.BaseURL)
 	if err != nil {
-		return nil, fmt.Errorf("%s: BaseURL: %w", label, err)
+		bad("BaseURL: %w", err)
 	}
-	switch {
-	case c.Weight < 0:
-		return nil, fmt.Errorf("%s: Weight %d is negative", label, c.Weight)
-	case c.MaxRPS < 0 || math.IsNaN(c.MaxRPS) || math.IsInf(c.MaxRPS, 0):
-		return nil, fmt.Errorf("%s: MaxRPS %v is not a non-negative finite number", label, c.MaxRPS)
-	case c.Burst < 0:
-		return nil, fmt.Errorf("%s: Burst %d is negative", label, c.Burst)
-	case c.Timeout < 0:
-		return nil, fmt.Errorf("%s: Timeout %v is negative", label, c.Timeout)
-	case !utf8.ValidString(c.Name):
-		return nil, fmt.Errorf("%s: Name is not valid UTF-8", label)
-	case strings.ContainsAny(c.APIKey, "\r\n"):
-		return nil, fmt.Errorf("%s: APIKey contains a line break", label)
+	if c.Weight < 0 {
+		bad("Weight %d is negative", c.Weight)
 	}
-	for k, vs := range c.Header {
+	if c.MaxRPS < 0 || math.IsNaN(c.MaxRPS) || math.IsInf(c.MaxRPS, 0) {
+		bad("MaxRPS %v is not a non-negative finite number", c.MaxRPS)
+	}
+	if c.Burst < 0 {
+		bad("Burst %d is negative", c.Burst)
+	}
+	if c.Timeout < 0 {
+		bad("Timeout %v is negative", c.Timeout)
+	}
+	if !utf8.ValidString(c.Name) {
+		bad("Name is not valid UTF-8")
+	}
+	if strings.ContainsAny(c.APIKey, "\r\n") {
+		bad("APIKey contains a line break")
+	}
+	for _, k := range slices.Sorted(maps.Keys(c.Header)) {
 		if !validHeaderName(k) {
-			return nil, fmt.Errorf("%s: Header: %q is not a valid header name", label, k)
+			bad("Header: %q is not a valid header name", k)
+			continue
 		}
-		for _, v := range vs {
-			if strings.ContainsAny(v, "\r\n") {
-				return nil, fmt.Errorf("%s: Header %q: value contains a line break", label, k)
-			}
+		if slices.ContainsFunc(c.Header[k], func(v string) bool { return strings.ContainsAny(v, "\r\n") }) {
+			bad("Header %q: value contains a line break", k)
 		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
 	}
 	if c.Weight == 0 {
 		c.Weight = 1

@@ -207,11 +207,11 @@ type Transport struct {
 // New validates cfg and returns a Transport for it. The error names every
 // field that is wrong (never quoting a key); New never panics on bad input.
 func New(cfg Config) (*Transport, error) {
+	var errs []error
 	eps, err := prepareEndpoints(cfg.Endpoints)
 	if err != nil {
-		return nil, err
+		errs = append(errs, err)
 	}
-	var errs []error
 	for _, f := range []struct {
 		name string
 		v    time.Duration
@@ -240,7 +240,7 @@ func New(cfg Config) (*Transport, error) {
 	if clientBases == nil {
 		clientBases = []string{DefaultClientBaseURL}
 	}
-	rt, err := newRouter(clientBases, eps)
+	rt, err := newRouter(clientBases, eps) // eps may be nil: still checks clientBases
 	if err != nil {
 		errs = append(errs, err)
 	}

@@ -1804,6 +1804,27 @@ func TestNewValidation(t *testing.T) {
 	}
 }
 
+// TestNewReportsEveryProblem: one error names every problem of every
+// endpoint and of the rest of the Config, not just the first.
+func TestNewReportsEveryProblem(t *testing.T) {
+	_, err := New(Config{
+		Endpoints: []Endpoint{
+			{BaseURL: "ftp://x.test", Weight: -1},
+			{BaseURL: "https://y.test/v1", Timeout: -1, Burst: -2},
+		},
+		BackoffMin: -time.Second,
+		MaxRetries: 5000,
+	})
+	if err == nil {
+		t.Fatal("New accepted the config")
+	}
+	for _, want := range []string{"endpoint 0: BaseURL", "endpoint 0: Weight", "endpoint 1: Timeout", "endpoint 1: Burst", "BackoffMin", "MaxRetries"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("the error does not name %q:\n%v", want, err)
+		}
+	}
+}
+
 func TestNewDefaultNamesUnique(t *testing.T) {
 	for _, tc := range []struct {
 		name string
