@@ -902,3 +902,10 @@ func TestHTTP2Upstreams(t *testing.T) {
 		t.Errorf("a got %d requests, want 2 (each request tried it first)", got)
 	}
 }
+
+// TestErrorZeroValue: an Error built by hand without Err still prints.
+func TestErrorZeroValue(t *testing.T) {
+	if got := (&Error{}).Error(); got != "failover: request failed" {
+		t.Errorf("Error() = %q", got)
+	}
+}

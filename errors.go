@@ -33,8 +33,9 @@ var (
 	ErrAttemptsExhausted = errors.New("failover: attempts exhausted")
 
 	// ErrAttemptTimeout is the cause of an attempt cut by its endpoint's
-	// Timeout before the response headers arrived.
-	ErrAttemptTimeout = errors.New("failover: attempt timed out before the response headers")
+	// Timeout: before the response headers arrived or, for a status of 300
+	// or above, before the first MaxErrorBody bytes of its body were read.
+	ErrAttemptTimeout = errors.New("failover: attempt timed out")
 )
 
 // timeoutError is an attempt cut by its endpoint's Timeout. It matches
@@ -100,7 +101,9 @@ func (e *AttemptError) Unwrap() error { return e.Err }
 // transport error, no endpoint was available, or the caller's context ended.
 // errors.Is and errors.As see through it to each attempt's cause and to Err,
 // so errors.Is(err, context.DeadlineExceeded) works as with a plain
-// transport.
+// transport. A routed request whose path has a "." or ".." segment, or
+// whose body cannot be read, fails before any attempt with a plain error
+// instead. RoundTrip never returns an Error with a nil Err.
 type Error struct {
 	// Attempts lists the attempts made, in order; it may be empty.
 	Attempts []error
@@ -113,7 +116,11 @@ type Error struct {
 // Error says how many attempts were made and why each failed.
 func (e *Error) Error() string {
 	var b strings.Builder
-	b.WriteString(e.Err.Error())
+	if e.Err != nil {
+		b.WriteString(e.Err.Error())
+	} else {
+		b.WriteString("failover: request failed")
+	}
 	if len(e.Attempts) > 0 {
 		fmt.Fprintf(&b, " after %d attempt(s): ", len(e.Attempts))
 		for i, a := range e.Attempts {

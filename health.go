@@ -58,10 +58,13 @@ func (s *State) UnmarshalText(b []byte) error {
 // EndpointHealth is a snapshot of one endpoint's live state, for health
 // pages and decisions. It never carries a key.
 type EndpointHealth struct {
-	Name     string `json:"name"`
-	BaseURL  string `json:"base_url"` // without query or user information
-	Priority int    `json:"priority"`
-	Weight   int    `json:"weight"`
+	// Name is the endpoint's Name (defaulted as [Endpoint] says).
+	Name string `json:"name"`
+	// BaseURL is the endpoint's, without query or user information.
+	BaseURL string `json:"base_url"`
+	// Priority and Weight are as configured, Weight defaulted to 1.
+	Priority int `json:"priority"`
+	Weight   int `json:"weight"`
 	// State is the breaker's state, or cooling-down or disabled.
 	State State `json:"state"`
 	// StateSince is when the breaker last changed state (or New ran).
@@ -76,7 +79,8 @@ type EndpointHealth struct {
 	InFlight int64 `json:"in_flight"`
 	// LastError describes the last failed attempt: a status or a transport
 	// error. Empty when none failed.
-	LastError   string    `json:"last_error,omitempty"`
+	LastError string `json:"last_error,omitempty"`
+	// LastErrorAt is when LastError happened; zero when none failed.
 	LastErrorAt time.Time `json:"last_error_at,omitzero"`
 	// Latency is an exponentially weighted moving average of the time to
 	// the response headers (the newest attempt weighs 0.2).

@@ -48,9 +48,10 @@ type Config struct {
 	// is never used unless passed here. One registry serves one Transport:
 	// New fails, leaving the registry unchanged, when the metrics are
 	// already registered there. The metrics, whose endpoint label
-	// is the endpoint's Name and whose outcome label is the status code,
-	// or "error" or "timeout" when no response arrived (never a path, a
-	// model, a key or an error text):
+	// is the endpoint's Name and whose outcome label is the status code
+	// ("other" outside 100-599), or "error", "timeout", or "canceled" when
+	// the caller gave up before a response arrived (never a path, a model,
+	// a key or an error text):
 	//
 	//	failover_attempts_total{endpoint,outcome}       counter
 	//	failover_attempt_duration_seconds{endpoint}     histogram, until the response headers

@@ -19,6 +19,7 @@ const usageText = `Usage:
       flow through one failover transport; no API key needed.
   failover proxy [-listen 127.0.0.1:8080] [-base-path /v1] [-admin-listen addr]
                  [-allow-remote] [-shutdown-timeout 30s] [-log-level info]
+                 [-endpoint-header Failover-Endpoint]
       An OpenAI-compatible reverse proxy with failover, configured by the
       OPENAI_* environment variables; FAILOVER_PROXY_KEY guards it.
 

@@ -71,8 +71,9 @@ type Config struct {
 	// BasePath is the path under which clients send API requests: a client
 	// whose base URL is http://<listen>/v1 sends /v1/chat/completions,
 	// which goes to <endpoint BaseURL>/chat/completions. Requests outside
-	// it get a 404. Empty means [DefaultBasePath]; "/" proxies every path
-	// but the administrative ones.
+	// it get a 404, and a path with a "." or ".." segment a 400. Empty
+	// means [DefaultBasePath]; "/" proxies every path but the
+	// administrative ones.
 	BasePath string
 
 	// ProxyKey, when not empty, is the bearer token every API request must
@@ -223,7 +224,8 @@ func (p *Proxy) BasePath() string {
 func (p *Proxy) Handler() http.Handler { return p.handler(true, true) }
 
 // APIHandler returns the handler of the API alone; every path outside the
-// base path, /metrics and /healthz included, gets a 404.
+// base path, /metrics and /healthz included, gets a 404, except a path with
+// a "." or ".." segment, which gets a 400.
 func (p *Proxy) APIHandler() http.Handler { return p.handler(true, false) }
 
 // AdminHandler returns the handler of /metrics and /healthz alone; every
