@@ -8,6 +8,8 @@ import (
 	"net/url"
 	"sort"
 	"strings"
+
+	"github.com/failover-go/failover/internal/urlpath"
 )
 
 // DefaultClientBaseURL is the client-side base URL routed when
@@ -78,41 +80,18 @@ func (r *router) match(u *url.URL) (match, bool) {
 	}
 	for i := range bases {
 		b := &bases[i]
-		if b.scheme != u.Scheme || !underPath(u.Path, b.path) {
+		if b.scheme != u.Scheme || !urlpath.Under(u.Path, b.path) {
 			continue
 		}
 		m := match{base: b, rest: u.Path[len(b.path):]}
 		if u.RawPath != "" {
-			if esc := u.EscapedPath(); underPath(esc, b.rawPath) {
+			if esc := u.EscapedPath(); urlpath.Under(esc, b.rawPath) {
 				m.rawRest = esc[len(b.rawPath):]
 			}
 		}
 		return m, true
 	}
 	return match{}, false
-}
-
-// hasDotSegment reports whether path p has a "." or ".." segment, which
-// an upstream that cleans paths would resolve outside the endpoint's base
-// path, with the endpoint's key.
-func hasDotSegment(p string) bool {
-	if !strings.Contains(p, "/.") && !strings.HasPrefix(p, ".") {
-		return false
-	}
-	for seg := range strings.SplitSeq(p, "/") {
-		if seg == "." || seg == ".." {
-			return true
-		}
-	}
-	return false
-}
-
-// underPath reports whether p is base or below it at a segment boundary.
-func underPath(p, base string) bool {
-	if !strings.HasPrefix(p, base) {
-		return false
-	}
-	return len(p) == len(base) || p[len(base)] == '/' || base == ""
 }
 
 // outgoing is an attempt's request with its URL, allocated together.

@@ -25,6 +25,8 @@ import (
 
 	"github.com/hashicorp/go-retryablehttp"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/failover-go/failover/internal/urlpath"
 )
 
 // Config configures a [Transport]. Only Endpoints is required; every other
@@ -343,7 +345,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if !ok {
 		return t.base.RoundTrip(req)
 	}
-	if hasDotSegment(m.rest) {
+	if urlpath.HasDotSegment(m.rest) {
 		if req.Body != nil {
 			_ = req.Body.Close()
 		}

@@ -36,6 +36,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/failover-go/failover"
+	"github.com/failover-go/failover/internal/urlpath"
 )
 
 // InternalBaseURL is the client-side base URL of the proxy's transport:
@@ -239,7 +240,7 @@ func (p *Proxy) handler(api, admin bool) http.Handler {
 			p.metrics.ServeHTTP(w, r)
 		case admin && r.URL.Path == HealthPath:
 			p.health.ServeHTTP(w, r)
-		case api && (underPath(r.URL.Path, p.basePath) || hasDotSegment(r.URL)):
+		case api && (urlpath.Under(r.URL.Path, p.basePath) || urlpath.HasDotSegment(r.URL.Path)):
 			// A path with dot segments gets its 400 from serveAPI, in or
 			// out of the base path.
 			p.serveAPI(w, r)
@@ -275,7 +276,7 @@ func (p *Proxy) serveAPI(w http.ResponseWriter, r *http.Request) {
 		p.logger.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
 	}()
 	switch {
-	case hasDotSegment(r.URL):
+	case urlpath.HasDotSegment(r.URL.Path):
 		// An upstream (or anything in front of it) that resolves dot
 		// segments would serve the request from outside the endpoint's
 		// base path, with the endpoint's key. No API path has one.
@@ -291,50 +292,12 @@ func (p *Proxy) serveAPI(w http.ResponseWriter, r *http.Request) {
 	completed = true
 }
 
-// hasDotSegment reports whether u's path has a "." or ".." segment, either
-// decoded (u.Path, where %2F has become a separator) or escaped (each
-// segment of u.EscapedPath() unescaped, so that %2e%2e counts).
-func hasDotSegment(u *url.URL) bool {
-	if isDotSegments(u.Path, false) {
-		return true
-	}
-	return isDotSegments(u.EscapedPath(), true)
-}
-
-// isDotSegments reports whether a segment of p, unescaped first when
-// escaped is true, is "." or "..".
-func isDotSegments(p string, escaped bool) bool {
-	if !strings.Contains(p, ".") && !(escaped && strings.Contains(p, "%")) {
-		return false
-	}
-	for seg := range strings.SplitSeq(p, "/") {
-		if escaped {
-			if s, err := url.PathUnescape(seg); err == nil {
-				seg = s
-			}
-		}
-		if seg == "." || seg == ".." {
-			return true
-		}
-	}
-	return false
-}
-
 // Close releases the idle upstream connections of the proxy's own base
 // transport. Call it once the proxy no longer serves.
 func (p *Proxy) Close() {
 	if p.base != nil {
 		p.base.CloseIdleConnections()
 	}
-}
-
-// underPath reports whether p is base or below it at a segment boundary;
-// every path is under the root "".
-func underPath(p, base string) bool {
-	if base == "" {
-		return true
-	}
-	return strings.HasPrefix(p, base) && (len(p) == len(base) || p[len(base)] == '/')
 }
 
 // recorder remembers a response's status and size for the access log. It
