@@ -17,8 +17,7 @@ import (
 // exactly once: by the base transport that read it, or by close.
 type replayBody struct {
 	req        *http.Request
-	buf        []byte // the buffered body, when the request has no GetBody
-	buffered   bool
+	buffered   bool          // the body was read into memory (the request had no GetBody)
 	single     io.ReadCloser // a body too large to buffer: one attempt only
 	sentOrig   bool          // the caller's body went to an attempt
 	replayable bool
@@ -47,7 +46,7 @@ func (b *replayBody) init(req *http.Request, limit int64) error {
 		return nil
 	}
 	_ = req.Body.Close()
-	b.buf, b.buffered = prefix, true
+	b.buffered = true
 	b.getBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(prefix)), nil }
 	return nil
 }
@@ -133,7 +132,6 @@ func keepBody(resp *http.Response, prefix []byte) *http.Response {
 	if resp.Body == nil {
 		return resp
 	}
-
 	if _, ok := resp.Body.(*memBody); ok {
 		return resp
 	}

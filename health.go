@@ -99,8 +99,7 @@ func (t *Transport) Health() []EndpointHealth {
 	now := t.now()
 	out := make([]EndpointHealth, len(t.endpoints))
 	for i, e := range t.endpoints {
-		bs := e.breaker.State() // lets an expired open state turn half-open
-		t.flushTransitions(e)
+		bs := t.breakerNow(e)
 		h := EndpointHealth{
 			Name:                e.name,
 			BaseURL:             redactURL(e.cfg.BaseURL),

@@ -244,11 +244,7 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, e := range c.t.endpoints {
-		// The breaker's own State, not the mirror: an open breaker whose
-		// timeout has passed reports half-open even when no request has
-		// come since, as Health does.
-		bs := e.breaker.State()
-		c.t.flushTransitions(e)
+		bs := c.t.breakerNow(e)
 		ch <- prometheus.MustNewConstMetric(c.inflight, prometheus.GaugeValue, float64(e.hot.inflight()), e.name)
 		ch <- prometheus.MustNewConstMetric(c.breaker, prometheus.GaugeValue, float64(bs), e.name)
 	}

@@ -299,9 +299,9 @@ func (s *bitset) clear() {
 }
 
 // choose returns the endpoint for the next attempt, with the breaker's
-// ticket for it, whose done is to be settled exactly once. When no endpoint can take the request now it
-// waits, within MaxWait and the context, for the soonest to become
-// available (a rate limiter refilling, a cooldown ending, an open breaker
+// ticket for it, whose done is to be settled exactly once. When no endpoint
+// can take the request now it waits, within MaxWait and the context, for
+// the soonest to become available (a rate limiter refilling, a cooldown ending, an open breaker
 // letting a trial through) or, when every eligible endpoint was tried, for
 // a backoff before trying them again.
 func (t *Transport) choose(ctx context.Context, st *requestState) (*endpoint, ticket, error) {

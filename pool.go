@@ -108,7 +108,7 @@ type endpoint struct {
 	name     string // == cfg.Name
 	scheme   string
 	host     string
-	path     string // path prefix without trailing slash
+	path     string // path prefix without trailing slash (unless escaped, %2F)
 	escPath  string // the same, escaped as BaseURL has it
 	rawPath  bool   // escPath is not the default escaping of path
 	query    url.Values
@@ -564,10 +564,10 @@ func parseBaseURL(s string) (*url.URL, error) {
 // may be case-sensitive) and removes the scheme's default port.
 func canonicalHost(scheme, host string) string {
 	// url.Parse has unescaped the zone's "%25" to "%".
-	if name, zone, ok := strings.Cut(host, "%"); ok {
-		host = strings.ToLower(name) + "%" + zone
-	} else {
-		host = strings.ToLower(host)
+	name, zone, hasZone := strings.Cut(host, "%")
+	host = strings.ToLower(name)
+	if hasZone {
+		host += "%" + zone
 	}
 	switch {
 	case scheme == "https" && strings.HasSuffix(host, ":443"):
@@ -648,6 +648,15 @@ func clampUint32(n int) uint32 {
 		return math.MaxUint32
 	}
 	return uint32(n)
+}
+
+// breakerNow returns e's breaker state as the breaker itself has it, not
+// the mirror: an open breaker whose timeout has passed is half-open even
+// when no request has come since. Health and the metrics read it.
+func (t *Transport) breakerNow(e *endpoint) gobreaker.State {
+	bs := e.breaker.State()
+	t.flushTransitions(e) // State may have changed it
+	return bs
 }
 
 // transition is a breaker state change waiting to be logged.

@@ -414,11 +414,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			closeBody(last)
 			body.close()
 			t.metrics.requestDone(len(errs), true)
-			// The caller's request, not the attempt's: that one
-			// carries the endpoint's key.
-			resp.Request = req
-			t.markEndpoint(resp, e)
-			return resp, nil
+			return t.deliver(resp, req, e), nil
 		}
 		t.reportFailure(e, v, resp, held.take())
 		st.tried.add(e.index)
@@ -436,9 +432,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	body.close()
 	t.metrics.requestDone(len(errs), false)
 	if last != nil && ctx.Err() == nil {
-		last.Request = req
-		t.markEndpoint(last, lastBy)
-		return last, nil
+		return t.deliver(last, req, lastBy), nil
 	}
 	closeBody(last)
 	if cause == nil {
@@ -447,15 +441,18 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	return nil, &Error{Attempts: errs, Err: cause}
 }
 
-// markEndpoint sets the EndpointHeader, if any, of a response e sent.
-func (t *Transport) markEndpoint(resp *http.Response, e *endpoint) {
-	if t.endpointHeader == "" {
-		return
+// deliver readies a response e sent to req for the caller: its Request is
+// req, not the attempt's (which carries the endpoint's key), and it names
+// e in the EndpointHeader, if any.
+func (t *Transport) deliver(resp *http.Response, req *http.Request, e *endpoint) *http.Response {
+	resp.Request = req
+	if t.endpointHeader != "" {
+		if resp.Header == nil {
+			resp.Header = make(http.Header, 1)
+		}
+		resp.Header[t.endpointHeader] = []string{e.name}
 	}
-	if resp.Header == nil {
-		resp.Header = make(http.Header, 1)
-	}
-	resp.Header[t.endpointHeader] = []string{e.name}
+	return resp
 }
 
 // heldAttempt keeps the breaker's ticket of the attempt in progress until
