@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -100,16 +99,16 @@ func (p *Proxy) Serve(ctx context.Context, ln, admin net.Listener) error {
 		cutOnce  sync.Once
 		timedOut bool // set in cut, read after wg.Wait
 	)
-	// cut ends what is still in flight at the deadline: the requests'
-	// contexts (which closes their upstream connections) and the upgraded
-	// connections; each server then closes its own.
+	// cut ends what is still in flight at the deadline by canceling the
+	// requests' contexts: that closes their upstream connections, and the
+	// ReverseProxy then closes an upgraded connection's client side too.
+	// Each server closes its own connections.
 	cut := func() {
 		cutOnce.Do(func() {
 			p.logger.Warn("shutdown timed out; closing the connections still in use",
 				"timeout", p.shutdownTimeout)
 			timedOut = true
 			cancelBase()
-			ups.cut()
 		})
 	}
 	for _, s := range servers {
@@ -147,37 +146,34 @@ func (p *Proxy) Serve(ctx context.Context, ln, admin net.Listener) error {
 	return nil
 }
 
-// upgrades tracks the upgrade requests a server is handling and the
-// connections they hijack, which http.Server.Shutdown neither waits for
-// nor closes. A request counts from the start of its handler, while
-// Shutdown still waits for its connection, to its end.
+// upgrades counts the upgrade requests being handled, which
+// http.Server.Shutdown does not wait for once their connection is hijacked.
+// A request counts from the start of its handler, while Shutdown still
+// waits for its connection, to its end, when the ReverseProxy has stopped
+// relaying it.
 type upgrades struct {
-	mu       sync.Mutex
-	n        int                   // upgrade requests in flight
-	idle     chan struct{}         // closed while n is 0
-	conns    map[net.Conn]struct{} // their hijacked connections
-	cutShort bool                  // set by cut: connections hijacked later are closed at once
+	mu   sync.Mutex
+	n    int           // upgrade requests in flight
+	idle chan struct{} // closed while n is 0
 }
 
 func newUpgrades() *upgrades {
 	idle := make(chan struct{})
 	close(idle)
-	return &upgrades{idle: idle, conns: make(map[net.Conn]struct{})}
+	return &upgrades{idle: idle}
 }
 
 // wrap returns h counting the requests that ask for an upgrade (any with
-// an Upgrade header: counting one that is not switched costs nothing) and
-// tracking the connections they hijack.
+// an Upgrade header: counting one that is not switched costs nothing).
 func (u *upgrades) wrap(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Upgrade") == "" {
 			h.ServeHTTP(w, r)
 			return
 		}
-		tw := &hijackTracker{ResponseWriter: w, u: u}
 		u.begin()
-		defer u.end(tw)
-		h.ServeHTTP(tw, r)
+		defer u.end()
+		h.ServeHTTP(w, r)
 	})
 }
 
@@ -190,30 +186,12 @@ func (u *upgrades) begin() {
 	u.n++
 }
 
-// end ends a request begun with begin, forgetting its connection (which
-// the ReverseProxy has closed by now).
-func (u *upgrades) end(tw *hijackTracker) {
+func (u *upgrades) end() {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if tw.conn != nil {
-		delete(u.conns, tw.conn)
-	}
 	if u.n--; u.n == 0 {
 		close(u.idle)
 	}
-}
-
-// hijacked records conn, hijacked by an upgrade request, or closes it at
-// once after cut. It reports whether conn is still open.
-func (u *upgrades) hijacked(conn net.Conn) bool {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	if u.cutShort {
-		_ = conn.Close()
-		return false
-	}
-	u.conns[conn] = struct{}{}
-	return true
 }
 
 // inFlight returns the number of upgrade requests in flight and a channel
@@ -223,45 +201,6 @@ func (u *upgrades) inFlight() (int, <-chan struct{}) {
 	defer u.mu.Unlock()
 	return u.n, u.idle
 }
-
-// cut closes the hijacked connections, now and from now on.
-func (u *upgrades) cut() {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	u.cutShort = true
-	for c := range u.conns {
-		_ = c.Close()
-	}
-}
-
-// hijackTracker is the ResponseWriter of an upgrade request: it hands the
-// connection it hijacks to its [upgrades]. Everything else reaches the
-// server's writer through Unwrap.
-type hijackTracker struct {
-	http.ResponseWriter
-	u    *upgrades
-	conn net.Conn // set by Hijack; read by upgrades.end in the same goroutine
-}
-
-// Hijack hijacks the server's connection and tracks it.
-func (w *hijackTracker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	conn, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
-	if err != nil {
-		return conn, brw, err
-	}
-	if !w.u.hijacked(conn) {
-		return nil, nil, errors.New("proxy: shutting down; upgraded connection closed")
-	}
-	w.conn = conn
-	return conn, brw, nil
-}
-
-// Flush flushes the server's writer, for callers that test for
-// http.Flusher.
-func (w *hijackTracker) Flush() { _ = http.NewResponseController(w.ResponseWriter).Flush() }
-
-// Unwrap returns the server's writer, for http.ResponseController.
-func (w *hijackTracker) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // EndpointInfo describes one configured endpoint for a start-up log. It
 // carries the key only as a fingerprint.
