@@ -909,3 +909,57 @@ func TestErrorZeroValue(t *testing.T) {
 		t.Errorf("Error() = %q", got)
 	}
 }
+
+// TestNoCopiesOfBodies checks the two promises issue 4 makes about
+// bodies: a request body with GetBody is handed to the first attempt
+// as it is (GetBody runs only for later attempts), and a successful
+// response body reaches the caller as the base returned it, unbuffered.
+func TestNoCopiesOfBodies(t *testing.T) {
+	var (
+		firstBody io.ReadCloser
+		respBody  = io.NopCloser(strings.NewReader("streamed"))
+	)
+	base := newScriptedBase(func(req *http.Request, _ int) (*http.Response, error) {
+		if req.URL.Host == "a.test" {
+			return reply(503, "busy"), nil
+		}
+		resp := reply(200, "")
+		resp.Body = respBody
+		return resp, nil
+	})
+	seen := roundTripFunc(func(req *http.Request) (*http.Response, error) {
+		if firstBody == nil {
+			firstBody = req.Body
+		}
+		return base.RoundTrip(req)
+	})
+	tr, _ := newTestTransport(t, Config{Base: seen, Endpoints: []Endpoint{hostEndpoint("a", 0), hostEndpoint("b", 1)}})
+	req := chatRequest(t, context.Background(), clientBase, false)
+	callerBody := req.Body
+	getBodies := 0
+	getBody := req.GetBody
+	req.GetBody = func() (io.ReadCloser, error) { getBodies++; return getBody() }
+
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if firstBody != callerBody {
+		t.Error("the first attempt got a copy of the request body, not the caller's")
+	}
+	if getBodies != 1 {
+		t.Errorf("GetBody ran %d times for 2 attempts, want 1", getBodies)
+	}
+	if got := unwrapCloseCounter(resp.Body); got != respBody {
+		t.Errorf("the response body is %T, not the base's own", resp.Body)
+	}
+}
+
+// unwrapCloseCounter returns the body scriptedBase wrapped.
+func unwrapCloseCounter(rc io.ReadCloser) io.ReadCloser {
+	if c, ok := rc.(*closeCounter); ok {
+		return c.ReadCloser
+	}
+	return rc
+}
