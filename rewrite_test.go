@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/failover-go/failover/internal/fakeopenai"
 )
 
 // sendVia sends a GET for rawURL (with header h, if any) through a
@@ -197,5 +199,55 @@ func TestCanonicalHost(t *testing.T) {
 	}
 	if got, want := eps[0].host, "[fe80::1%Eth0]:8080"; got != want {
 		t.Errorf("endpoint host %q, want %q", got, want)
+	}
+}
+
+// TestRoutingBaseURLWithoutPath: an endpoint whose BaseURL has no path
+// (http://host:port, with or without a trailing slash or a query) serves
+// the API at its root: the client's /v1 is replaced by the endpoint's
+// empty prefix, so /v1/chat/completions arrives as /chat/completions.
+func TestRoutingBaseURLWithoutPath(t *testing.T) {
+	for _, tc := range []struct {
+		name, suffix string // suffix follows http://<addr> in the BaseURL
+		callerQuery  string
+		wantQuery    string
+	}{
+		{"no path", "", "", ""},
+		{"trailing slash", "/", "", ""},
+		{"query", "?api-version=1", "", "api-version=1"},
+		{"trailing slash and query", "/?api-version=1", "x=2", "api-version=1&x=2"},
+		{"caller's query only", "", "x=2", "x=2"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := upstream(t, "root", fakeopenai.WithPrefix(""))
+			e := Endpoint{Name: "root", BaseURL: "http://" + root.Addr() + tc.suffix, APIKey: "key-root"}
+			tr, _ := newTestTransport(t, Config{Endpoints: []Endpoint{e}})
+			req := chatRequest(t, context.Background(), clientBase, false)
+			req.URL.RawQuery = tc.callerQuery
+			status, body := roundTrip(t, tr, req)
+			if status != 200 || !strings.Contains(body, fakeopenai.Reply("root")) {
+				t.Fatalf("got %d %q, want 200 from root", status, body)
+			}
+			got, ok := root.Last()
+			if !ok {
+				t.Fatal("upstream saw no request")
+			}
+			if got.Path != "/chat/completions" || got.RawQuery != tc.wantQuery {
+				t.Errorf("upstream got %s?%s, want /chat/completions?%s", got.Path, got.RawQuery, tc.wantQuery)
+			}
+		})
+	}
+	// The rest keeps the caller's escaping; the base itself goes to the
+	// root.
+	for _, tc := range []struct{ name, url, want string }{
+		{"escaped rest", clientBase + "/files/a%2Fb", "/files/a%2Fb"},
+		{"plain rest", clientBase + "/models", "/models"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out := sendVia(t, Endpoint{Name: "gw", BaseURL: "http://gw.test:8080", APIKey: "k"}, tc.url, nil)
+			if got := out.URL.String(); got != "http://gw.test:8080"+tc.want {
+				t.Errorf("sent to %q, want http://gw.test:8080%s", got, tc.want)
+			}
+		})
 	}
 }
