@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"maps"
 	"net/http"
 	"testing"
 	"time"
@@ -284,3 +285,55 @@ func TestMetricsAttemptEndsAtHeaders(t *testing.T) {
 type readFunc func([]byte) (int, error)
 
 func (f readFunc) Read(p []byte) (int, error) { return f(p) }
+
+// attemptCounts gathers reg and returns failover_attempts_total as a map
+// from "endpoint outcome" to its value, every series it has.
+func attemptCounts(t *testing.T, reg *prometheus.Registry) map[string]float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, f := range families {
+		if f.GetName() != "failover_attempts_total" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			var endpoint, outcome string
+			for _, p := range m.GetLabel() {
+				switch p.GetName() {
+				case "endpoint":
+					endpoint = p.GetValue()
+				case "outcome":
+					outcome = p.GetValue()
+				}
+			}
+			got[endpoint+" "+outcome] = m.GetCounter().GetValue()
+		}
+	}
+	return got
+}
+
+// TestMetricsTimeoutOutcome: an attempt cut by its endpoint's Timeout is
+// counted under outcome "timeout", not "error".
+func TestMetricsTimeoutOutcome(t *testing.T) {
+	base := roundTripFunc(func(req *http.Request) (*http.Response, error) {
+		if req.URL.Host == "a.test" {
+			<-req.Context().Done() // hangs until the attempt's timeout
+			return nil, req.Context().Err()
+		}
+		return reply(200, "ok"), nil
+	})
+	a := hostEndpoint("a", 0)
+	a.Timeout = 10 * time.Millisecond
+	reg := prometheus.NewRegistry()
+	tr, _ := newTestTransport(t, Config{Base: base, Registerer: reg, Endpoints: []Endpoint{a, hostEndpoint("b", 1)}})
+	if code, body := chat(t, tr); code != 200 || body != "ok" {
+		t.Fatalf("got %d %q, want b's answer after a timed out", code, body)
+	}
+	want := map[string]float64{"a timeout": 1, "b 200": 1}
+	if got := attemptCounts(t, reg); !maps.Equal(got, want) {
+		t.Fatalf("failover_attempts_total %v, want %v", got, want)
+	}
+}
