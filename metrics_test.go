@@ -6,6 +6,7 @@ import (
 	"io"
 	"maps"
 	"net/http"
+	"strconv"
 	"testing"
 	"time"
 
@@ -335,5 +336,47 @@ func TestMetricsTimeoutOutcome(t *testing.T) {
 	want := map[string]float64{"a timeout": 1, "b 200": 1}
 	if got := attemptCounts(t, reg); !maps.Equal(got, want) {
 		t.Fatalf("failover_attempts_total %v, want %v", got, want)
+	}
+}
+
+// TestMetricsStatusOutcomeLabels: every status in 100-599 is counted under
+// its own code, whether or not it is one of the cached commonCodes; a
+// status outside that range is counted as "other".
+func TestMetricsStatusOutcomeLabels(t *testing.T) {
+	for _, tc := range []struct {
+		status    int
+		wantLabel string
+		failover  bool // the status fails over to b
+	}{
+		{503, "503", true}, // a cached common code
+		{529, "529", true}, // not cached
+		{599, "599", true},
+		{302, "302", false},
+		{101, "101", false},
+		{600, "other", true},
+		{99, "other", false},
+	} {
+		t.Run(strconv.Itoa(tc.status), func(t *testing.T) {
+			base := newScriptedBase(func(req *http.Request, n int) (*http.Response, error) {
+				if req.URL.Host == "a.test" {
+					return reply(tc.status, "a"), nil
+				}
+				return reply(200, "ok"), nil
+			})
+			reg := prometheus.NewRegistry()
+			tr, _ := newTestTransport(t, Config{Base: base, Registerer: reg, Endpoints: []Endpoint{hostEndpoint("a", 0), hostEndpoint("b", 1)}})
+			resp, err := tr.RoundTrip(chatRequest(t, context.Background(), clientBase, false))
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			want := map[string]float64{"a " + tc.wantLabel: 1}
+			if tc.failover {
+				want["b 200"] = 1
+			}
+			if got := attemptCounts(t, reg); !maps.Equal(got, want) {
+				t.Fatalf("failover_attempts_total %v, want %v", got, want)
+			}
+		})
 	}
 }
