@@ -622,3 +622,57 @@ func blindEnvKeys(environ []string) (blind, keys []string) {
 	}
 	return blind, keys
 }
+
+// TestConfigFromEnvironAttemptsThroughTransport: the failover variables
+// bound the attempts of a Transport built from them, not just the parsed
+// Config. OPENAI_FALLBACK_ENABLED=false and OPENAI_MAX_RETRIES=0 make one
+// attempt (the caller gets the first endpoint's failure);
+// OPENAI_MAX_RETRIES=2 makes three, one on each endpoint.
+func TestConfigFromEnvironAttemptsThroughTransport(t *testing.T) {
+	endpoints := []string{
+		"OPENAI_BASE_URL_1=https://a.test/v1", "OPENAI_API_KEY_1=key-a",
+		"OPENAI_BASE_URL_2=https://b.test/v1", "OPENAI_API_KEY_2=key-b",
+		"OPENAI_BASE_URL_3=https://c.test/v1", "OPENAI_API_KEY_3=key-c",
+	}
+	for _, tc := range []struct {
+		name       string
+		globals    []string
+		codes      map[string][]int // statuses by host, without .test
+		wantHosts  []string         // the attempts, in order
+		wantStatus int
+	}{
+		{"fallback disabled", []string{"OPENAI_FALLBACK_ENABLED=false"},
+			map[string][]int{"a": {500}, "b": {200}, "c": {200}}, []string{"a.test"}, 500},
+		{"fallback disabled beats max retries", []string{"OPENAI_FALLBACK_ENABLED=false", "OPENAI_MAX_RETRIES=4"},
+			map[string][]int{"a": {500}, "b": {200}, "c": {200}}, []string{"a.test"}, 500},
+		{"max retries zero", []string{"OPENAI_MAX_RETRIES=0"},
+			map[string][]int{"a": {500}, "b": {200}, "c": {200}}, []string{"a.test"}, 500},
+		{"max retries two, all failing", []string{"OPENAI_MAX_RETRIES=2"},
+			map[string][]int{"a": {500}, "b": {502}, "c": {503}}, []string{"a.test", "b.test", "c.test"}, 503},
+		{"max retries one, all failing", []string{"OPENAI_MAX_RETRIES=1"},
+			map[string][]int{"a": {500}, "b": {502}, "c": {503}}, []string{"a.test", "b.test"}, 502},
+		{"defaults fail over", nil,
+			map[string][]int{"a": {500}, "b": {200}, "c": {200}}, []string{"a.test", "b.test"}, 200},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := mustConfigFromEnviron(t, append(append([]string(nil), endpoints...), tc.globals...)...)
+			base := newScriptedBase(statusScript(tc.codes))
+			cfg.Base = base
+			cfg.Breaker = BreakerConfig{FailureThreshold: 100} // the breakers stay out of it
+			tr, clk := newTestTransport(t, cfg)
+			if code, _ := chat(t, tr); code != tc.wantStatus {
+				t.Errorf("status %d, want %d", code, tc.wantStatus)
+			}
+			var hosts []string
+			for _, s := range base.Seen() {
+				hosts = append(hosts, s.host)
+			}
+			if fmt.Sprint(hosts) != fmt.Sprint(tc.wantHosts) {
+				t.Errorf("attempts on %v, want %v", hosts, tc.wantHosts)
+			}
+			if s := clk.Sleeps(); len(s) != 0 {
+				t.Errorf("slept %v; every attempt went to an untried endpoint", s)
+			}
+		})
+	}
+}
