@@ -1,0 +1,135 @@
+package failover
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+)
+
+// fmtHandler is a slog.Handler that writes each record with every
+// attribute's value printed by %v, %+v and %#v, as a careless handler
+// might: whatever a value holds, the output shows.
+type fmtHandler struct {
+	w     *syncBuffer
+	attrs []slog.Attr
+}
+
+func (h *fmtHandler) Enabled(context.Context, slog.Level) bool { return true }
+
+func (h *fmtHandler) Handle(_ context.Context, r slog.Record) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%v %q", r.Level, r.Message)
+	write := func(a slog.Attr) bool {
+		v := a.Value.Resolve().Any()
+		fmt.Fprintf(&b, " %s=%v %s=%+v %s=%#v", a.Key, v, a.Key, v, a.Key, v)
+		return true
+	}
+	for _, a := range h.attrs {
+		write(a)
+	}
+	r.Attrs(write)
+	b.WriteByte('\n')
+	_, err := h.w.Write([]byte(b.String()))
+	return err
+}
+
+func (h *fmtHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return &fmtHandler{w: h.w, attrs: append(append([]slog.Attr(nil), h.attrs...), attrs...)}
+}
+
+func (h *fmtHandler) WithGroup(string) slog.Handler { return h }
+
+// TestLogsNeverCarryKeysAnyHandler: with Debug on, through slog's text
+// handler, its JSON handler and a handler printing every value with %v,
+// %+v and %#v, a run with failures, cooldowns and breaker changes logs
+// those events and never an API key nor a secret in a BaseURL's query.
+func TestLogsNeverCarryKeysAnyHandler(t *testing.T) {
+	opts := &slog.HandlerOptions{Level: slog.LevelDebug}
+	for _, tc := range []struct {
+		name    string
+		handler func(*syncBuffer) slog.Handler
+		// want are substrings the logs must have, as this handler
+		// writes them.
+		want []string
+	}{
+		{"text", func(w *syncBuffer) slog.Handler { return slog.NewTextHandler(w, opts) }, []string{
+			`level=WARN msg="failover: circuit breaker state changed" endpoint=revoked from=closed to=open`,
+			`level=WARN msg="failover: endpoint cooling down" endpoint=limited status=429 for=2s`,
+			`level=DEBUG msg="failover: attempt failed" endpoint=refused attempt=1 outcome=failure result=error`,
+			`level=DEBUG msg="failover: attempt failed" endpoint=failing attempt=2 outcome=failure result=500`,
+			`level=DEBUG msg="failover: attempt failed" endpoint=revoked attempt=3 outcome=key-rejected result=401`,
+			`level=DEBUG msg="failover: attempt failed" endpoint=limited attempt=4 outcome=throttled result=429`,
+		}},
+		{"json", func(w *syncBuffer) slog.Handler { return slog.NewJSONHandler(w, opts) }, []string{
+			`"level":"WARN","msg":"failover: circuit breaker state changed","endpoint":"revoked","from":"closed","to":"open"`,
+			`"level":"WARN","msg":"failover: endpoint cooling down","endpoint":"limited","status":429,"for":2000000000`,
+			`"level":"DEBUG","msg":"failover: attempt failed","endpoint":"refused","attempt":1,"outcome":"failure","result":"error"`,
+		}},
+		{"fmt %v %+v %#v", func(w *syncBuffer) slog.Handler { return &fmtHandler{w: w} }, []string{
+			`WARN "failover: circuit breaker state changed" endpoint=revoked endpoint=revoked endpoint="revoked" from=closed`,
+			`WARN "failover: endpoint cooling down" endpoint=limited endpoint=limited endpoint="limited" status=429`,
+			`DEBUG "failover: attempt failed" endpoint=refused endpoint=refused endpoint="refused" attempt=1`,
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var buf syncBuffer
+			logger := slog.New(tc.handler(&buf))
+			script := func(req *http.Request, n int) (*http.Response, error) {
+				switch req.URL.Host {
+				case "refused.test":
+					// As http.Client reports it: the whole URL, query
+					// and all.
+					return nil, &url.Error{Op: "Post", URL: req.URL.String(), Err: errors.New("connection refused")}
+				case "failing.test":
+					return reply(500, "down"), nil
+				case "revoked.test":
+					return reply(401, "revoked"), nil
+				case "limited.test":
+					return reply(429, "busy", "Retry-After", "2"), nil
+				}
+				return reply(200, "ok"), nil
+			}
+			var eps []Endpoint
+			for i, name := range []string{"refused", "failing", "revoked", "limited", "healthy"} {
+				eps = append(eps, Endpoint{
+					Name:     name,
+					BaseURL:  fmt.Sprintf("https://%s.test/v1?api-key=QUERY-SECRET-%d", name, i),
+					APIKey:   fmt.Sprintf("sk-test-SECRET-%d", i),
+					Priority: i,
+				})
+			}
+			cfg := Config{Base: newScriptedBase(script), Endpoints: eps, Logger: logger, MaxRetries: 4,
+				Breaker: BreakerConfig{FailureThreshold: 1}}
+			tr, _ := newTestTransport(t, cfg)
+			if code, body := chat(t, tr); code != 200 || body != "ok" {
+				t.Fatalf("got %d %q, want healthy's answer", code, body)
+			}
+
+			// And a request that fails on every endpoint.
+			cfg.Endpoints = append([]Endpoint(nil), eps...)
+			cfg.Endpoints[len(eps)-1].Disabled = true
+			tr2, _ := newTestTransport(t, cfg)
+			resp, err := tr2.RoundTrip(chatRequest(t, context.Background(), clientBase, false))
+			if err == nil {
+				resp.Body.Close()
+			} else if strings.Contains(fmt.Sprintf("%v %+v", err, err), "SECRET") {
+				t.Errorf("error carries a secret: %v", err)
+			}
+
+			logs := buf.String()
+			if strings.Contains(logs, "SECRET") {
+				t.Errorf("logs carry a key or a query secret:\n%s", logs)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(logs, w) {
+					t.Errorf("logs lack %s\nin:\n%s", w, logs)
+				}
+			}
+		})
+	}
+}
