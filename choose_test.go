@@ -25,7 +25,7 @@ func TestChooseMaxWaitIsTotalAcrossWaits(t *testing.T) {
 		// What the request under test does.
 		wantSleeps   []time.Duration
 		wantAttempts int
-		wantStatus   int // 0: wantErr ends it with an *Error
+		wantStatus   int // the last response returned; 0: the request ends with an *Error
 	}{
 		{
 			name:    "two backoffs, the second over the total",
