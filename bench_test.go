@@ -177,9 +177,9 @@ func BenchmarkUnhappy(b *testing.B) {
 	b.Run("breaker-open", func(b *testing.B) {
 		eps := benchEndpoints(2)
 		tr := mustNew(b, Config{Base: cannedBase{}, Endpoints: eps})
-		openBreaker(b, tr.endpoints[0])
+		openBreaker(b, endpointsOf(tr)[0])
 		runRT(b, tr, url, false)
-		if got := tr.endpoints[0].hot.started.Load(); got != 0 {
+		if got := endpointsOf(tr)[0].hot.started.Load(); got != 0 {
 			b.Fatalf("the open endpoint got %d requests", got)
 		}
 	})
@@ -188,7 +188,7 @@ func BenchmarkUnhappy(b *testing.B) {
 		eps[0].MaxRPS, eps[0].Burst = 1e-9, 1
 		tr := mustNew(b, Config{Base: cannedBase{}, Endpoints: eps})
 		runRT(b, tr, url, false)
-		if got := tr.endpoints[0].hot.started.Load(); got > 1 {
+		if got := endpointsOf(tr)[0].hot.started.Load(); got > 1 {
 			b.Fatalf("the limited endpoint got %d requests", got)
 		}
 	})
@@ -197,19 +197,6 @@ func BenchmarkUnhappy(b *testing.B) {
 		tr := mustNew(b, Config{Base: failingBase{}, Endpoints: eps, Breaker: BreakerConfig{FailureThreshold: 1 << 30}})
 		runRT(b, tr, url, false)
 	})
-}
-
-// openBreaker reports failures to e's breaker until it opens.
-func openBreaker(b *testing.B, e *endpoint) {
-	b.Helper()
-	for range 100 {
-		done, err := e.breaker.Allow()
-		if err != nil {
-			return
-		}
-		done(errFailed)
-	}
-	b.Fatal("breaker did not open")
 }
 
 // BenchmarkLoopback sends through a real http.Transport to a local

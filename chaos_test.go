@@ -420,7 +420,7 @@ func TestChaos(t *testing.T) {
 	t.Cleanup(httpTr.CloseIdleConnections)
 	clock := &grantClock{last: map[uint64]time.Time{}}
 	rec := newSendRecorder(httpTr, clock)
-	tr, err := New(Config{
+	tr, err := newTransport(Config{
 		Endpoints:   cfgEps,
 		Base:        rec,
 		Registerer:  reg,
@@ -430,11 +430,10 @@ func TestChaos(t *testing.T) {
 		BackoffMax:  100 * time.Millisecond,
 		Cooldown:    50 * time.Millisecond,
 		MaxCooldown: chaosMaxCooldown,
-	})
+	}, &funcClock{nowFn: clock.now})
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	tr.now = clock.now
 	client := &http.Client{Transport: tr}
 
 	// Warm up (metric children, pools), then measure the heap with no

@@ -367,7 +367,7 @@ func TestEdgeRateLimitStalledPick(t *testing.T) {
 	base := newScriptedBase(alwaysOK)
 	a := hostEndpoint("a", 0)
 	a.MaxRPS, a.Burst = 10, 10
-	tr, clk := newTestTransport(t, Config{Base: base, Endpoints: []Endpoint{a, hostEndpoint("b", 1)}})
+	clk := newFakeClock()
 	start := clk.Now()
 
 	// The clock stalls the first reading taken while armed: the reading
@@ -375,14 +375,18 @@ func TestEdgeRateLimitStalledPick(t *testing.T) {
 	var armed atomic.Bool
 	stalled := make(chan struct{})
 	release := make(chan struct{})
-	tr.now = func() time.Time {
-		now := clk.Now()
-		if armed.CompareAndSwap(true, false) {
-			close(stalled)
-			<-release
-		}
-		return now
-	}
+	tr := newTestTransportOn(t, Config{Base: base, Endpoints: []Endpoint{a, hostEndpoint("b", 1)}}, &funcClock{
+		nowFn: func() time.Time {
+			now := clk.Now()
+			if armed.CompareAndSwap(true, false) {
+				close(stalled)
+				<-release
+			}
+			return now
+		},
+		sleepFn: clk.Sleep,
+		epoch:   start,
+	})
 	send := func() error {
 		resp, err := tr.RoundTrip(chatRequest(t, context.Background(), clientBase, false))
 		if err != nil {
@@ -611,7 +615,7 @@ func TestCooldownDoublingSaturates(t *testing.T) {
 	base := newScriptedBase(func(*http.Request, int) (*http.Response, error) { return reply(429, "slow down"), nil })
 	tr, clk := newTestTransport(t, Config{Base: base, MaxRetries: -1, Cooldown: 1<<34 + 1, MaxCooldown: time.Hour,
 		Endpoints: []Endpoint{hostEndpoint("a", 0)}})
-	tr.endpoints[0].throttled.Store(30) // 30 consecutive 429s already
+	endpointsOf(tr)[0].cooling.throttled.Store(30) // 30 consecutive 429s already
 	chat(t, tr)
 	if got, want := healthOf(t, tr, "a").CooldownUntil, clk.Now().Add(time.Hour); !got.Equal(want) {
 		t.Errorf("cooldown until %v, want MaxCooldown from now (%v)", got, want)
@@ -718,13 +722,13 @@ func TestPanicDuringTrialFreesTheBreaker(t *testing.T) {
 		}
 		return DefaultClassifier(resp, body, err)
 	}
-	tr, _ := newTestTransport(t, Config{Base: base, Classifier: classify, MaxRetries: -1, MaxWait: 50 * time.Millisecond,
-		Breaker:   BreakerConfig{FailureThreshold: 1, OpenTimeout: time.Millisecond},
+	tr, clk := newTestTransport(t, Config{Base: base, Classifier: classify, MaxRetries: -1, MaxWait: -1,
+		Breaker:   BreakerConfig{FailureThreshold: 1, OpenTimeout: time.Minute},
 		Endpoints: []Endpoint{hostEndpoint("a", 0)}})
 	if status, _ := chat(t, tr); status != 500 {
 		t.Fatalf("status %d, want 500", status)
 	}
-	waitState(t, tr, "a", StateHalfOpen)
+	passOpenTimeout(t, tr, clk, "a", time.Minute)
 
 	panicking.Store(true)
 	func() {

@@ -48,17 +48,6 @@ func (e *timeoutError) Error() string {
 func (e *timeoutError) Is(target error) bool { return target == ErrAttemptTimeout }
 func (e *timeoutError) Timeout() bool        { return true }
 
-// errNotSent is reported to a breaker for a request it allowed but that was
-// not sent, or not through the endpoint's fault; the breaker ignores it.
-var errNotSent = errors.New("failover: attempt not sent")
-
-// Breaker reports for attempts that were sent.
-var (
-	errFailed      = errors.New("failover: attempt failed")
-	errThrottled   = errors.New("failover: endpoint throttled")
-	errKeyRejected = errors.New("failover: key rejected")
-)
-
 // AttemptError is why one attempt of a request failed. Its message names
 // the endpoint, never its URL or key.
 type AttemptError struct {
@@ -153,4 +142,17 @@ func redactURLError(err error) error {
 		return &url.Error{Op: ue.Op, URL: r, Err: ue.Err}
 	}
 	return err
+}
+
+// redactURL returns s without its query and user information, for messages.
+func redactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "(invalid URL)"
+	}
+	u.User = nil
+	u.RawQuery = ""
+	u.ForceQuery = false
+	u.Fragment = ""
+	return u.String()
 }

@@ -28,15 +28,11 @@ func FuzzRewrite(f *testing.F) {
 		f.Add(seed[0], seed[1])
 	}
 	f.Fuzz(func(t *testing.T, reqURL, baseURL string) {
-		eps, err := prepareEndpoints([]Endpoint{{BaseURL: baseURL, APIKey: "sk-fuzz"}})
+		p, err := prepare(Config{Endpoints: []Endpoint{{BaseURL: baseURL, APIKey: "sk-fuzz"}}})
 		if err != nil {
 			return
 		}
-		e := eps[0]
-		rt, err := newRouter([]string{DefaultClientBaseURL}, eps)
-		if err != nil {
-			t.Fatalf("router for a valid endpoint: %v", err)
-		}
+		e, rt := &p.targets[0], p.router
 		in, err := http.NewRequest(http.MethodGet, reqURL, nil)
 		if err != nil {
 			return

@@ -96,42 +96,48 @@ type EndpointHealth struct {
 // safe for concurrent use and cheap enough for a health page, not meant for
 // every request.
 func (t *Transport) Health() []EndpointHealth {
-	now := t.now()
-	out := make([]EndpointHealth, len(t.endpoints))
-	for i, e := range t.endpoints {
-		bs := t.breakerNow(e)
-		h := EndpointHealth{
-			Name:                e.name,
-			BaseURL:             redactURL(e.cfg.BaseURL),
-			Priority:            e.cfg.Priority,
-			Weight:              e.cfg.Weight,
-			State:               State(bs),
-			StateSince:          time.Unix(0, e.stateSince.Load()),
-			Requests:            e.hot.started.Load(),
-			Failures:            e.stats.failures.Load(),
-			ConsecutiveFailures: e.stats.consecutive.Load(),
-			InFlight:            e.hot.inflight(),
-			Latency:             time.Duration(math.Float64frombits(e.hot.latencyEWMA.Load()) * float64(time.Second)),
-			Tokens:              -1,
-		}
-		if le := e.stats.lastErr.Load(); le != nil {
-			h.LastError, h.LastErrorAt = le.msg, le.at
-		}
-		if until := e.coolingUntil(now.UnixNano()); until != 0 {
-			h.CooldownUntil = time.Unix(0, until)
-			if bs == gobreaker.StateClosed {
-				h.State = StateCoolingDown
-			}
-		}
-		if e.limiter != nil {
-			h.Tokens = e.limiter.TokensAt(now)
-		}
-		if e.cfg.Disabled {
-			h.State = StateDisabled
-		}
-		out[i] = h
+	s := t.snap.Load()
+	now := t.clock.now()
+	out := make([]EndpointHealth, len(s.endpoints))
+	for i, e := range s.endpoints {
+		out[i] = e.health(now)
 	}
 	return out
+}
+
+// health returns e's snapshot at now.
+func (e *endpoint) health(now time.Time) EndpointHealth {
+	bs, since := e.breaker.current(now)
+	h := EndpointHealth{
+		Name:                e.name,
+		BaseURL:             redactURL(e.cfg.BaseURL),
+		Priority:            e.cfg.Priority,
+		Weight:              e.cfg.Weight,
+		State:               State(bs),
+		StateSince:          since,
+		Requests:            e.hot.started.Load(),
+		Failures:            e.stats.failures.Load(),
+		ConsecutiveFailures: e.stats.consecutive.Load(),
+		InFlight:            e.hot.inflight(),
+		Latency:             time.Duration(math.Float64frombits(e.hot.latencyEWMA.Load()) * float64(time.Second)),
+		Tokens:              -1,
+	}
+	if le := e.stats.lastErr.Load(); le != nil {
+		h.LastError, h.LastErrorAt = le.msg, le.at
+	}
+	if until := e.cooling.at(now.UnixNano()); until != 0 {
+		h.CooldownUntil = time.Unix(0, until)
+		if bs == gobreaker.StateClosed {
+			h.State = StateCoolingDown
+		}
+	}
+	if e.limiter != nil {
+		h.Tokens = e.limiter.TokensAt(now)
+	}
+	if e.cfg.Disabled {
+		h.State = StateDisabled
+	}
+	return h
 }
 
 // Eligible reports whether the endpoint can take a request now, as far as

@@ -47,13 +47,11 @@ func newTestTransport(t testing.TB, cfg Config) (*Transport, *fakeClock) {
 		t.Cleanup(base.CloseIdleConnections)
 		cfg.Base = base
 	}
-	tr, err := New(cfg)
+	clk := newFakeClock()
+	tr, err := newTransport(cfg, clk)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	clk := &fakeClock{now: time.Unix(1_800_000_000, 0)}
-	tr.now = clk.Now
-	tr.sleep = clk.Sleep
 	return tr, clk
 }
 
@@ -61,20 +59,33 @@ func newTestTransport(t testing.TB, cfg Config) (*Transport, *fakeClock) {
 // clock instead of sleeping.
 type fakeClock struct {
 	mu     sync.Mutex
-	now    time.Time
+	t      time.Time
+	epoch  time.Time
 	sleeps []time.Duration
+}
+
+func newFakeClock() *fakeClock {
+	start := time.Unix(1_800_000_000, 0)
+	return &fakeClock{t: start, epoch: start}
 }
 
 func (c *fakeClock) Now() time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.now
+	return c.t
 }
+
+// now, since and sleep make fakeClock the Transport's clock.
+func (c *fakeClock) now() time.Time { return c.Now() }
+
+func (c *fakeClock) since() time.Duration { return c.Now().Sub(c.epoch) }
+
+func (c *fakeClock) sleep(ctx context.Context, d time.Duration) error { return c.Sleep(ctx, d) }
 
 func (c *fakeClock) Advance(d time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
+	c.t = c.t.Add(d)
 }
 
 func (c *fakeClock) Sleep(ctx context.Context, d time.Duration) error {
@@ -84,7 +95,7 @@ func (c *fakeClock) Sleep(ctx context.Context, d time.Duration) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.sleeps = append(c.sleeps, d)
-	c.now = c.now.Add(d)
+	c.t = c.t.Add(d)
 	return nil
 }
 
@@ -244,8 +255,8 @@ func post(t testing.TB, u string, body io.ReadCloser) *http.Request {
 	return req
 }
 
-// snapshot captures what RoundTrip must not change on a request.
-func snapshot(req *http.Request) string {
+// reqSnapshot captures what RoundTrip must not change on a request.
+func reqSnapshot(req *http.Request) string {
 	var b bytes.Buffer
 	b.WriteString(req.Method + " " + req.URL.String() + " host=" + req.Host + "\n")
 	_ = req.Header.Write(&b)
@@ -376,3 +387,78 @@ func statusScript(codes map[string][]int) func(*http.Request, int) (*http.Respon
 }
 
 // 7. Circuit breaker.
+
+// newTestTransportOn is newTestTransport on the clock c.
+func newTestTransportOn(t testing.TB, cfg Config, c clock) *Transport {
+	t.Helper()
+	if cfg.Base == nil {
+		base := &http.Transport{DisableCompression: true}
+		t.Cleanup(base.CloseIdleConnections)
+		cfg.Base = base
+	}
+	tr, err := newTransport(cfg, c)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	return tr
+}
+
+// funcClock is a clock made of a now function (the real clock by default)
+// and a sleep function (really sleeping by default), for tests that need
+// a clock of their own.
+type funcClock struct {
+	nowFn   func() time.Time
+	sleepFn func(ctx context.Context, d time.Duration) error
+	epoch   time.Time
+}
+
+func (c *funcClock) now() time.Time {
+	if c.nowFn == nil {
+		return time.Now()
+	}
+	return c.nowFn()
+}
+
+func (c *funcClock) since() time.Duration { return c.now().Sub(c.epoch) }
+
+func (c *funcClock) sleep(ctx context.Context, d time.Duration) error {
+	if c.sleepFn == nil {
+		return newRealClock().sleep(ctx, d)
+	}
+	return c.sleepFn(ctx, d)
+}
+
+// endpointsOf returns tr's endpoints in its current configuration.
+func endpointsOf(tr *Transport) []*endpoint {
+	return tr.snap.Load().endpoints
+}
+
+// openBreaker reports failures to e's breaker until it opens.
+func openBreaker(tb testing.TB, e *endpoint) {
+	tb.Helper()
+	for range 1000 {
+		if e.breaker.openUntil.Load() != 0 {
+			return
+		}
+		clk := lazyClock{c: e.clock}
+		done, ok := e.breaker.allow(&clk)
+		if !ok {
+			continue
+		}
+		e.breaker.settle(done, errFailed)
+	}
+	tb.Fatal("breaker did not open")
+}
+
+// passOpenTimeout advances clk by d, an open breaker's timeout, and fails
+// the test unless tr's endpoint name is then half-open.
+func passOpenTimeout(t testing.TB, tr *Transport, clk *fakeClock, name string, d time.Duration) {
+	t.Helper()
+	if st := healthOf(t, tr, name).State; st != StateOpen {
+		t.Fatalf("%s is %v before its open timeout passed, want open", name, st)
+	}
+	clk.Advance(d)
+	if st := healthOf(t, tr, name).State; st != StateHalfOpen {
+		t.Fatalf("%s is %v once its open timeout passed, want half-open", name, st)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -20,6 +21,7 @@ type metrics struct {
 	wait       *prometheus.HistogramVec
 	failedOver prometheus.Counter
 	exhausted  prometheus.Counter
+	state      *stateCollector
 	waitBy     [waitReasons]prometheus.Observer
 }
 
@@ -59,13 +61,14 @@ type endpointMetrics struct {
 	duration   prometheus.Observer
 	cooldowns  prometheus.Counter
 	spillovers prometheus.Counter
+	gone       atomic.Bool // the endpoint was removed: make no new series
 }
 
 type counterRef struct{ prometheus.Counter }
 
-func newMetrics(reg prometheus.Registerer, t *Transport) (*metrics, error) {
-	if reg == nil {
-		return nil, nil
+func newMetrics(enabled bool, t *Transport) *metrics {
+	if !enabled {
+		return nil
 	}
 	ep := []string{"endpoint"}
 	m := &metrics{
@@ -100,42 +103,64 @@ func newMetrics(reg prometheus.Registerer, t *Transport) (*metrics, error) {
 			Help: "Requests that ended without a successful attempt.",
 		}),
 	}
-	state := &stateCollector{
+	m.state = &stateCollector{
 		t: t,
 		inflight: prometheus.NewDesc("failover_attempts_in_flight",
 			"Attempts sent to each endpoint that have not yet received their response headers.", ep, nil),
 		breaker: prometheus.NewDesc("failover_breaker_state",
 			"Circuit breaker state of each endpoint: 0 closed, 1 half-open, 2 open.", ep, nil),
 	}
-	collectors := []prometheus.Collector{m.attempts, m.duration, state, m.cooldowns, m.spillovers, m.wait, m.failedOver, m.exhausted}
-	for i, c := range collectors {
-		if err := reg.Register(c); err != nil {
-			// New fails: leave the registry as it was.
-			for _, done := range collectors[:i] {
-				reg.Unregister(done)
-			}
-			return nil, fmt.Errorf("failover: registering metrics (one registry per Transport): %w", err)
-		}
-	}
 	for i, name := range waitReasonNames {
 		m.waitBy[i] = m.wait.WithLabelValues(name)
 	}
-	return m, nil
+	return m
 }
 
-// forEndpoint resolves e's children; nil when metrics are off.
-func (m *metrics) forEndpoint(e *endpoint) *endpointMetrics {
+// register registers m's collectors with reg. When one fails it leaves
+// reg as it was and returns the error.
+func (m *metrics) register(reg prometheus.Registerer) error {
 	if m == nil {
 		return nil
 	}
-	em := &endpointMetrics{
-		vec:        m.attempts,
-		name:       e.name,
-		duration:   m.duration.WithLabelValues(e.name),
-		cooldowns:  m.cooldowns.WithLabelValues(e.name),
-		spillovers: m.spillovers.WithLabelValues(e.name),
+	collectors := []prometheus.Collector{m.attempts, m.duration, m.state, m.cooldowns, m.spillovers, m.wait, m.failedOver, m.exhausted}
+	for i, c := range collectors {
+		if err := reg.Register(c); err != nil {
+			for _, done := range collectors[:i] {
+				reg.Unregister(done)
+			}
+			return fmt.Errorf("failover: registering metrics (one registry per Transport): %w", err)
+		}
 	}
-	return em
+	return nil
+}
+
+// forEndpoint resolves the children of the endpoint named name; nil when
+// metrics are off.
+func (m *metrics) forEndpoint(name string) *endpointMetrics {
+	if m == nil {
+		return nil
+	}
+	return &endpointMetrics{
+		vec:        m.attempts,
+		name:       name,
+		duration:   m.duration.WithLabelValues(name),
+		cooldowns:  m.cooldowns.WithLabelValues(name),
+		spillovers: m.spillovers.WithLabelValues(name),
+	}
+}
+
+// forget deletes the series of an endpoint that is gone, and keeps em
+// (which requests in flight may still hold) from making them again.
+func (m *metrics) forget(em *endpointMetrics) {
+	if m == nil || em == nil {
+		return
+	}
+	em.gone.Store(true)
+	labels := prometheus.Labels{"endpoint": em.name}
+	m.attempts.DeletePartialMatch(labels)
+	m.duration.Delete(labels)
+	m.cooldowns.Delete(labels)
+	m.spillovers.Delete(labels)
 }
 
 // attempt counts an attempt by its outcome: resp's status code, else
@@ -155,7 +180,9 @@ func (m *endpointMetrics) attempt(resp *http.Response, err error) {
 			}
 		}
 		if slot < 0 {
-			m.vec.WithLabelValues(m.name, statusLabel(resp.StatusCode)).Inc()
+			if !m.gone.Load() {
+				m.vec.WithLabelValues(m.name, statusLabel(resp.StatusCode)).Inc()
+			}
 			return
 		}
 	case errors.Is(err, ErrAttemptTimeout):
@@ -175,6 +202,9 @@ func (m *endpointMetrics) canceled() {
 func (m *endpointMetrics) count(slot int) {
 	ref := m.attempts[slot].Load()
 	if ref == nil {
+		if m.gone.Load() {
+			return
+		}
 		label := "error"
 		switch {
 		case slot < len(commonCodes):
@@ -243,9 +273,23 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
-	for _, e := range c.t.endpoints {
-		bs := c.t.breakerNow(e)
+	s := c.t.snap.Load()
+	if s == nil {
+		return
+	}
+	now := c.t.clock.now()
+	for _, e := range s.endpoints {
+		bs, _ := e.breaker.current(now)
 		ch <- prometheus.MustNewConstMetric(c.inflight, prometheus.GaugeValue, float64(e.hot.inflight()), e.name)
 		ch <- prometheus.MustNewConstMetric(c.breaker, prometheus.GaugeValue, float64(bs), e.name)
 	}
+}
+
+// statusLabel is a status code as an outcome label: the code, or "other"
+// outside 100-599.
+func statusLabel(code int) string {
+	if code >= 100 && code <= 599 {
+		return strconv.Itoa(code)
+	}
+	return "other"
 }

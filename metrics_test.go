@@ -226,14 +226,20 @@ func TestMetricsTwoTransportsWrappedRegistry(t *testing.T) {
 func TestMetricsBreakerStateNotStale(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	base := roundTripFunc(func(*http.Request) (*http.Response, error) { return reply(500, "down"), nil })
-	tr, _ := newTestTransport(t, Config{Base: base, Registerer: reg, MaxRetries: -1,
-		Breaker:   BreakerConfig{FailureThreshold: 1, OpenTimeout: time.Millisecond},
+	tr, clk := newTestTransport(t, Config{Base: base, Registerer: reg, MaxRetries: -1,
+		Breaker:   BreakerConfig{FailureThreshold: 1, OpenTimeout: time.Minute},
 		Endpoints: []Endpoint{hostEndpoint("a", 0)}})
 	chat(t, tr)
 	state := func() float64 {
 		return metricValue(t, reg, "failover_breaker_state", map[string]string{"endpoint": "a"})
 	}
-	eventually(t, "reported half-open by a scrape alone", func() bool { return state() == float64(StateHalfOpen) })
+	if got := state(); got != float64(StateOpen) {
+		t.Fatalf("breaker state %v after the failure, want %v (open)", got, float64(StateOpen))
+	}
+	clk.Advance(time.Minute)
+	if got := state(); got != float64(StateHalfOpen) {
+		t.Fatalf("breaker state %v once the open timeout passed, want %v (half-open)", got, float64(StateHalfOpen))
+	}
 }
 
 // TestMetricsCountCanceledAttempt: an attempt sent and then given up by

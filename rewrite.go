@@ -2,6 +2,7 @@ package failover
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"net/http"
@@ -37,7 +38,7 @@ type match struct {
 	rawRest string // escaped rest, set only when the request has a RawPath
 }
 
-func newRouter(clientBases []string, eps []*endpoint) (router, error) {
+func newRouter(clientBases []string, targets []target) (router, error) {
 	r := router{byHost: map[string][]routeBase{}}
 	add := func(scheme, host, path, rawPath string) {
 		for _, b := range r.byHost[host] {
@@ -54,8 +55,8 @@ func newRouter(clientBases []string, eps []*endpoint) (router, error) {
 		}
 		add(u.Scheme, u.Host, strings.TrimSuffix(u.Path, "/"), strings.TrimSuffix(u.EscapedPath(), "/"))
 	}
-	for _, e := range eps {
-		add(e.scheme, e.host, e.path, e.escPath)
+	for _, tg := range targets {
+		add(tg.scheme, tg.host, tg.path, tg.escPath)
 	}
 	for h, bases := range r.byHost {
 		sort.SliceStable(bases, func(i, j int) bool { return len(bases[i].path) > len(bases[j].path) })
@@ -100,7 +101,7 @@ type outgoing struct {
 	url url.URL
 }
 
-// rewrite returns the outgoing request for one attempt of in on e: a shallow
+// rewrite returns the outgoing request for one attempt of in on tg: a shallow
 // copy carrying ctx, with scheme, host and base path replaced by the
 // endpoint's (escaping kept), its query parameters added, Authorization
 // replaced by its key, the caller's OpenAI-Organization and OpenAI-Project
@@ -110,20 +111,20 @@ type outgoing struct {
 // Header value slices are shared with in and with the endpoint's
 // configuration; the http.RoundTripper contract forbids a transport to
 // modify its request, so none is written to.
-func rewrite(ctx context.Context, in *http.Request, e *endpoint, m match) *http.Request {
+func rewrite(ctx context.Context, in *http.Request, tg *target, m match) *http.Request {
 	// One allocation for the request and its URL.
 	o := &outgoing{req: *in, url: *in.URL}
 	out, u := &o.req, &o.url
 	if ctx != in.Context() {
 		out = out.WithContext(ctx)
 	}
-	u.Scheme = e.scheme
-	u.Host = e.host
+	u.Scheme = tg.scheme
+	u.Host = tg.host
 	u.User = nil
-	if e.path != m.base.path {
-		u.Path = e.path + m.rest
+	if tg.path != m.base.path {
+		u.Path = tg.path + m.rest
 	}
-	if in.URL.RawPath != "" || e.rawPath {
+	if in.URL.RawPath != "" || tg.rawPath {
 		// Keep the escaping of both parts: the endpoint's prefix as its
 		// BaseURL has it, the rest as the caller sent it (or the default
 		// escaping when the caller's did not line up with the base).
@@ -131,10 +132,10 @@ func rewrite(ctx context.Context, in *http.Request, e *endpoint, m match) *http.
 		if rest == "" && m.rest != "" {
 			rest = (&url.URL{Path: m.rest}).EscapedPath()
 		}
-		u.RawPath = e.escPath + rest
+		u.RawPath = tg.escPath + rest
 	}
-	if e.query != nil {
-		u.RawQuery = mergeQuery(e, in.URL.RawQuery)
+	if tg.query != nil {
+		u.RawQuery = mergeQuery(tg, in.URL.RawQuery)
 	}
 	out.URL = u
 	out.Host = ""
@@ -143,19 +144,19 @@ func rewrite(ctx context.Context, in *http.Request, e *endpoint, m match) *http.
 	// inserting key by key.
 	h := http.Header(maps.Clone(in.Header))
 	if h == nil {
-		h = make(http.Header, len(e.header)+1)
+		h = make(http.Header, len(tg.header)+1)
 	}
-	if e.auth != nil {
-		h["Authorization"] = e.auth
+	if tg.auth != nil {
+		h["Authorization"] = tg.auth
 	}
-	if len(e.drop) > 0 {
+	if len(tg.drop) > 0 {
 		for k := range h {
-			if dropped(k, e.drop) {
+			if dropped(k, tg.drop) {
 				delete(h, k)
 			}
 		}
 	}
-	for k, vs := range e.header {
+	for k, vs := range tg.header {
 		h[k] = vs
 	}
 	out.Header = h
@@ -174,10 +175,11 @@ func dropped(k string, names []headerName) bool {
 	return false
 }
 
-// mergeQuery is the outgoing query of a request with query caller to e: e's
-// own query as written, then each of the caller's parameters, verbatim,
-// except those e sets itself. Pairs that do not parse are kept as they are.
-func mergeQuery(e *endpoint, caller string) string {
+// mergeQuery is the outgoing query of a request with query caller to tg:
+// tg's own query as written, then each of the caller's parameters,
+// verbatim, except those tg sets itself. Pairs that do not parse are kept
+// as they are.
+func mergeQuery(e *target, caller string) string {
 	if caller == "" {
 		return e.rawQuery
 	}
@@ -200,4 +202,137 @@ func mergeQuery(e *endpoint, caller string) string {
 		b.WriteString(pair)
 	}
 	return b.String()
+}
+
+// target is where and how an endpoint's requests are sent: the parts of
+// its BaseURL the rewrite puts in place of the caller's, and the headers it
+// sets and drops. It is computed once per configuration.
+type target struct {
+	scheme   string
+	host     string
+	path     string // path prefix without trailing slash (unless escaped, %2F)
+	escPath  string // the same, escaped as BaseURL has it
+	rawPath  bool   // escPath is not the default escaping of path
+	query    url.Values
+	rawQuery string   // BaseURL's query as written, sent before the caller's
+	auth     []string // {"Bearer <key>"}, nil when APIKey is empty
+	header   http.Header
+	// drop are the caller's headers removed, in any spelling, from each
+	// request to this endpoint: those it sets itself (Authorization when
+	// it has a key, its extra headers), so that the caller's value never
+	// travels beside its own, and with a key, OpenAI-Organization and
+	// OpenAI-Project, which qualify the caller's key, not this one.
+	drop []headerName
+}
+
+// newTarget returns the target of cfg, a checked and defaulted Endpoint
+// whose BaseURL parses as u.
+func newTarget(cfg Endpoint, u *url.URL) target {
+	tg := target{
+		scheme: u.Scheme,
+		host:   u.Host,
+		path:   strings.TrimSuffix(u.Path, "/"),
+		header: cfg.Header,
+	}
+	tg.escPath = strings.TrimSuffix(u.EscapedPath(), "/")
+	if tg.escPath == u.EscapedPath() {
+		// The path ends in an escaped slash (%2F), not a separator: it
+		// stays, in both forms, so that they still agree.
+		tg.path = u.Path
+	}
+	tg.rawPath = u.RawPath != ""
+	if u.RawQuery != "" {
+		tg.query, _ = url.ParseQuery(u.RawQuery) // parseBaseURL checked it
+		tg.rawQuery = u.RawQuery
+	}
+	if cfg.APIKey != "" {
+		tg.auth = []string{"Bearer " + cfg.APIKey}
+		tg.drop = append(tg.drop, headerName{"Authorization", true})
+		for _, k := range keyScopeHeaders {
+			if _, set := cfg.Header[k]; !set {
+				tg.drop = append(tg.drop, headerName{k, false})
+			}
+		}
+	}
+	for k := range cfg.Header {
+		tg.drop = append(tg.drop, headerName{k, true})
+	}
+	return tg
+}
+
+// keyScopeHeaders name the account and project an OpenAI key is used
+// under (canonical spelling). A caller's apply to the caller's key: sent
+// with an endpoint's key of another organization they get a 401, which
+// would open that endpoint's breaker.
+var keyScopeHeaders = []string{"Openai-Organization", "Openai-Project"}
+
+// headerName is a canonical header name the rewrite removes from the
+// caller's headers in any spelling; set means the endpoint sets it again,
+// so its canonical spelling is left to be overwritten.
+type headerName struct {
+	name string
+	set  bool
+}
+
+// parseBaseURL parses an absolute http(s) URL without user information. Its
+// errors quote no part of the URL beyond the scheme, as a URL may carry a
+// secret in its query.
+func parseBaseURL(s string) (*url.URL, error) {
+	if s == "" {
+		return nil, errors.New("empty; want an absolute http or https URL")
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return nil, errors.New("does not parse as a URL")
+	}
+	switch {
+	case u.Scheme != "http" && u.Scheme != "https":
+		if u.Scheme == "" {
+			return nil, errors.New("has no scheme; want http:// or https://")
+		}
+		// The scheme is not quoted: a key pasted by mistake could be it.
+		return nil, errors.New("scheme is not http or https")
+	case u.Host == "" || u.Hostname() == "":
+		return nil, errors.New("has no host")
+	case u.User != nil:
+		return nil, errors.New("carries user information; put credentials in APIKey or Header")
+	case u.Fragment != "":
+		return nil, errors.New("carries a fragment")
+	}
+	if _, err := url.ParseQuery(u.RawQuery); err != nil {
+		return nil, errors.New("query does not parse")
+	}
+	u.Host = canonicalHost(u.Scheme, u.Host)
+	return u, nil
+}
+
+// canonicalHost lowercases host (but an IPv6 zone, an interface name that
+// may be case-sensitive) and removes the scheme's default port.
+func canonicalHost(scheme, host string) string {
+	// url.Parse has unescaped the zone's "%25" to "%".
+	name, zone, hasZone := strings.Cut(host, "%")
+	host = strings.ToLower(name)
+	if hasZone {
+		host += "%" + zone
+	}
+	switch {
+	case scheme == "https" && strings.HasSuffix(host, ":443"):
+		return strings.TrimSuffix(host, ":443")
+	case scheme == "http" && strings.HasSuffix(host, ":80"):
+		return strings.TrimSuffix(host, ":80")
+	}
+	return host
+}
+
+// validHeaderName reports whether k is a header name (an HTTP token).
+func validHeaderName(k string) bool {
+	if k == "" {
+		return false
+	}
+	for _, r := range k {
+		if r <= ' ' || r >= 0x7f || strings.ContainsRune(`"(),/:;<=>?@[\]{}`, r) {
+			return false
+		}
+	}
+	return true
 }

@@ -24,12 +24,12 @@ func sendVia(t *testing.T, e Endpoint, rawURL string, h http.Header) *http.Reque
 	if h != nil {
 		req.Header = h
 	}
-	before := snapshot(req)
+	before := reqSnapshot(req)
 	roundTrip(t, tr, req)
 	if rec.req == nil {
 		t.Fatalf("%s was not sent", rawURL)
 	}
-	if after := snapshot(req); after != before {
+	if after := reqSnapshot(req); after != before {
 		t.Errorf("caller's request modified:\nbefore %s\nafter  %s", before, after)
 	}
 	return rec.req
@@ -193,11 +193,11 @@ func TestCanonicalHost(t *testing.T) {
 		}
 	}
 	// As an endpoint's BaseURL spells it, escaped.
-	eps, err := prepareEndpoints([]Endpoint{{BaseURL: "http://[FE80::1%25Eth0]:8080/v1"}})
+	p, err := prepare(Config{Endpoints: []Endpoint{{BaseURL: "http://[FE80::1%25Eth0]:8080/v1"}}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := eps[0].host, "[fe80::1%Eth0]:8080"; got != want {
+	if got, want := p.targets[0].host, "[fe80::1%Eth0]:8080"; got != want {
 		t.Errorf("endpoint host %q, want %q", got, want)
 	}
 }

@@ -33,7 +33,7 @@ func TestRoutingRewritesOntoEndpoint(t *testing.T) {
 
 	req := chatRequest(t, context.Background(), clientBase, false)
 	req.URL.RawQuery = "api-version=7&x=%2F"
-	before := snapshot(req)
+	before := reqSnapshot(req)
 	status, body := roundTrip(t, tr, req)
 	if status != 200 || !strings.Contains(body, fakeopenai.Reply("a")) {
 		t.Fatalf("got %d %q, want 200 from a", status, body)
@@ -57,7 +57,7 @@ func TestRoutingRewritesOntoEndpoint(t *testing.T) {
 	if string(got.Body) != chatBody(false) {
 		t.Errorf("body = %q, want %q", got.Body, chatBody(false))
 	}
-	if after := snapshot(req); after != before {
+	if after := reqSnapshot(req); after != before {
 		t.Errorf("caller's request modified:\nbefore %s\nafter  %s", before, after)
 	}
 }
@@ -109,7 +109,7 @@ func TestRoutingMatchesClientAndEndpointBases(t *testing.T) {
 		t.Run(tc.url, func(t *testing.T) {
 			req, _ := http.NewRequest(http.MethodGet, tc.url, nil)
 			req.Header.Set("Authorization", "Bearer caller-token")
-			before := snapshot(req)
+			before := reqSnapshot(req)
 			roundTrip(t, tr, req)
 			got := rec.req
 			if tc.wantPath == "" {
@@ -130,7 +130,7 @@ func TestRoutingMatchesClientAndEndpointBases(t *testing.T) {
 					t.Fatalf("outgoing Host = %q, want empty so the URL's host is used", got.Host)
 				}
 			}
-			if after := snapshot(req); after != before {
+			if after := reqSnapshot(req); after != before {
 				t.Fatalf("caller's request modified:\nbefore %s\nafter  %s", before, after)
 			}
 		})
@@ -521,8 +521,9 @@ func TestRateLimitWaitsWhenAllSaturated(t *testing.T) {
 		base := newScriptedBase(alwaysOK)
 		a := hostEndpoint("a", 0)
 		a.MaxRPS, a.Burst = 1, 1
-		tr, clk := newTestTransport(t, Config{Base: base, Endpoints: []Endpoint{a}})
-		tr.now = time.Now // the deadline is on the real clock
+		clk := &fakeClock{}
+		// The deadline is on the real clock; sleeps are recorded.
+		tr := newTestTransportOn(t, Config{Base: base, Endpoints: []Endpoint{a}}, &funcClock{sleepFn: clk.Sleep})
 		chat(t, tr)
 		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 		defer cancel()
@@ -745,60 +746,6 @@ func TestBreakerOpensAfterConsecutiveFailures(t *testing.T) {
 	}
 }
 
-// TestBreakerForgetsFailuresASuccessEnded replays, with the calls
-// RoundTrip makes, attempts that overlap: four failures are classified,
-// then a success ends their streak, and only then do the four failures
-// reach the breaker. The breaker must not keep counting them once later
-// successes come, or one more failure would open it.
-func TestBreakerForgetsFailuresASuccessEnded(t *testing.T) {
-	base := newScriptedBase(alwaysOK)
-	tr, _ := newTestTransport(t, Config{Base: base, Endpoints: []Endpoint{hostEndpoint("a", 0)}})
-	e := tr.endpoints[0]
-	failed := Verdict{Outcome: OutcomeFailure}
-	var tickets [6]ticket
-	for i := range tickets {
-		tk, ok := e.admit()
-		if !ok {
-			t.Fatal("a closed breaker refused an attempt")
-		}
-		tickets[i] = tk
-	}
-	for range 4 {
-		tr.record(e, 1, failed, reply(500, "down"), nil)
-	}
-	tr.record(e, 1, Verdict{Outcome: OutcomeSuccess}, reply(200, "ok"), nil)
-	e.reportSuccess(tickets[4])
-	for i := range 4 {
-		tr.reportFailure(e, failed, reply(500, "down"), tickets[i])
-	}
-	if got := e.breaker.Counts().ConsecutiveFailures; got != 4 {
-		t.Fatalf("setup: the breaker counts %d consecutive failures, want 4", got)
-	}
-	// A success admitted before the failures were reported ends now.
-	tr.record(e, 1, Verdict{Outcome: OutcomeSuccess}, reply(200, "ok"), nil)
-	e.reportSuccess(tickets[5])
-	if got := e.breaker.Counts().ConsecutiveFailures; got != 0 {
-		t.Errorf("after an overlapping success the breaker still counts %d consecutive failures", got)
-	}
-	// So does one admitted afterwards.
-	for i := range 4 {
-		tk, _ := e.admit()
-		tr.reportFailure(e, failed, reply(500, "down"), tk)
-		if i == 3 && e.breaker.Counts().ConsecutiveFailures != 4 {
-			t.Fatalf("setup: the breaker counts %d consecutive failures, want 4", e.breaker.Counts().ConsecutiveFailures)
-		}
-	}
-	if code, _ := chat(t, tr); code != 200 {
-		t.Fatalf("status %d, want 200", code)
-	}
-	if got := e.breaker.Counts().ConsecutiveFailures; got != 0 {
-		t.Errorf("after a later success the breaker still counts %d consecutive failures", got)
-	}
-	if h := healthOf(t, tr, "a"); h.State != StateClosed || h.ConsecutiveFailures != 0 {
-		t.Errorf("a is %v with %d consecutive failures, want closed with 0", h.State, h.ConsecutiveFailures)
-	}
-}
-
 // TestBreakerStaleSuccessOwesNothing: an attempt admitted before the
 // breaker opened, went half-open and closed again succeeds only after
 // failures were counted in the new generation. gobreaker ignores its
@@ -817,8 +764,8 @@ func TestBreakerStaleSuccessOwesNothing(t *testing.T) {
 		}
 		return reply(200, "ok"), nil
 	})
-	tr, _ := newTestTransport(t, Config{Base: base, MaxRetries: -1,
-		Breaker:   BreakerConfig{FailureThreshold: 5, OpenTimeout: time.Millisecond},
+	tr, clk := newTestTransport(t, Config{Base: base, MaxRetries: -1, MaxWait: -1,
+		Breaker:   BreakerConfig{FailureThreshold: 5, OpenTimeout: time.Minute},
 		Endpoints: []Endpoint{hostEndpoint("a", 0)}})
 	send := func(mode string) int {
 		req := chatRequest(t, context.Background(), clientBase, false)
@@ -838,7 +785,10 @@ func TestBreakerStaleSuccessOwesNothing(t *testing.T) {
 	for range 4 {
 		send("fail") // the breaker opens: a new generation
 	}
-	waitState(t, tr, "a", StateHalfOpen)
+	clk.Advance(time.Minute)
+	if st := healthOf(t, tr, "a").State; st != StateHalfOpen {
+		t.Fatalf("a is %v after its open timeout, want half-open", st)
+	}
 	if code := send("ok"); code != 200 {
 		t.Fatalf("trial: status %d, want 200", code)
 	}
@@ -852,7 +802,7 @@ func TestBreakerStaleSuccessOwesNothing(t *testing.T) {
 	for range 3 {
 		send("ok")
 	}
-	if got := tr.endpoints[0].breaker.Counts().ConsecutiveFailures; got != 0 {
+	if got := endpointsOf(tr)[0].breaker.cb.Load().Counts().ConsecutiveFailures; got != 0 {
 		t.Errorf("after fresh successes the breaker counts %d consecutive failures", got)
 	}
 	send("fail")
@@ -875,9 +825,9 @@ func TestBreakerHalfOpenTrial(t *testing.T) {
 			a := upstream(t, "a")
 			b := upstream(t, "b")
 			a.SetFault(fakeopenai.StatusFault(500))
-			tr, _ := newTestTransport(t, Config{
+			tr, clk := newTestTransport(t, Config{
 				Endpoints: []Endpoint{ep(a, 0), ep(b, 1)},
-				Breaker:   BreakerConfig{FailureThreshold: 1, OpenTimeout: 200 * time.Millisecond, HalfOpenRequests: tc.halfOpen},
+				Breaker:   BreakerConfig{FailureThreshold: 1, OpenTimeout: time.Minute, HalfOpenRequests: tc.halfOpen},
 			})
 			chatOK(t, tr, "b") // a fails once: open
 			for range 3 {
@@ -887,7 +837,7 @@ func TestBreakerHalfOpenTrial(t *testing.T) {
 				t.Fatalf("open endpoint a got %d hits, want only the one that opened it", a.Hits())
 			}
 
-			waitState(t, tr, "a", StateHalfOpen)
+			passOpenTimeout(t, tr, clk, "a", time.Minute)
 			a.SetFault(tc.trial)
 			if tc.trial.Kind != fakeopenai.KindHealthy {
 				chatOK(t, tr, "b")
@@ -903,7 +853,14 @@ func TestBreakerHalfOpenTrial(t *testing.T) {
 				}
 				// It opened again for a new OpenTimeout: it turns
 				// half-open again, and a good trial then closes it.
-				waitState(t, tr, "a", StateHalfOpen)
+				clk.Advance(time.Minute - time.Nanosecond)
+				if s := healthOf(t, tr, "a").State; s != StateOpen {
+					t.Fatalf("a is %v before its new open timeout passed, want open", s)
+				}
+				clk.Advance(time.Nanosecond)
+				if s := healthOf(t, tr, "a").State; s != StateHalfOpen {
+					t.Fatalf("a is %v once its new open timeout passed, want half-open", s)
+				}
 				a.SetFault(fakeopenai.Healthy())
 			}
 			trials := max(1, tc.halfOpen)
@@ -1778,7 +1735,7 @@ func TestNewValidation(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			tr, err := New(tc.cfg)
 			if err == nil {
-				t.Fatalf("New succeeded (%d endpoints), want an error", len(tr.endpoints))
+				t.Fatalf("New succeeded (%d endpoints), want an error", len(endpointsOf(tr)))
 			}
 			if tr != nil {
 				t.Errorf("New returned a Transport with its error")
@@ -1917,9 +1874,9 @@ func TestHealthStates(t *testing.T) {
 	})
 
 	t.Run("half-open", func(t *testing.T) {
-		tr, _ := newTestTransport(t, Config{Endpoints: eps, Breaker: BreakerConfig{OpenTimeout: 50 * time.Millisecond}})
+		tr, clk := newTestTransport(t, Config{Endpoints: eps, Breaker: BreakerConfig{OpenTimeout: time.Minute}})
 		chatOK(t, tr, "ok")
-		waitState(t, tr, "key", StateHalfOpen)
+		passOpenTimeout(t, tr, clk, "key", time.Minute)
 	})
 }
 
@@ -2106,8 +2063,8 @@ func TestClassifierReplaceable(t *testing.T) {
 }
 
 func TestAllOpenWaitsForTrial(t *testing.T) {
-	// gobreaker reads the real clock, so this test runs on it: a 100ms
-	// open timeout, well inside MaxWait.
+	// A 100ms open timeout, well inside MaxWait: the request waits it on
+	// the fake clock.
 	base := newScriptedBase(func(req *http.Request, n int) (*http.Response, error) {
 		if n == 1 {
 			return reply(401, "revoked"), nil
@@ -2115,10 +2072,9 @@ func TestAllOpenWaitsForTrial(t *testing.T) {
 		return reply(200, "ok"), nil
 	})
 	reg := prometheus.NewRegistry()
-	tr, _ := newTestTransport(t, Config{Base: base, Registerer: reg, MaxRetries: -1,
+	tr, clk := newTestTransport(t, Config{Base: base, Registerer: reg, MaxRetries: -1,
 		Breaker:   BreakerConfig{OpenTimeout: 100 * time.Millisecond},
 		Endpoints: []Endpoint{hostEndpoint("a", 0)}})
-	tr.now, tr.sleep = time.Now, sleepContext
 	if code, _ := chat(t, tr); code != 401 {
 		t.Fatalf("status %d, want the 401 that opens the breaker", code)
 	}
@@ -2127,6 +2083,9 @@ func TestAllOpenWaitsForTrial(t *testing.T) {
 	}
 	if got := metricValue(t, reg, "failover_wait_seconds", map[string]string{"reason": "breaker_open"}); got != 1 {
 		t.Fatalf("breaker_open waits = %v, want 1", got)
+	}
+	if got := clk.Sleeps(); len(got) != 1 || got[0] != 100*time.Millisecond {
+		t.Fatalf("slept %v, want the open timeout, 100ms", got)
 	}
 	if st := healthOf(t, tr, "a").State; st != StateClosed {
 		t.Fatalf("state %v after a successful trial, want closed", st)

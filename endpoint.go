@@ -1,0 +1,396 @@
+package failover
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"math"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"golang.org/x/time/rate"
+)
+
+// Endpoint is one upstream that can serve the client's requests: a base URL,
+// the key to present there, and how much traffic it should take.
+//
+// The zero value is not usable: BaseURL is required. Every other field has a
+// documented default for its zero value. An Endpoint is copied into the
+// [Transport] by [New] (or [Transport.Update]); changing it afterwards has
+// no effect.
+type Endpoint struct {
+	// Name labels the endpoint in metrics, logs, health and errors, and
+	// identifies it across [Transport.Update]. The default is the host of
+	// BaseURL, suffixed with "-2", "-3", ... where several endpoints share
+	// a host. Names must be unique.
+	Name string
+
+	// BaseURL is the absolute http or https URL requests are sent to. It may
+	// carry a path prefix (https://proxy.example/openai/v1), which replaces
+	// the client-side base path of each request, and a query, whose
+	// parameters are added to every request's (Azure's api-version),
+	// replacing the caller's of the same name. Its escaping is kept. It
+	// must not carry user information, a fragment or a query that does not
+	// parse. Required.
+	BaseURL string
+
+	// APIKey is sent as "Authorization: Bearer <APIKey>", replacing the
+	// caller's Authorization header. The caller's OpenAI-Organization and
+	// OpenAI-Project headers, which scope the caller's key, are then
+	// dropped; set the endpoint's own in Header. Empty keeps the caller's
+	// headers as they are.
+	APIKey string
+
+	// Priority orders endpoints: lower numbers are preferred, and a higher
+	// number receives traffic only while no endpoint of a lower number is
+	// eligible. The zero value is the highest preference; negative numbers
+	// are allowed.
+	Priority int
+
+	// Weight is the endpoint's share of the traffic among the endpoints of
+	// its Priority (smooth weighted round robin). Zero means 1; negative is
+	// an error.
+	Weight int
+
+	// MaxRPS is the most requests per second this endpoint is sent. Zero
+	// means unlimited; negative is an error.
+	MaxRPS float64
+
+	// Burst is how many requests the endpoint may take at once above its
+	// steady MaxRPS. Zero means max(1, ceil(MaxRPS)); negative is an error.
+	// Ignored when MaxRPS is zero.
+	Burst int
+
+	// Timeout bounds one attempt on this endpoint, from sending the request
+	// until the response headers arrive (and, for a status of 300 or above,
+	// the read of the error body's first [Config].MaxErrorBody bytes,
+	// which decides whether to fail over). It never cuts a successful
+	// response body or a stream. Zero means no per-attempt timeout (the
+	// caller's context still applies); negative is an error.
+	Timeout time.Duration
+
+	// Disabled keeps the endpoint configured (in health and metrics) but
+	// never chosen. The zero value, false, means enabled.
+	Disabled bool
+
+	// Header holds extra headers set on every request to this endpoint,
+	// replacing the caller's values for the same keys in any spelling.
+	// Nil means none.
+	Header http.Header
+}
+
+// String returns the endpoint's name and base URL, never its key, so that
+// printing an Endpoint or a Config with %v cannot leak a key.
+func (e Endpoint) String() string {
+	return fmt.Sprintf("%s (%s)", e.Name, redactURL(e.BaseURL))
+}
+
+// GoString is String for the %#v verb.
+func (e Endpoint) GoString() string {
+	return "failover.Endpoint{" + e.String() + "}"
+}
+
+// check returns every problem of e, each an error naming the endpoint by
+// its position i and its name, never by its key.
+func (e *Endpoint) check(i int) []error {
+	label := fmt.Sprintf("failover: endpoint %d", i)
+	if e.Name != "" && utf8.ValidString(e.Name) {
+		label = fmt.Sprintf("failover: endpoint %d (%q)", i, e.Name)
+	}
+	var errs []error
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: "+format, append([]any{label}, args...)...))
+	}
+	if _, err := parseBaseURL(e.BaseURL); err != nil {
+		bad("BaseURL: %w", err)
+	}
+	if e.Weight < 0 {
+		bad("Weight %d is negative", e.Weight)
+	}
+	if e.MaxRPS < 0 || math.IsNaN(e.MaxRPS) || math.IsInf(e.MaxRPS, 0) {
+		bad("MaxRPS %v is not a non-negative finite number", e.MaxRPS)
+	}
+	if e.Burst < 0 {
+		bad("Burst %d is negative", e.Burst)
+	}
+	if e.Timeout < 0 {
+		bad("Timeout %v is negative", e.Timeout)
+	}
+	if !utf8.ValidString(e.Name) {
+		bad("Name is not valid UTF-8")
+	}
+	if strings.ContainsAny(e.APIKey, "\r\n") {
+		bad("APIKey contains a line break")
+	}
+	for _, k := range slices.Sorted(maps.Keys(e.Header)) {
+		if !validHeaderName(k) {
+			bad("Header: %q is not a valid header name", k)
+			continue
+		}
+		if slices.ContainsFunc(e.Header[k], func(v string) bool { return strings.ContainsAny(v, "\r\n") }) {
+			bad("Header %q: value contains a line break", k)
+		}
+	}
+	return errs
+}
+
+// withDefaults returns e with its zero fields given their defaults (but
+// Name, which nameEndpoints gives) and its Header keys canonical.
+func (e Endpoint) withDefaults() Endpoint {
+	if e.Weight == 0 {
+		e.Weight = 1
+	}
+	if e.MaxRPS > 0 && e.Burst == 0 {
+		e.Burst = max(1, int(math.Ceil(e.MaxRPS)))
+	}
+	if e.Header != nil {
+		h := make(http.Header, len(e.Header))
+		for k, vs := range e.Header {
+			ck := http.CanonicalHeaderKey(k)
+			h[ck] = append(h[ck], vs...)
+		}
+		e.Header = h
+	}
+	return e
+}
+
+// nameEndpoints gives each endpoint without a Name the host of its BaseURL,
+// made unique in configuration order, and reports names used twice. It
+// runs in time linear in the number of endpoints.
+func nameEndpoints(eps []Endpoint, hosts []string) []error {
+	taken := make(map[string]bool, len(eps))
+	for _, e := range eps {
+		if e.Name != "" {
+			taken[e.Name] = true
+		}
+	}
+	next := map[string]int{} // host -> next suffix to try
+	for i := range eps {
+		if eps[i].Name != "" {
+			continue
+		}
+		host := hosts[i]
+		n := max(next[host], 1)
+		name := host
+		if n > 1 {
+			name = fmt.Sprintf("%s-%d", host, n)
+		}
+		for taken[name] {
+			n++
+			name = fmt.Sprintf("%s-%d", host, n)
+		}
+		next[host] = n + 1
+		taken[name] = true
+		eps[i].Name = name
+	}
+	var errs []error
+	first := make(map[string]int, len(eps))
+	for i, e := range eps {
+		if j, dup := first[e.Name]; dup {
+			errs = append(errs, fmt.Errorf("failover: endpoint %d: name %q is already used by endpoint %d", i, e.Name, j))
+			continue
+		}
+		first[e.Name] = i
+	}
+	return errs
+}
+
+// endpoint is one endpoint of one configuration: its settings, immutable
+// once built, and a pointer to its live state, which outlives the
+// configuration when [Transport.Update] keeps the endpoint's Name.
+type endpoint struct {
+	*endpointState
+
+	cfg     Endpoint // defaulted, Name set
+	index   int      // position in the configuration
+	target  target   // where and how its requests are sent
+	timeout time.Duration
+	cool    cooldownPolicy
+	limiter *rate.Limiter // the state's limiter; nil when unlimited
+}
+
+// endpointState is the live state of an endpoint: breaker, cooldown, rate
+// limiter, statistics and metric series. It is atomics, the breaker's own
+// short lock and the limiter's own short lock: no lock of the Transport's.
+// It keeps the clock and logger it was made with (a Transport's never
+// change).
+type endpointState struct {
+	name    string
+	clock   clock
+	logger  *slog.Logger
+	breaker breaker
+	cooling cooldown
+
+	limMu sync.Mutex    // orders clock readings given to the limiter (allowRate)
+	lim   *rate.Limiter // made at the first configuration with a MaxRPS
+
+	stats endpointStats
+	m     *endpointMetrics // nil when metrics are off
+
+	// hot is written by every attempt. It sits on cache lines of its own
+	// so that those writes, from every core, do not keep evicting the
+	// read-mostly fields above that every request reads.
+	_   [64]byte
+	hot hotStats
+	_   [64]byte
+}
+
+// newEndpointState returns the state of a new endpoint named name, its
+// breaker closed.
+func newEndpointState(name string, c clock, logger *slog.Logger, m *metrics, bc BreakerConfig) *endpointState {
+	s := &endpointState{name: name, clock: c, logger: logger}
+	s.breaker.init(s, bc)
+	s.m = m.forEndpoint(name)
+	return s
+}
+
+// limiterFor returns the state's limiter set to cfg's rate and burst,
+// creating it at the first configuration that has a rate (its tokens
+// then carry over the configurations that follow); nil when cfg has no
+// MaxRPS.
+func (s *endpointState) limiterFor(cfg Endpoint) *rate.Limiter {
+	if cfg.MaxRPS <= 0 {
+		return nil
+	}
+	s.limMu.Lock()
+	defer s.limMu.Unlock()
+	now := s.clock.now()
+	if s.lim == nil {
+		s.lim = rate.NewLimiter(rate.Limit(cfg.MaxRPS), cfg.Burst)
+		return s.lim
+	}
+	if s.lim.Limit() != rate.Limit(cfg.MaxRPS) {
+		s.lim.SetLimitAt(now, rate.Limit(cfg.MaxRPS))
+	}
+	if s.lim.Burst() != cfg.Burst {
+		s.lim.SetBurstAt(now, cfg.Burst)
+	}
+	return s.lim
+}
+
+// allowRate takes a token from e's limiter if one is available now. The
+// clock is read under limMu: rate.Limiter counts time from the latest
+// instant it was given, so an instant older than one already given (a
+// goroutine descheduled between reading the clock and the limiter) would
+// hand out tokens twice. Only rate-limited endpoints pay for this lock.
+func (e *endpoint) allowRate() bool {
+	e.limMu.Lock()
+	defer e.limMu.Unlock()
+	return e.limiter.AllowN(e.clock.now(), 1)
+}
+
+// untilToken estimates how long until e's limiter has a whole token.
+func (e *endpoint) untilToken(now time.Time) time.Duration {
+	missing := 1 - e.limiter.TokensAt(now)
+	if missing <= 0 {
+		return time.Millisecond
+	}
+	return time.Duration(missing / float64(e.limiter.Limit()) * float64(time.Second))
+}
+
+// endpointStats are the counters behind [EndpointHealth] that change only
+// when an attempt fails (or a failure streak ends).
+type endpointStats struct {
+	failures    atomic.Uint64
+	consecutive atomic.Uint64
+	lastErr     atomic.Pointer[lastError]
+}
+
+// hotStats are the counters behind [EndpointHealth] that every attempt
+// writes: started and finished attempts (in flight is their difference)
+// and the latency average.
+type hotStats struct {
+	started     atomic.Uint64
+	finished    atomic.Uint64
+	latencyEWMA atomic.Uint64 // float64 bits, seconds
+}
+
+// inflight returns the attempts started and not yet finished.
+func (s *hotStats) inflight() int64 {
+	finished := s.finished.Load() // before started, so never negative
+	return int64(s.started.Load() - finished)
+}
+
+type lastError struct {
+	msg string
+	at  time.Time
+}
+
+// latencyAlpha is the weight of the newest sample in the latency EWMA.
+const latencyAlpha = 0.2
+
+func (s *hotStats) observeLatency(d time.Duration) {
+	sample := d.Seconds()
+	for {
+		old := s.latencyEWMA.Load()
+		next := sample
+		if old != 0 {
+			prev := math.Float64frombits(old)
+			next = prev + latencyAlpha*(sample-prev)
+		}
+		if s.latencyEWMA.CompareAndSwap(old, math.Float64bits(next)) {
+			return
+		}
+	}
+}
+
+// beginAttempt and endAttempt bracket one attempt on e for its statistics.
+func (s *endpointState) beginAttempt() {
+	s.hot.started.Add(1)
+}
+
+func (s *endpointState) endAttempt(latency time.Duration) {
+	s.hot.finished.Add(1)
+	s.hot.observeLatency(latency)
+	s.m.latency(latency)
+}
+
+// record accounts for one classified attempt: statistics, metrics and, for
+// a failure, the debug log line and the last error.
+func (s *endpointState) record(attempt int, v Verdict, resp *http.Response, err error) {
+	s.m.attempt(resp, err)
+	if !v.Outcome.Failed() {
+		if s.stats.consecutive.Load() != 0 {
+			s.stats.consecutive.Store(0)
+		}
+		if v.Outcome == OutcomeSuccess {
+			s.cooling.succeeded()
+		}
+		return
+	}
+	s.stats.failures.Add(1)
+	s.stats.consecutive.Add(1)
+	label := outcomeLabel(resp, err)
+	msg := label
+	if err != nil {
+		msg = err.Error()
+	} else if resp != nil {
+		msg = "status " + label
+	}
+	s.stats.lastErr.Store(&lastError{msg: msg, at: s.clock.now()})
+	if s.logger != nil && s.logger.Enabled(context.Background(), slog.LevelDebug) {
+		s.logger.Debug("failover: attempt failed",
+			slog.String("endpoint", s.name), slog.Int("attempt", attempt),
+			slog.String("outcome", v.Outcome.String()), slog.String("result", label))
+	}
+}
+
+// outcomeLabel is the coarse outcome of an attempt for metrics and logs:
+// the status code, "timeout" or "error".
+func outcomeLabel(resp *http.Response, err error) string {
+	switch {
+	case resp != nil:
+		return statusLabel(resp.StatusCode)
+	case errors.Is(err, ErrAttemptTimeout):
+		return "timeout"
+	default:
+		return "error"
+	}
+}
