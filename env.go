@@ -1,8 +1,10 @@
 package failover
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"net/url"
 	"os"
@@ -28,36 +30,6 @@ const (
 	envMaxRetries      = "OPENAI_MAX_RETRIES"
 	envBackoffMS       = "OPENAI_BACKOFF_MS"
 )
-
-// envField is one per-endpoint variable; its name is its prefix followed by
-// the endpoint number N.
-type envField int
-
-const (
-	fieldBaseURL envField = iota
-	fieldAPIKey
-	fieldPriority
-	fieldWeight
-	fieldMaxRPS
-	fieldBurst
-	fieldTimeout
-	fieldEnabled
-	fieldName
-	numEnvFields
-)
-
-// envFieldPrefix is indexed by envField. No prefix is a prefix of another.
-var envFieldPrefix = [numEnvFields]string{
-	fieldBaseURL:  "OPENAI_BASE_URL_",
-	fieldAPIKey:   "OPENAI_API_KEY_",
-	fieldPriority: "OPENAI_PRIORITY_",
-	fieldWeight:   "OPENAI_WEIGHT_",
-	fieldMaxRPS:   "OPENAI_MAX_RPS_",
-	fieldBurst:    "OPENAI_BURST_",
-	fieldTimeout:  "OPENAI_TIMEOUT_",
-	fieldEnabled:  "OPENAI_ENABLED_",
-	fieldName:     "OPENAI_NAME_",
-}
 
 // ConfigFromEnv returns the Config described by the process environment
 // (os.Environ()). It is [ConfigFromEnviron] over os.Environ(); see there
@@ -129,6 +101,39 @@ func ConfigFromEnv() (Config, error) {
 // API key or a base URL, which may carry a secret in its query. When no
 // endpoint is described, the error matches [ErrNoEnvConfig] with errors.Is.
 func ConfigFromEnviron(environ []string) (Config, error) {
+	vars := envVars(environ)
+	var cfg Config
+	numbered, sawNumbered, errs := numberedVars(vars)
+	errs = append(errs, setGlobals(&cfg, vars)...)
+	key, base, lerrs := legacyVars(vars)
+	errs = append(errs, lerrs...)
+	switch {
+	case len(numbered) > 0:
+		eps, eerrs := envEndpoints(numbered, key, base)
+		errs = append(errs, eerrs...)
+		cfg.Endpoints = eps
+		if base != "" && len(lerrs) == 0 {
+			cfg.ClientBaseURLs = []string{DefaultClientBaseURL}
+			if !sameBaseURL(base, DefaultClientBaseURL) {
+				cfg.ClientBaseURLs = append(cfg.ClientBaseURLs, base)
+			}
+		}
+	case key != "" || base != "":
+		if len(lerrs) == 0 {
+			cfg.Endpoints = []Endpoint{{BaseURL: cmp.Or(base, DefaultClientBaseURL), APIKey: key}}
+		}
+	case !sawNumbered:
+		errs = append(errs, ErrNoEnvConfig)
+	}
+	if len(errs) > 0 {
+		return Config{}, errors.Join(errs...)
+	}
+	return cfg, nil
+}
+
+// envVars returns the OPENAI_ variables of environ, trimmed; the first
+// occurrence of a name counts, as with os.Getenv.
+func envVars(environ []string) map[string]string {
 	vars := make(map[string]string)
 	for _, kv := range environ {
 		k, v, ok := strings.Cut(kv, "=")
@@ -139,26 +144,177 @@ func ConfigFromEnviron(environ []string) (Config, error) {
 			vars[k] = strings.TrimSpace(v)
 		}
 	}
-	names := make([]string, 0, len(vars))
-	for k := range vars {
-		names = append(names, k)
-	}
-	slices.Sort(names)
+	return vars
+}
 
+// envProblem is a problem with the variable name, as an error.
+func envProblem(name, format string, args ...any) error {
+	return fmt.Errorf("failover: %s: %s", name, fmt.Sprintf(format, args...))
+}
+
+// globalVar is a variable that sets a field of the Config itself; set
+// applies a non-empty value and returns what is wrong with it, if
+// anything.
+type globalVar struct {
+	name string
+	set  func(cfg *Config, v string) string
+}
+
+// globalVars are applied in this order: OPENAI_MAX_RETRIES reads what
+// OPENAI_FALLBACK_ENABLED set.
+var globalVars = []globalVar{
+	{envFallbackEnabled, func(cfg *Config, v string) string {
+		b, problem := parseEnvBool(v)
+		if problem == "" && !b {
+			cfg.MaxRetries = -1
+		}
+		return problem
+	}},
+	{envMaxRetries, func(cfg *Config, v string) string {
+		n, problem := parseEnvNonNegative(v)
+		switch {
+		case problem != "":
+			return problem
+		case n > maxRetriesLimit:
+			return fmt.Sprintf("%s is above %d", quoteEnv(v), maxRetriesLimit)
+		case cfg.MaxRetries < 0:
+			// OPENAI_FALLBACK_ENABLED=false: one attempt, whatever this says.
+		case n == 0:
+			cfg.MaxRetries = -1
+		default:
+			cfg.MaxRetries = n
+		}
+		return ""
+	}},
+	{envBackoffMS, func(cfg *Config, v string) string {
+		n, problem := parseEnvNonNegative(v)
+		switch {
+		case problem != "":
+			return problem
+		case int64(n) > math.MaxInt64/int64(time.Millisecond):
+			return quoteEnv(v) + " is out of range"
+		}
+		cfg.BackoffMin = time.Duration(n) * time.Millisecond
+		return ""
+	}},
+}
+
+// setGlobals applies the global variables set in vars to cfg.
+func setGlobals(cfg *Config, vars map[string]string) []error {
 	var errs []error
-	fail := func(name, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("failover: %s: %s", name, fmt.Sprintf(format, args...)))
+	for _, g := range globalVars {
+		if v := vars[g.name]; v != "" {
+			if problem := g.set(cfg, v); problem != "" {
+				errs = append(errs, envProblem(g.name, "%s", problem))
+			}
+		}
 	}
+	return errs
+}
 
-	// Numbered endpoints.
-	numbered := make(map[int]*[numEnvFields]string)
-	sawNumbered := false
-	for _, k := range names {
+// legacyVars returns OPENAI_API_KEY and OPENAI_BASE_URL, with their
+// problems.
+func legacyVars(vars map[string]string) (key, base string, errs []error) {
+	key, base = vars[envAPIKey], vars[envBaseURL]
+	if key != "" {
+		if err := checkEnvKey(envAPIKey, key); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if base != "" {
+		if err := checkEnvURL(envBaseURL, base); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return key, base, errs
+}
+
+// endpointVar is a per-endpoint variable: its name is prefix followed by
+// the endpoint number N. set applies a non-empty value to the endpoint
+// and returns what is wrong with it, if anything; it is given the
+// variable's name for errors that must not quote the value.
+type endpointVar struct {
+	prefix string
+	set    func(e *Endpoint, name, v string) error
+}
+
+// endpointVars are the per-endpoint variables. No prefix is a prefix of
+// another.
+var endpointVars = []endpointVar{
+	{"OPENAI_BASE_URL_", func(e *Endpoint, name, v string) error {
+		e.BaseURL = v
+		return checkEnvURL(name, v)
+	}},
+	{"OPENAI_API_KEY_", func(e *Endpoint, name, v string) error {
+		e.APIKey = v
+		return checkEnvKey(name, v)
+	}},
+	{"OPENAI_PRIORITY_", problemOf(func(e *Endpoint, v string) (problem string) {
+		e.Priority, problem = parseEnvInt(v)
+		return problem
+	})},
+	{"OPENAI_WEIGHT_", problemOf(func(e *Endpoint, v string) (problem string) {
+		e.Weight, problem = parseEnvNonNegative(v)
+		return problem
+	})},
+	{"OPENAI_MAX_RPS_", problemOf(func(e *Endpoint, v string) (problem string) {
+		e.MaxRPS, problem = parseEnvRate(v)
+		return problem
+	})},
+	{"OPENAI_BURST_", problemOf(func(e *Endpoint, v string) (problem string) {
+		e.Burst, problem = parseEnvNonNegative(v)
+		return problem
+	})},
+	{"OPENAI_TIMEOUT_", problemOf(func(e *Endpoint, v string) (problem string) {
+		e.Timeout, problem = parseEnvDuration(v)
+		return problem
+	})},
+	{"OPENAI_ENABLED_", problemOf(func(e *Endpoint, v string) string {
+		b, problem := parseEnvBool(v)
+		e.Disabled = problem == "" && !b
+		return problem
+	})},
+	{"OPENAI_NAME_", problemOf(func(e *Endpoint, v string) string {
+		e.Name = v
+		if !utf8.ValidString(v) {
+			return quoteEnv(v) + " is not valid UTF-8"
+		}
+		return ""
+	})},
+}
+
+// problemOf adapts a setter that returns a problem to endpointVar.set.
+func problemOf(set func(e *Endpoint, v string) string) func(e *Endpoint, name, v string) error {
+	return func(e *Endpoint, name, v string) error {
+		if problem := set(e, v); problem != "" {
+			return envProblem(name, "%s", problem)
+		}
+		return nil
+	}
+}
+
+// envVarOf returns the per-endpoint variable name is one of, and the
+// suffix after its prefix.
+func envVarOf(name string) (*endpointVar, string, bool) {
+	for i := range endpointVars {
+		if s, ok := strings.CutPrefix(name, endpointVars[i].prefix); ok {
+			return &endpointVars[i], s, true
+		}
+	}
+	return nil, "", false
+}
+
+// numberedVars groups the set per-endpoint variables of vars by endpoint
+// number: variable name to value. sawNumbered reports any such variable,
+// even one with a bad number.
+func numberedVars(vars map[string]string) (numbered map[int]map[string]string, sawNumbered bool, errs []error) {
+	numbered = make(map[int]map[string]string)
+	for _, k := range slices.Sorted(maps.Keys(vars)) {
 		v := vars[k]
 		if v == "" {
 			continue
 		}
-		f, suffix, ok := envFieldOf(k)
+		_, suffix, ok := envVarOf(k)
 		if !ok {
 			continue
 		}
@@ -168,201 +324,48 @@ func ConfigFromEnviron(environ []string) (Config, error) {
 		}
 		sawNumbered = true
 		if problem != "" {
-			fail(k, "%s", problem)
+			errs = append(errs, envProblem(k, "%s", problem))
 			continue
 		}
-		vals := numbered[n]
-		if vals == nil {
-			vals = new([numEnvFields]string)
-			numbered[n] = vals
+		if numbered[n] == nil {
+			numbered[n] = make(map[string]string)
 		}
-		vals[f] = v
+		numbered[n][k] = v
 	}
+	return numbered, sawNumbered, errs
+}
 
-	var cfg Config
-
-	// Globals.
-	if v := vars[envFallbackEnabled]; v != "" {
-		if b, ok := parseEnvBool(v); !ok {
-			fail(envFallbackEnabled, "%s is not a boolean (want true/false, yes/no, on/off or 1/0)", quoteEnv(v))
-		} else if !b {
-			cfg.MaxRetries = -1
-		}
-	}
-	if v := vars[envMaxRetries]; v != "" {
-		n, problem := parseEnvNonNegative(v)
-		switch {
-		case problem != "":
-			fail(envMaxRetries, "%s", problem)
-		case n > maxRetriesLimit:
-			fail(envMaxRetries, "%s is above %d", quoteEnv(v), maxRetriesLimit)
-		case cfg.MaxRetries < 0:
-			// OPENAI_FALLBACK_ENABLED=false: one attempt, whatever this says.
-		case n == 0:
-			cfg.MaxRetries = -1
-		default:
-			cfg.MaxRetries = n
-		}
-	}
-	if v := vars[envBackoffMS]; v != "" {
-		n, problem := parseEnvNonNegative(v)
-		switch {
-		case problem != "":
-			fail(envBackoffMS, "%s", problem)
-		case int64(n) > math.MaxInt64/int64(time.Millisecond):
-			fail(envBackoffMS, "%s is out of range", quoteEnv(v))
-		default:
-			cfg.BackoffMin = time.Duration(n) * time.Millisecond
-		}
-	}
-
-	// Legacy single endpoint, or defaults for the numbered ones.
-	key, base := vars[envAPIKey], vars[envBaseURL]
-	keyOK, baseOK := true, true
-	if key != "" {
-		if err := checkEnvKey(envAPIKey, key); err != nil {
-			errs = append(errs, err)
-			keyOK = false
-		}
-	}
-	if base != "" {
-		if err := checkEnvURL(envBaseURL, base); err != nil {
-			errs = append(errs, err)
-			baseOK = false
-		}
-	}
-
-	switch {
-	case len(numbered) > 0:
-		ns := make([]int, 0, len(numbered))
-		for n := range numbered {
-			ns = append(ns, n)
-		}
-		slices.Sort(ns)
-		nameVar := make(map[string]string) // Endpoint.Name -> its variable
-		for _, n := range ns {
-			e, eerrs := envEndpoint(n, numbered[n], key, base)
-			errs = append(errs, eerrs...)
-			if e.Name != "" {
-				v := envFieldPrefix[fieldName] + strconv.Itoa(n)
-				if first, dup := nameVar[e.Name]; dup {
-					fail(v, "name %s is already used by %s", quoteEnv(e.Name), first)
-				} else {
-					nameVar[e.Name] = v
+// envEndpoints builds the numbered endpoints in increasing order of N,
+// with key and base (OPENAI_API_KEY and OPENAI_BASE_URL) as defaults, and
+// reports names used twice.
+func envEndpoints(numbered map[int]map[string]string, key, base string) ([]Endpoint, []error) {
+	var (
+		eps     []Endpoint
+		errs    []error
+		nameVar = make(map[string]string) // Endpoint.Name -> its variable
+	)
+	for _, n := range slices.Sorted(maps.Keys(numbered)) {
+		e := Endpoint{Priority: n, BaseURL: cmp.Or(base, DefaultClientBaseURL), APIKey: key}
+		suffix := strconv.Itoa(n)
+		for _, ev := range endpointVars {
+			name := ev.prefix + suffix
+			if v := numbered[n][name]; v != "" {
+				if err := ev.set(&e, name, v); err != nil {
+					errs = append(errs, err)
 				}
 			}
-			cfg.Endpoints = append(cfg.Endpoints, e)
 		}
-		if base != "" && baseOK {
-			cfg.ClientBaseURLs = []string{DefaultClientBaseURL}
-			if !sameBaseURL(base, DefaultClientBaseURL) {
-				cfg.ClientBaseURLs = append(cfg.ClientBaseURLs, base)
+		if e.Name != "" {
+			v := "OPENAI_NAME_" + strconv.Itoa(n)
+			if first, dup := nameVar[e.Name]; dup {
+				errs = append(errs, envProblem(v, "name %s is already used by %s", quoteEnv(e.Name), first))
+			} else {
+				nameVar[e.Name] = v
 			}
 		}
-	case key != "" || base != "":
-		if keyOK && baseOK {
-			e := Endpoint{BaseURL: base, APIKey: key}
-			if e.BaseURL == "" {
-				e.BaseURL = DefaultClientBaseURL
-			}
-			cfg.Endpoints = []Endpoint{e}
-		}
-	case !sawNumbered:
-		errs = append(errs, ErrNoEnvConfig)
+		eps = append(eps, e)
 	}
-
-	if len(errs) > 0 {
-		return Config{}, errors.Join(errs...)
-	}
-	return cfg, nil
-}
-
-// envEndpoint builds endpoint n from its variables' values, with key and
-// base (OPENAI_API_KEY and OPENAI_BASE_URL, already checked) as defaults.
-func envEndpoint(n int, vals *[numEnvFields]string, key, base string) (Endpoint, []error) {
-	var errs []error
-	suffix := strconv.Itoa(n)
-	fail := func(f envField, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("failover: %s%s: %s", envFieldPrefix[f], suffix, fmt.Sprintf(format, args...)))
-	}
-	e := Endpoint{Priority: n, BaseURL: base, APIKey: key, Name: vals[fieldName]}
-	if !utf8.ValidString(e.Name) {
-		fail(fieldName, "%s is not valid UTF-8", quoteEnv(e.Name))
-	}
-	if e.BaseURL == "" {
-		e.BaseURL = DefaultClientBaseURL
-	}
-	if v := vals[fieldBaseURL]; v != "" {
-		if err := checkEnvURL(envFieldPrefix[fieldBaseURL]+suffix, v); err != nil {
-			errs = append(errs, err)
-		}
-		e.BaseURL = v
-	}
-	if v := vals[fieldAPIKey]; v != "" {
-		if err := checkEnvKey(envFieldPrefix[fieldAPIKey]+suffix, v); err != nil {
-			errs = append(errs, err)
-		}
-		e.APIKey = v
-	}
-	if v := vals[fieldPriority]; v != "" {
-		if p, problem := parseEnvInt(v); problem != "" {
-			fail(fieldPriority, "%s", problem)
-		} else {
-			e.Priority = p
-		}
-	}
-	nonNegative := func(f envField, dst *int) {
-		v := vals[f]
-		if v == "" {
-			return
-		}
-		if n, problem := parseEnvNonNegative(v); problem != "" {
-			fail(f, "%s", problem)
-		} else {
-			*dst = n
-		}
-	}
-	nonNegative(fieldWeight, &e.Weight)
-	if v := vals[fieldMaxRPS]; v != "" {
-		r, err := strconv.ParseFloat(v, 64)
-		switch {
-		case err != nil && !errors.Is(err, strconv.ErrRange):
-			fail(fieldMaxRPS, "%s is not a number", quoteEnv(v))
-		case err != nil || math.IsNaN(r) || math.IsInf(r, 0):
-			fail(fieldMaxRPS, "%s is not a finite number", quoteEnv(v))
-		case r < 0:
-			fail(fieldMaxRPS, "%s is negative", quoteEnv(v))
-		default:
-			e.MaxRPS = r
-		}
-	}
-	nonNegative(fieldBurst, &e.Burst)
-	if v := vals[fieldTimeout]; v != "" {
-		if d, problem := parseEnvDuration(v); problem != "" {
-			fail(fieldTimeout, "%s", problem)
-		} else {
-			e.Timeout = d
-		}
-	}
-	if v := vals[fieldEnabled]; v != "" {
-		if b, ok := parseEnvBool(v); !ok {
-			fail(fieldEnabled, "%s is not a boolean (want true/false, yes/no, on/off or 1/0)", quoteEnv(v))
-		} else {
-			e.Disabled = !b
-		}
-	}
-	return e, errs
-}
-
-// envFieldOf reports which per-endpoint variable name is, and the suffix
-// after its prefix.
-func envFieldOf(name string) (envField, string, bool) {
-	for f, p := range envFieldPrefix {
-		if s, ok := strings.CutPrefix(name, p); ok {
-			return envField(f), s, true
-		}
-	}
-	return 0, "", false
+	return eps, errs
 }
 
 // parseEndpointNumber parses the N of a per-endpoint variable. ok is false
@@ -428,16 +431,33 @@ func parseEnvDuration(v string) (time.Duration, string) {
 }
 
 // parseEnvBool parses the values of strconv.ParseBool and yes, no, on and
-// off, in any case.
-func parseEnvBool(v string) (b, ok bool) {
-	switch v = strings.ToLower(v); v {
+// off, in any case, saying what is wrong if it cannot.
+func parseEnvBool(v string) (bool, string) {
+	switch strings.ToLower(v) {
 	case "yes", "on":
-		return true, true
+		return true, ""
 	case "no", "off":
-		return false, true
+		return false, ""
 	}
-	b, err := strconv.ParseBool(v)
-	return b, err == nil
+	b, err := strconv.ParseBool(strings.ToLower(v))
+	if err != nil {
+		return false, quoteEnv(v) + " is not a boolean (want true/false, yes/no, on/off or 1/0)"
+	}
+	return b, ""
+}
+
+// parseEnvRate parses a non-negative finite number of requests per second.
+func parseEnvRate(v string) (float64, string) {
+	r, err := strconv.ParseFloat(v, 64)
+	switch {
+	case err != nil && !errors.Is(err, strconv.ErrRange):
+		return 0, quoteEnv(v) + " is not a number"
+	case err != nil || math.IsNaN(r) || math.IsInf(r, 0):
+		return 0, quoteEnv(v) + " is not a finite number"
+	case r < 0:
+		return 0, quoteEnv(v) + " is negative"
+	}
+	return r, ""
 }
 
 // checkEnvKey checks an API key, never quoting it.
