@@ -10,57 +10,33 @@ import (
 	"net/http/httptest"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/failover-go/failover"
-	"github.com/failover-go/failover/internal/fakeopenai"
 )
-
-// chatCompletion posts a chat completion to the OpenAI base URL through
-// client and returns the assistant's reply.
-func chatCompletion(client *http.Client) (string, error) {
-	body := `{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}`
-	req, err := http.NewRequest(http.MethodPost, "https://api.openai.com/v1/chat/completions", strings.NewReader(body))
-	if err != nil {
-		return "", err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := client.Do(req)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(resp.Body)
-		return "", fmt.Errorf("status %d: %s", resp.StatusCode, b)
-	}
-	var out struct {
-		Choices []struct {
-			Message struct{ Content string } `json:"message"`
-		} `json:"choices"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
-		return "", err
-	}
-	return out.Choices[0].Message.Content, nil
-}
 
 // The primary endpoint is down (its port refuses connections); the request
 // fails over to the backup at once, with the backup's own key, and the
 // calling code never sees the failure.
 func ExampleNew() {
-	primary := fakeopenai.New(fakeopenai.WithName("primary"))
-	defer primary.Close()
-	backup := fakeopenai.New(fakeopenai.WithName("backup"))
+	primary := httptest.NewServer(http.NotFoundHandler())
+	primary.Close() // down: its port refuses connections
+	var sawKey string
+	backup := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sawKey = r.Header.Get("Authorization")
+		fmt.Fprint(w, `{"choices":[{"message":{"content":"hello from backup"}}]}`)
+	}))
 	defer backup.Close()
-	primary.SetFault(fakeopenai.Refuse())
 
 	transport, err := failover.New(failover.Config{
 		Endpoints: []failover.Endpoint{
-			{Name: "primary", BaseURL: primary.URL(), APIKey: "sk-primary", Priority: 1},
-			{Name: "backup", BaseURL: backup.URL(), APIKey: "sk-backup", Priority: 2},
+			// A per-attempt timeout, so that a hanging endpoint fails
+			// over instead of holding the request to its deadline.
+			{Name: "primary", BaseURL: primary.URL + "/v1", APIKey: "sk-primary", Priority: 1, Timeout: 30 * time.Second},
+			{Name: "backup", BaseURL: backup.URL + "/v1", APIKey: "sk-backup", Priority: 2, Timeout: 30 * time.Second},
 		},
 	})
 	if err != nil {
@@ -68,13 +44,23 @@ func ExampleNew() {
 	}
 	client := &http.Client{Transport: transport}
 
-	reply, err := chatCompletion(client)
+	// The calling code sends to the OpenAI API as usual.
+	resp, err := client.Post("https://api.openai.com/v1/chat/completions", "application/json",
+		strings.NewReader(`{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}`))
 	if err != nil {
 		log.Fatal(err)
 	}
-	fmt.Println("reply:", reply)
-	last, _ := backup.Last()
-	fmt.Println("backup saw:", last.Header.Get("Authorization"))
+	defer resp.Body.Close()
+	var out struct {
+		Choices []struct {
+			Message struct{ Content string } `json:"message"`
+		} `json:"choices"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("reply:", out.Choices[0].Message.Content)
+	fmt.Println("backup saw:", sawKey)
 	for _, h := range transport.Health() {
 		fmt.Printf("%s: %d attempt(s), %d failed\n", h.Name, h.Requests, h.Failures)
 	}
@@ -88,16 +74,19 @@ func ExampleNew() {
 // A revoked key (401) opens the endpoint's circuit breaker at once: the
 // next requests go straight to the next endpoint without trying it again.
 func ExampleTransport_Health() {
-	revoked := fakeopenai.New(fakeopenai.WithName("revoked"))
+	revoked := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, `{"error":{"code":"invalid_api_key"}}`, http.StatusUnauthorized)
+	}))
 	defer revoked.Close()
-	healthy := fakeopenai.New(fakeopenai.WithName("healthy"))
+	healthy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, `{"object":"chat.completion"}`)
+	}))
 	defer healthy.Close()
-	revoked.SetFault(fakeopenai.StatusFault(http.StatusUnauthorized))
 
 	transport, err := failover.New(failover.Config{
 		Endpoints: []failover.Endpoint{
-			{Name: "revoked", BaseURL: revoked.URL(), APIKey: "sk-revoked"},
-			{Name: "healthy", BaseURL: healthy.URL(), APIKey: "sk-healthy", Priority: 1},
+			{Name: "revoked", BaseURL: revoked.URL + "/v1", APIKey: "sk-revoked", Timeout: 30 * time.Second},
+			{Name: "healthy", BaseURL: healthy.URL + "/v1", APIKey: "sk-healthy", Priority: 1, Timeout: 30 * time.Second},
 		},
 	})
 	if err != nil {
@@ -105,9 +94,11 @@ func ExampleTransport_Health() {
 	}
 	client := &http.Client{Transport: transport}
 	for range 3 {
-		if _, err := chatCompletion(client); err != nil {
+		resp, err := client.Get("https://api.openai.com/v1/models")
+		if err != nil {
 			log.Fatal(err)
 		}
+		resp.Body.Close()
 	}
 	for _, h := range transport.Health() {
 		fmt.Printf("%s: %s, %d attempt(s), last error %q\n", h.Name, h.State, h.Requests, h.LastError)
@@ -120,54 +111,105 @@ func ExampleTransport_Health() {
 // WrapClient puts failover under an existing client in one line; the
 // client's own transport sends the rewritten requests.
 func ExampleWrapClient() {
-	flaky := fakeopenai.New(fakeopenai.WithName("flaky"))
+	flaky := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "overloaded", http.StatusServiceUnavailable)
+	}))
 	defer flaky.Close()
-	steady := fakeopenai.New(fakeopenai.WithName("steady"))
+	steady := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, "hello from steady")
+	}))
 	defer steady.Close()
-	flaky.SetFault(fakeopenai.StatusFault(http.StatusServiceUnavailable))
 
-	client, err := failover.WrapClient(&http.Client{}, failover.Config{
+	client, err := failover.WrapClient(&http.Client{Timeout: time.Minute}, failover.Config{
 		Endpoints: []failover.Endpoint{
-			{BaseURL: flaky.URL(), APIKey: "sk-1"},
-			{BaseURL: steady.URL(), APIKey: "sk-2", Priority: 1},
+			{BaseURL: flaky.URL + "/v1", APIKey: "sk-1", Timeout: 30 * time.Second},
+			{BaseURL: steady.URL + "/v1", APIKey: "sk-2", Priority: 1, Timeout: 30 * time.Second},
 		},
 	})
 	if err != nil {
 		log.Fatal(err)
 	}
-	reply, err := chatCompletion(client)
+	resp, err := client.Get("https://api.openai.com/v1/models")
 	if err != nil {
 		log.Fatal(err)
 	}
-	fmt.Println(reply)
-	fmt.Println("flaky answered", flaky.Hits(), "request(s) with 503")
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	fmt.Println(resp.StatusCode, string(body))
 	// Output:
-	// hello from steady
-	// flaky answered 1 request(s) with 503
+	// 200 hello from steady
+}
+
+// Update changes the endpoints while the transport serves: here a new
+// primary is added in front of the old one, whose breaker and statistics
+// carry over because its Name is kept. Wrap returns the Transport beside
+// the client, for Update and Health.
+func ExampleTransport_Update() {
+	answer := func(name string) *httptest.Server {
+		return httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprint(w, name)
+		}))
+	}
+	old, fresh := answer("old"), answer("fresh")
+	defer old.Close()
+	defer fresh.Close()
+
+	cfg := failover.Config{Endpoints: []failover.Endpoint{
+		{Name: "old", BaseURL: old.URL + "/v1", Timeout: 30 * time.Second},
+	}}
+	client, transport, err := failover.Wrap(http.DefaultClient, cfg)
+	if err != nil {
+		log.Fatal(err)
+	}
+	get := func() string {
+		resp, err := client.Get("https://api.openai.com/v1/models")
+		if err != nil {
+			log.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	fmt.Println("before:", get())
+
+	cfg.Endpoints = []failover.Endpoint{
+		{Name: "fresh", BaseURL: fresh.URL + "/v1", Timeout: 30 * time.Second},
+		{Name: "old", BaseURL: old.URL + "/v1", Priority: 1, Timeout: 30 * time.Second},
+	}
+	if err := transport.Update(cfg); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("after:", get())
+	for _, h := range transport.Health() {
+		fmt.Printf("%s: priority %d, %d request(s)\n", h.Name, h.Priority, h.Requests)
+	}
+	// Output:
+	// before: old
+	// after: fresh
+	// fresh: priority 0, 1 request(s)
+	// old: priority 1, 1 request(s)
 }
 
 // When every endpoint fails, the caller gets the last upstream response,
 // intact, for its SDK to parse; with no response at all, an error naming
 // each endpoint tried.
 func ExampleError() {
-	a := fakeopenai.New(fakeopenai.WithName("a"))
-	defer a.Close()
-	b := fakeopenai.New(fakeopenai.WithName("b"))
-	defer b.Close()
-	a.SetFault(fakeopenai.Refuse())
-	b.SetFault(fakeopenai.Refuse())
+	a := httptest.NewServer(http.NotFoundHandler())
+	a.Close() // refuses connections
+	b := httptest.NewServer(http.NotFoundHandler())
+	b.Close()
 
 	transport, err := failover.New(failover.Config{
 		MaxRetries: 1, // two attempts in all
 		Endpoints: []failover.Endpoint{
-			{Name: "a", BaseURL: a.URL(), APIKey: "sk-a"},
-			{Name: "b", BaseURL: b.URL(), APIKey: "sk-b", Priority: 1},
+			{Name: "a", BaseURL: a.URL + "/v1", APIKey: "sk-a"},
+			{Name: "b", BaseURL: b.URL + "/v1", APIKey: "sk-b", Priority: 1},
 		},
 	})
 	if err != nil {
 		log.Fatal(err)
 	}
-	_, err = chatCompletion(&http.Client{Transport: transport})
+	_, err = (&http.Client{Transport: transport}).Get("https://api.openai.com/v1/models")
 	var ferr *failover.Error
 	if errors.As(err, &ferr) {
 		for _, a := range ferr.Attempts {
@@ -185,13 +227,14 @@ func ExampleError() {
 // A host application serves the transport's metrics and health next to its
 // own: /healthz answers 200 while an endpoint is eligible, 503 when none is.
 func ExampleTransport_HealthHandler() {
-	down := fakeopenai.New(fakeopenai.WithName("down"))
+	down := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, `{"error":{"code":"invalid_api_key"}}`, http.StatusUnauthorized)
+	}))
 	defer down.Close()
-	down.SetFault(fakeopenai.StatusFault(http.StatusUnauthorized))
 
 	reg := prometheus.NewRegistry()
 	transport, err := failover.New(failover.Config{
-		Endpoints:  []failover.Endpoint{{Name: "down", BaseURL: down.URL(), APIKey: "sk-revoked"}},
+		Endpoints:  []failover.Endpoint{{Name: "down", BaseURL: down.URL + "/v1", APIKey: "sk-revoked"}},
 		Registerer: reg,
 	})
 	if err != nil {
@@ -203,8 +246,8 @@ func ExampleTransport_HealthHandler() {
 	admin := httptest.NewServer(mux)
 	defer admin.Close()
 
-	get := func(path string) (int, string) {
-		resp, err := http.Get(admin.URL + path)
+	get := func(client *http.Client, url string) (int, string) {
+		resp, err := client.Get(url)
 		if err != nil {
 			log.Fatal(err)
 		}
@@ -212,18 +255,18 @@ func ExampleTransport_HealthHandler() {
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(b)
 	}
-	code, _ := get("/healthz")
+	code, _ := get(http.DefaultClient, admin.URL+"/healthz")
 	fmt.Println("before:", code)
 
-	_, _ = chatCompletion(&http.Client{Transport: transport}) // the 401 opens the breaker
+	get(&http.Client{Transport: transport}, "https://api.openai.com/v1/models") // the 401 opens the breaker
 
-	code, body := get("/healthz")
+	code, body := get(http.DefaultClient, admin.URL+"/healthz")
 	var report failover.HealthReport
 	if err := json.Unmarshal([]byte(body), &report); err != nil {
 		log.Fatal(err)
 	}
 	fmt.Println("after:", code, report.Status, report.Endpoints[0].State)
-	_, metrics := get("/metrics")
+	_, metrics := get(http.DefaultClient, admin.URL+"/metrics")
 	for _, line := range strings.Split(metrics, "\n") {
 		if strings.HasPrefix(line, "failover_attempts_total") || strings.HasPrefix(line, "failover_breaker_state") {
 			fmt.Println(line)
@@ -239,16 +282,19 @@ func ExampleTransport_HealthHandler() {
 // With EndpointHeader set, each response names the endpoint that answered
 // it, for the caller's logs: here the second, after the first answered 503.
 func ExampleConfig_endpointHeader() {
-	busy := fakeopenai.New(fakeopenai.WithName("busy"))
+	busy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "busy", http.StatusServiceUnavailable)
+	}))
 	defer busy.Close()
-	spare := fakeopenai.New(fakeopenai.WithName("spare"))
+	spare := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, `{"object":"chat.completion"}`)
+	}))
 	defer spare.Close()
-	busy.SetFault(fakeopenai.StatusFault(http.StatusServiceUnavailable))
 
 	transport, err := failover.New(failover.Config{
 		Endpoints: []failover.Endpoint{
-			{Name: "busy", BaseURL: busy.URL(), APIKey: "sk-busy"},
-			{Name: "spare", BaseURL: spare.URL(), APIKey: "sk-spare", Priority: 1},
+			{Name: "busy", BaseURL: busy.URL + "/v1", APIKey: "sk-busy", Timeout: 30 * time.Second},
+			{Name: "spare", BaseURL: spare.URL + "/v1", APIKey: "sk-spare", Priority: 1, Timeout: 30 * time.Second},
 		},
 		EndpointHeader: "Failover-Endpoint",
 	})
@@ -267,4 +313,26 @@ func ExampleConfig_endpointHeader() {
 	// Output:
 	// 200 from spare
 	// request URL the caller sees: https://api.openai.com/v1/chat/completions
+}
+
+// ConfigFromEnviron reads numbered endpoints from environment variables
+// (ConfigFromEnv reads the process's own): here a primary and a backup
+// behind a proxy, the backup with a per-attempt timeout.
+func ExampleConfigFromEnviron() {
+	cfg, err := failover.ConfigFromEnviron([]string{
+		"OPENAI_API_KEY_1=sk-primary",
+		"OPENAI_TIMEOUT_1=30s",
+		"OPENAI_BASE_URL_2=https://proxy.example/openai/v1",
+		"OPENAI_API_KEY_2=sk-backup",
+		"OPENAI_TIMEOUT_2=20s",
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, e := range cfg.Endpoints {
+		fmt.Printf("%s priority %d timeout %v\n", e.BaseURL, e.Priority, e.Timeout)
+	}
+	// Output:
+	// https://api.openai.com/v1 priority 1 timeout 30s
+	// https://proxy.example/openai/v1 priority 2 timeout 20s
 }
