@@ -15,6 +15,9 @@ type requestState struct {
 	spilled bitset // found at their rate limit (counted in metrics once)
 	rounds  int    // backoff rounds made
 	waited  time.Duration
+	// keyRefused is set once an attempt's key was refused: a second
+	// refusal counts as an ordinary failure.
+	keyRefused bool
 }
 
 // bitset is a set of endpoint indexes.

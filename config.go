@@ -7,6 +7,7 @@ import (
 	"math"
 	"net/http"
 	"net/url"
+	"slices"
 	"time"
 
 	"github.com/hashicorp/go-retryablehttp"
@@ -171,10 +172,11 @@ func newTransport(cfg Config, c clock) (*Transport, error) {
 // prepared is a Config that passed validation, with every default filled
 // in and each endpoint's BaseURL parsed.
 type prepared struct {
-	cfg       Config
-	endpoints []Endpoint // defaulted, named
-	targets   []target   // each endpoint's, from its parsed BaseURL
-	router    router
+	cfg         Config
+	endpoints   []Endpoint // defaulted, named
+	targets     []target   // each endpoint's, from its parsed BaseURL
+	router      router
+	clientBases []string // ClientBaseURLs, defaulted, without their queries
 }
 
 // prepare validates cfg and fills its defaults. The error names every
@@ -190,6 +192,9 @@ func prepare(cfg Config) (*prepared, error) {
 	var err error
 	if p.router, err = newRouter(clientBases, p.targets); err != nil {
 		errs = append(errs, err)
+	}
+	for _, b := range clientBases {
+		p.clientBases = append(p.clientBases, redactURL(b))
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
@@ -225,6 +230,9 @@ func (p *prepared) prepareEndpoints(eps []Endpoint) []error {
 	}
 	if errs := nameEndpoints(p.endpoints, hosts); len(errs) > 0 {
 		return errs
+	}
+	if !slices.ContainsFunc(p.endpoints, func(e Endpoint) bool { return !e.Disabled }) {
+		return []error{errors.New("failover: every endpoint is Disabled; at least one must take requests (Disabled is for switching one off)")}
 	}
 	p.targets = make([]target, len(eps))
 	for i, u := range urls {
@@ -334,6 +342,8 @@ type snapshot struct {
 	// endpointHeader is Config.EndpointHeader, canonical; "" for none.
 	endpointHeader string
 	breakerCfg     BreakerConfig
+	redact         *redactor // removes every secret of this configuration from error texts
+	clientBases    []string  // ClientBaseURLs, for a warning
 
 	base    http.RoundTripper
 	clock   clock
@@ -356,6 +366,8 @@ func (t *Transport) build(p *prepared, old *snapshot) *snapshot {
 		maxErrBody:     cfg.MaxErrorBody,
 		endpointHeader: cfg.EndpointHeader,
 		breakerCfg:     cfg.Breaker,
+		redact:         newRedactor(p.endpoints),
+		clientBases:    p.clientBases,
 		base:           t.base,
 		clock:          t.clock,
 		metrics:        t.metrics,

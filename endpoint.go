@@ -42,11 +42,20 @@ type Endpoint struct {
 	BaseURL string
 
 	// APIKey is sent as "Authorization: Bearer <APIKey>", replacing the
-	// caller's Authorization header. The caller's OpenAI-Organization and
-	// OpenAI-Project headers, which scope the caller's key, are then
-	// dropped; set the endpoint's own in Header. Empty keeps the caller's
-	// headers as they are.
+	// caller's Authorization header. Empty sends no key. Either way the
+	// caller's own credentials (Authorization, api-key, OpenAI-Organization
+	// and OpenAI-Project) never reach the endpoint, unless
+	// ForwardCallerAuth says so; set the endpoint's own in Header.
 	APIKey string
+
+	// ForwardCallerAuth, for an endpoint without an APIKey, passes the
+	// caller's Authorization, api-key, OpenAI-Organization and
+	// OpenAI-Project headers on to it, as a plain proxy would. The zero
+	// value, false, drops them: an SDK sends the key it found in its own
+	// environment (openai-go reads OPENAI_API_KEY), and a keyless backup
+	// (a local server, say) must not receive it. Ignored when APIKey is
+	// set.
+	ForwardCallerAuth bool
 
 	// Priority orders endpoints: lower numbers are preferred, and a higher
 	// number receives traffic only while no endpoint of a lower number is
@@ -86,16 +95,9 @@ type Endpoint struct {
 	Header http.Header
 }
 
-// String returns the endpoint's name and base URL, never its key, so that
-// printing an Endpoint or a Config with %v cannot leak a key.
-func (e Endpoint) String() string {
-	return fmt.Sprintf("%s (%s)", e.Name, redactURL(e.BaseURL))
-}
-
-// GoString is String for the %#v verb.
-func (e Endpoint) GoString() string {
-	return "failover.Endpoint{" + e.String() + "}"
-}
+// minRPS is the smallest MaxRPS accepted: one request an hour. A rate
+// below it would have requests wait past any sensible MaxWait for a token.
+const minRPS = 1.0 / 3600
 
 // check returns every problem of e, each an error naming the endpoint by
 // its position i and its name, never by its key.
@@ -114,8 +116,11 @@ func (e *Endpoint) check(i int) []error {
 	if e.Weight < 0 {
 		bad("Weight %d is negative", e.Weight)
 	}
-	if e.MaxRPS < 0 || math.IsNaN(e.MaxRPS) || math.IsInf(e.MaxRPS, 0) {
+	switch {
+	case e.MaxRPS < 0 || math.IsNaN(e.MaxRPS) || math.IsInf(e.MaxRPS, 0):
 		bad("MaxRPS %v is not a non-negative finite number", e.MaxRPS)
+	case e.MaxRPS > 0 && e.MaxRPS < minRPS:
+		bad("MaxRPS %v is below one request an hour (%.6g); for an endpoint that takes no traffic, set Disabled", e.MaxRPS, minRPS)
 	}
 	if e.Burst < 0 {
 		bad("Burst %d is negative", e.Burst)

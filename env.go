@@ -67,7 +67,11 @@ func ConfigFromEnv() (Config, error) {
 //	OPENAI_TIMEOUT_N    Endpoint.Timeout, a Go duration such as 30s or plain
 //	                    milliseconds such as 1500; not negative.
 //	                    Default: 0, no per-attempt timeout.
-//	OPENAI_ENABLED_N    A boolean; false sets Endpoint.Disabled. Default: true.
+//	OPENAI_ENABLED_N    A boolean; false sets Endpoint.Disabled (not on every
+//	                    endpoint). Default: true.
+//	OPENAI_FORWARD_AUTH_N  A boolean; true sets Endpoint.ForwardCallerAuth: a
+//	                    keyless endpoint receives the caller's credentials.
+//	                    Default: false.
 //	OPENAI_NAME_N       Endpoint.Name, unique. Default: the host of the base URL.
 //
 // A boolean is one of 1, t, true, yes, on, 0, f, false, no, off, in any case.
@@ -274,6 +278,10 @@ var endpointVars = []endpointVar{
 		e.Disabled = problem == "" && !b
 		return problem
 	})},
+	{"OPENAI_FORWARD_AUTH_", problemOf(func(e *Endpoint, v string) (problem string) {
+		e.ForwardCallerAuth, problem = parseEnvBool(v)
+		return problem
+	})},
 	{"OPENAI_NAME_", problemOf(func(e *Endpoint, v string) string {
 		e.Name = v
 		if !utf8.ValidString(v) {
@@ -364,6 +372,9 @@ func envEndpoints(numbered map[int]map[string]string, key, base string) ([]Endpo
 			}
 		}
 		eps = append(eps, e)
+	}
+	if len(eps) > 0 && !slices.ContainsFunc(eps, func(e Endpoint) bool { return !e.Disabled }) {
+		errs = append(errs, errors.New("failover: every endpoint has OPENAI_ENABLED_N=false; at least one must take requests"))
 	}
 	return eps, errs
 }
@@ -496,16 +507,18 @@ func sameBaseURL(a, b string) bool {
 		strings.TrimSuffix(ua.Path, "/") == strings.TrimSuffix(ub.Path, "/")
 }
 
-// quoteEnv quotes a non-secret value for an error message, cut to a
-// readable length.
+// quoteEnv quotes a value for an error message without echoing a secret
+// pasted into the wrong variable: a value of up to 8 bytes whole, a longer
+// one as its first 3 characters and its length.
 func quoteEnv(v string) string {
-	const maxLen = 64
-	if len(v) <= maxLen {
+	const whole, prefix = 8, 3
+	if len(v) <= whole {
 		return strconv.Quote(v)
 	}
-	cut := maxLen
-	for cut > 0 && !utf8.RuneStart(v[cut]) {
-		cut--
+	cut := 0
+	for range prefix {
+		_, size := utf8.DecodeRuneInString(v[cut:])
+		cut += size
 	}
-	return strconv.Quote(v[:cut]) + "..."
+	return fmt.Sprintf("%s... (%d bytes)", strconv.Quote(v[:cut]), len(v))
 }

@@ -180,11 +180,12 @@ func TestConfigFromEnvironEndpointFields(t *testing.T) {
 			"OPENAI_MAX_RPS_1=2.5",
 			"OPENAI_BURST_1=7",
 			"OPENAI_TIMEOUT_1=30s",
-			"OPENAI_ENABLED_1=false",
+			"OPENAI_ENABLED_1=true",
+			"OPENAI_FORWARD_AUTH_1=true",
 			"OPENAI_NAME_1=primary",
 		}, Endpoint{
 			Name: "primary", BaseURL: "https://proxy.example/v1?api-version=2024", APIKey: "sk-1",
-			Priority: -3, Weight: 4, MaxRPS: 2.5, Burst: 7, Timeout: 30 * time.Second, Disabled: true,
+			Priority: -3, Weight: 4, MaxRPS: 2.5, Burst: 7, Timeout: 30 * time.Second, ForwardCallerAuth: true,
 		}},
 		{"timeout in milliseconds", []string{"OPENAI_TIMEOUT_1=1500"},
 			Endpoint{BaseURL: DefaultClientBaseURL, Priority: 1, Timeout: 1500 * time.Millisecond}},
@@ -199,20 +200,6 @@ func TestConfigFromEnvironEndpointFields(t *testing.T) {
 		{"values trimmed", []string{"OPENAI_WEIGHT_1= 2\n", "OPENAI_NAME_1=\tmain \n"},
 			Endpoint{Name: "main", BaseURL: DefaultClientBaseURL, Priority: 1, Weight: 2}},
 	}
-	for _, b := range []struct {
-		v        string
-		disabled bool
-	}{
-		{"false", true}, {"FALSE", true}, {"0", true}, {"f", true}, {"no", true}, {"No", true}, {"off", true}, {"OFF", true},
-		{"true", false}, {"True", false}, {"1", false}, {"T", false}, {"yes", false}, {"YES", false}, {"on", false}, {"On", false},
-	} {
-		tests = append(tests, struct {
-			name    string
-			environ []string
-			want    Endpoint
-		}{"enabled " + b.v, []string{"OPENAI_ENABLED_1=" + b.v},
-			Endpoint{BaseURL: DefaultClientBaseURL, Priority: 1, Disabled: b.disabled}})
-	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := mustConfigFromEnviron(t, tt.environ...)
@@ -220,6 +207,33 @@ func TestConfigFromEnvironEndpointFields(t *testing.T) {
 				t.Errorf("Endpoints = %+v,\nwant %+v", cfg.Endpoints, want)
 			}
 		})
+	}
+	// Booleans, on endpoint 1 beside an enabled endpoint 2 (all disabled
+	// is an error).
+	for _, b := range []struct {
+		v        string
+		disabled bool
+	}{
+		{"false", true}, {"FALSE", true}, {"0", true}, {"f", true}, {"no", true}, {"No", true}, {"off", true}, {"OFF", true},
+		{"true", false}, {"True", false}, {"1", false}, {"T", false}, {"yes", false}, {"YES", false}, {"on", false}, {"On", false},
+	} {
+		t.Run("enabled "+b.v, func(t *testing.T) {
+			cfg := mustConfigFromEnviron(t, "OPENAI_ENABLED_1="+b.v, "OPENAI_PRIORITY_2=2", "OPENAI_FORWARD_AUTH_2="+b.v)
+			want := []Endpoint{
+				{BaseURL: DefaultClientBaseURL, Priority: 1, Disabled: b.disabled},
+				{BaseURL: DefaultClientBaseURL, Priority: 2, ForwardCallerAuth: !b.disabled},
+			}
+			if !reflect.DeepEqual(cfg.Endpoints, want) {
+				t.Errorf("Endpoints = %+v,\nwant %+v", cfg.Endpoints, want)
+			}
+		})
+	}
+}
+
+func TestConfigFromEnvironAllDisabled(t *testing.T) {
+	err := mustEnvironError(t, "OPENAI_ENABLED_1=false", "OPENAI_API_KEY_2=sk-SECRET-two", "OPENAI_ENABLED_2=off")
+	if !strings.Contains(err.Error(), "OPENAI_ENABLED_N=false") {
+		t.Errorf("error %q, want it to say every endpoint is disabled", err)
 	}
 }
 
@@ -404,7 +418,10 @@ func TestConfigFromEnvironErrorText(t *testing.T) {
 		{[]string{"OPENAI_NAME_1=a", "OPENAI_NAME_2=a"}, `failover: OPENAI_NAME_2: name "a" is already used by OPENAI_NAME_1`},
 		{[]string{"OPENAI_BASE_URL_1=ftp://x.example"}, `failover: OPENAI_BASE_URL_1: scheme is not http or https`},
 		{[]string{"OPENAI_API_KEY_01=k"}, `failover: OPENAI_API_KEY_01: ambiguous endpoint number; write N as a positive integer without sign or leading zeros (_1, _2, ..., _10)`},
-		{[]string{"OPENAI_BURST_1=" + strings.Repeat("é", 40)}, `failover: OPENAI_BURST_1: "` + strings.Repeat("é", 32) + `"... is not an integer`},
+		{[]string{"OPENAI_BURST_1=" + strings.Repeat("é", 40)}, `failover: OPENAI_BURST_1: "ééé"... (80 bytes) is not an integer`},
+		{[]string{"OPENAI_WEIGHT_1=sk-proj-SECRET0123456789"}, `failover: OPENAI_WEIGHT_1: "sk-"... (24 bytes) is not an integer`},
+		{[]string{"OPENAI_NAME_1=sk-proj-\xffSECRET0123456789"}, `failover: OPENAI_NAME_1: "sk-"... (25 bytes) is not valid UTF-8`},
+		{[]string{"OPENAI_WEIGHT_1=1.5"}, `failover: OPENAI_WEIGHT_1: "1.5" is not an integer`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.want, func(t *testing.T) {

@@ -9,10 +9,15 @@ import (
 	"time"
 )
 
-// errDotSegment refuses a routed request whose path has a "." or ".."
-// segment after the base path: no API path has one, and an upstream that
-// cleans paths would serve it from outside the endpoint's base path.
-var errDotSegment = errors.New("failover: request path has a . or .. segment; not sent")
+// unsafePathError refuses a routed request whose URL an upstream could
+// resolve outside the endpoint's base path; it matches [ErrUnsafePath].
+type unsafePathError struct{ reason string }
+
+func (e *unsafePathError) Error() string {
+	return "failover: request path has " + e.reason + "; not sent"
+}
+
+func (e *unsafePathError) Is(target error) bool { return target == ErrUnsafePath }
 
 // errNilResponse stands for what a base RoundTripper that broke its
 // contract returned: neither a response nor an error.
@@ -31,6 +36,15 @@ var (
 	// ErrAttemptsExhausted ends a request whose every allowed attempt
 	// failed without an upstream response to return.
 	ErrAttemptsExhausted = errors.New("failover: attempts exhausted")
+
+	// ErrUnsafePath ends, before any attempt, a routed request whose URL
+	// an upstream could resolve outside the endpoint's base path, where
+	// the endpoint's key would go with it: a "." or ".." segment (escaped
+	// or not), a segment a second decoding turns into one (%252e%252e),
+	// a backslash, a semicolon, a control character, bytes that are not
+	// UTF-8 (overlong forms such as %c0%ae), or an opaque URL. No OpenAI
+	// API path has any of these. Its message says which.
+	ErrUnsafePath = errors.New("failover: unsafe request path")
 
 	// ErrAttemptTimeout is the cause of an attempt cut by its endpoint's
 	// Timeout: before the response headers arrived or, for a status of 300
@@ -142,17 +156,4 @@ func redactURLError(err error) error {
 		return &url.Error{Op: ue.Op, URL: r, Err: ue.Err}
 	}
 	return err
-}
-
-// redactURL returns s without its query and user information, for messages.
-func redactURL(s string) string {
-	u, err := url.Parse(s)
-	if err != nil {
-		return "(invalid URL)"
-	}
-	u.User = nil
-	u.RawQuery = ""
-	u.ForceQuery = false
-	u.Fragment = ""
-	return u.String()
 }

@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/go-retryablehttp"
@@ -35,10 +36,20 @@ const (
 	// OutcomeKeyRejected: the endpoint refuses the key (401, or a 429 whose
 	// error code is insufficient_quota). Its breaker opens at once, since
 	// retrying does not heal a revoked key, and the request fails over.
+	// Within one request only the first such refusal opens a breaker at
+	// once; a second counts as an OutcomeFailure, so that one request
+	// cannot open every endpoint's breaker.
 	OutcomeKeyRejected
+	// OutcomeRequestRefused: the endpoint refuses this request, not every
+	// request: a key without the scope or permission the request needs, a
+	// model its project may not use, a request larger than its token
+	// limit. Another endpoint's key or organization may serve it, so the
+	// request fails over, and does not try this endpoint again; the
+	// breaker is not touched and no cooldown starts.
+	OutcomeRequestRefused
 )
 
-var outcomeNames = [...]string{"success", "caller-error", "failure", "throttled", "key-rejected"}
+var outcomeNames = [...]string{"success", "caller-error", "failure", "throttled", "key-rejected", "request-refused"}
 
 // String returns the outcome's lower-case name, such as "throttled".
 func (o Outcome) String() string {
@@ -74,13 +85,22 @@ type Verdict struct {
 type Classifier func(resp *http.Response, body []byte, err error) Verdict
 
 // DefaultClassifier is the classification [New] uses when
-// [Config].Classifier is nil:
+// [Config].Classifier is nil. It reads the status, the OpenAI error body's
+// code, type and message (where OpenAI-compatible servers give nothing
+// else), and tells faults of the endpoint from faults of the request:
 //
 //   - a transport error or per-attempt timeout: OutcomeFailure;
-//   - 401, and 429 whose OpenAI error code is "insufficient_quota":
-//     OutcomeKeyRejected;
-//   - 429: OutcomeThrottled;
-//   - 403, 408, 409 and 500-599: OutcomeFailure;
+//   - 401: OutcomeKeyRejected, unless the body says the key lacks a scope
+//     or permission (code missing_scope, or a message naming insufficient
+//     permissions or missing scopes): OutcomeRequestRefused;
+//   - 403: OutcomeRequestRefused, unless the body names the key or the
+//     account (codes such as unsupported_country_region_territory,
+//     account_deactivated, billing_not_active): OutcomeKeyRejected;
+//   - 429 whose code or type is insufficient_quota: OutcomeKeyRejected;
+//   - 429 for a single request larger than a token limit ("Request too
+//     large ... tokens per min"): OutcomeRequestRefused;
+//   - any other 429: OutcomeThrottled;
+//   - 408, 409 and 500-599: OutcomeFailure;
 //   - any other 4xx (400, 404, 422, ...): OutcomeCallerError;
 //   - 1xx, 2xx and 3xx: OutcomeSuccess.
 //
@@ -97,12 +117,17 @@ func DefaultClassifier(resp *http.Response, body []byte, err error) Verdict {
 	switch {
 	case code == http.StatusUnauthorized:
 		v.Outcome = OutcomeKeyRejected
-	case code == http.StatusTooManyRequests:
-		v.Outcome = OutcomeThrottled
-		if isInsufficientQuota(body) {
+		if parseAPIError(body).lacksPermission() {
+			v.Outcome = OutcomeRequestRefused
+		}
+	case code == http.StatusForbidden:
+		v.Outcome = OutcomeRequestRefused
+		if parseAPIError(body).namesAccount() {
 			v.Outcome = OutcomeKeyRejected
 		}
-	case code == http.StatusForbidden, code == http.StatusRequestTimeout, code == http.StatusConflict, code >= 500:
+	case code == http.StatusTooManyRequests:
+		v.Outcome = classify429(parseAPIError(body))
+	case code == http.StatusRequestTimeout, code == http.StatusConflict, code >= 500:
 		v.Outcome = OutcomeFailure
 	case code >= 400:
 		v.Outcome = OutcomeCallerError
@@ -120,22 +145,127 @@ func DefaultClassifier(resp *http.Response, body []byte, err error) Verdict {
 	return v
 }
 
-// isInsufficientQuota reports whether an OpenAI error body says the key's
-// credit is spent.
-func isInsufficientQuota(body []byte) bool {
-	if !bytes.Contains(body, []byte("insufficient_quota")) {
-		return false
+// classify429 tells a spent quota (the key's) and a request larger than a
+// token limit (the request's) from throttling.
+func classify429(e apiError) Outcome {
+	switch {
+	case e.code == "insufficient_quota" || e.typ == "insufficient_quota":
+		return OutcomeKeyRejected
+	case e.tooLarge():
+		return OutcomeRequestRefused
 	}
-	var e struct {
-		Error struct {
-			Code json.RawMessage `json:"code"`
-			Type string          `json:"type"`
-		} `json:"error"`
+	return OutcomeThrottled
+}
+
+// apiError is what an error body says, in OpenAI's format
+// ({"error":{"code":...,"type":...,"message":...}}) or the simpler shapes
+// compatible servers send ({"error":"..."}, {"message":...,"code":...}).
+// Its fields are empty when the body says nothing readable.
+type apiError struct {
+	code, typ, message string
+}
+
+// parseAPIError reads body's error code, type and message, without
+// failing: a body that is not such JSON gives an empty apiError, or its
+// text as the message when it is short plain text.
+func parseAPIError(body []byte) apiError {
+	body = bytes.TrimSpace(body)
+	if len(body) == 0 {
+		return apiError{}
 	}
-	if json.Unmarshal(body, &e) != nil {
-		return false
+	if body[0] != '{' {
+		if len(body) <= 1024 {
+			return apiError{message: string(body)}
+		}
+		return apiError{}
 	}
-	return string(e.Error.Code) == `"insufficient_quota"` || e.Error.Type == "insufficient_quota"
+	type fields struct {
+		Code    json.RawMessage `json:"code"`
+		Type    string          `json:"type"`
+		Message string          `json:"message"`
+	}
+	var outer struct {
+		fields
+		Error json.RawMessage `json:"error"`
+	}
+	if json.Unmarshal(body, &outer) != nil {
+		return apiError{}
+	}
+	f := outer.fields
+	switch {
+	case len(outer.Error) > 0 && outer.Error[0] == '{':
+		var inner fields
+		if json.Unmarshal(outer.Error, &inner) == nil {
+			f = inner
+		}
+	case len(outer.Error) > 0 && outer.Error[0] == '"':
+		f.Message = jsonText(outer.Error)
+	}
+	return apiError{code: jsonText(f.Code), typ: f.Type, message: f.Message}
+}
+
+// jsonText returns a JSON string's or number's text; "" for null or other
+// values.
+func jsonText(raw json.RawMessage) string {
+	if len(raw) == 0 {
+		return ""
+	}
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		return s
+	}
+	if raw[0] == '-' || (raw[0] >= '0' && raw[0] <= '9') {
+		return string(raw)
+	}
+	return ""
+}
+
+// lacksPermission reports whether a 401 is about what the key may do, not
+// about the key: OpenAI's restricted keys get "You have insufficient
+// permissions for this operation. Missing scopes: ...", sometimes with
+// code missing_scope.
+func (e apiError) lacksPermission() bool {
+	switch e.code {
+	case "missing_scope", "missing_scopes", "insufficient_permissions", "permission_denied":
+		return true
+	}
+	m := strings.ToLower(e.message)
+	return strings.Contains(m, "insufficient permission") || strings.Contains(m, "missing scope")
+}
+
+// accountCodes are the 403 codes that refuse the key or its account, not
+// the request.
+var accountCodes = map[string]bool{
+	"unsupported_country_region_territory": true,
+	"account_deactivated":                  true,
+	"account_disabled":                     true,
+	"organization_deactivated":             true,
+	"billing_not_active":                   true,
+	"access_terminated":                    true,
+	"invalid_api_key":                      true,
+}
+
+// namesAccount reports whether a 403 refuses the key or its account (a
+// region the provider does not serve, a deactivated account or billing),
+// which no retry of any request will heal.
+func (e apiError) namesAccount() bool {
+	if accountCodes[e.code] {
+		return true
+	}
+	m := strings.ToLower(e.message)
+	return strings.Contains(m, "country, region, or territory") ||
+		strings.Contains(m, "account is not active") || strings.Contains(m, "account has been deactivated") ||
+		strings.Contains(m, "organization has been disabled")
+}
+
+// tooLarge reports whether a 429 refuses one request for being larger
+// than a token limit ("Request too large for gpt-4o in organization ... on
+// tokens per min (TPM): Limit 30000, Requested 50000"), which waiting does
+// not heal.
+func (e apiError) tooLarge() bool {
+	m := strings.ToLower(e.message)
+	return strings.Contains(m, "request too large") ||
+		(strings.Contains(m, "must be reduced") && strings.Contains(m, "tokens"))
 }
 
 // DefaultBackoff is the backoff [New] uses when [Config].Backoff is nil:
@@ -165,6 +295,8 @@ func (v Verdict) breakerResult() error {
 		return errThrottled
 	case OutcomeKeyRejected:
 		return errKeyRejected
+	case OutcomeRequestRefused:
+		return errNotSent
 	}
 	return errFailed
 }

@@ -40,13 +40,12 @@ type match struct {
 
 func newRouter(clientBases []string, targets []target) (router, error) {
 	r := router{byHost: map[string][]routeBase{}}
+	seen := map[[3]string]bool{}
 	add := func(scheme, host, path, rawPath string) {
-		for _, b := range r.byHost[host] {
-			if b.scheme == scheme && b.path == path {
-				return
-			}
+		if key := [3]string{scheme, host, path}; !seen[key] {
+			seen[key] = true
+			r.byHost[host] = append(r.byHost[host], routeBase{scheme: scheme, path: path, rawPath: rawPath})
 		}
-		r.byHost[host] = append(r.byHost[host], routeBase{scheme: scheme, path: path, rawPath: rawPath})
 	}
 	for i, s := range clientBases {
 		u, err := parseBaseURL(s)
@@ -63,6 +62,36 @@ func newRouter(clientBases []string, targets []target) (router, error) {
 		r.byHost[h] = bases
 	}
 	return r, nil
+}
+
+// route tells whether a request for u is routed, and where it falls under
+// its base; err refuses a routed request that must not be sent: an opaque
+// URL, whose path the rewrite would not see, or a path an upstream could
+// resolve outside the endpoint's base path (see urlpath.Unsafe).
+func (r *router) route(u *url.URL) (m match, routed bool, err error) {
+	if u != nil && u.Opaque != "" {
+		if r.hasHost(u) {
+			return match{}, true, &unsafePathError{reason: "an opaque form"}
+		}
+		return match{}, false, nil
+	}
+	m, ok := r.match(u)
+	if !ok {
+		return match{}, false, nil
+	}
+	if reason := urlpath.Unsafe(m.rest); reason != "" {
+		return match{}, true, &unsafePathError{reason: reason}
+	}
+	return m, true, nil
+}
+
+// hasHost reports whether u's host has a routed base.
+func (r *router) hasHost(u *url.URL) bool {
+	if _, ok := r.byHost[u.Host]; ok {
+		return true
+	}
+	_, ok := r.byHost[canonicalHost(u.Scheme, u.Host)]
+	return ok
 }
 
 // match reports whether u is under a routed base URL.
@@ -248,8 +277,10 @@ func newTarget(cfg Endpoint, u *url.URL) target {
 	if cfg.APIKey != "" {
 		tg.auth = []string{"Bearer " + cfg.APIKey}
 		tg.drop = append(tg.drop, headerName{"Authorization", true})
-		for _, k := range keyScopeHeaders {
-			if _, set := cfg.Header[k]; !set {
+	}
+	if cfg.APIKey != "" || !cfg.ForwardCallerAuth {
+		for _, k := range callerCredentials {
+			if _, set := cfg.Header[k]; !set && (k != "Authorization" || tg.auth == nil) {
 				tg.drop = append(tg.drop, headerName{k, false})
 			}
 		}
@@ -260,11 +291,13 @@ func newTarget(cfg Endpoint, u *url.URL) target {
 	return tg
 }
 
-// keyScopeHeaders name the account and project an OpenAI key is used
-// under (canonical spelling). A caller's apply to the caller's key: sent
-// with an endpoint's key of another organization they get a 401, which
-// would open that endpoint's breaker.
-var keyScopeHeaders = []string{"Openai-Organization", "Openai-Project"}
+// callerCredentials name the caller's credentials (canonical spelling):
+// its key, as OpenAI and Azure take it, and the organization and project
+// the key is used under. They belong to the caller's key, so no endpoint
+// receives them unless it forwards them (Endpoint.ForwardCallerAuth): sent
+// with an endpoint's key of another organization they get a 401, and a
+// keyless endpoint must not receive the caller's key.
+var callerCredentials = []string{"Authorization", "Api-Key", "Openai-Organization", "Openai-Project"}
 
 // headerName is a canonical header name the rewrite removes from the
 // caller's headers in any spelling; set means the endpoint sets it again,

@@ -128,10 +128,30 @@ func TestRoutingDropsCallersCredentials(t *testing.T) {
 			t.Errorf("OpenAI-Project %q, want none", got)
 		}
 	})
-	t.Run("endpoint without key keeps the caller's", func(t *testing.T) {
-		out := sendVia(t, Endpoint{Name: "p", BaseURL: "https://p.test/v1"}, clientBase+"/models", caller())
-		if !headersEqual(out.Header, caller()) {
-			t.Errorf("sent headers %v, want the caller's %v", out.Header, caller())
+	t.Run("endpoint without key drops the caller's", func(t *testing.T) {
+		h := caller()
+		h["api-key"] = []string{secret}
+		out := sendVia(t, Endpoint{Name: "p", BaseURL: "https://p.test/v1"}, clientBase+"/models", h)
+		want := http.Header{"x-extra": {"caller"}, "Content-Type": {"application/json"}}
+		if !headersEqual(out.Header, want) {
+			t.Errorf("sent headers %v, want %v: no credential of the caller's", out.Header, want)
+		}
+	})
+	t.Run("endpoint without key forwarding the caller's", func(t *testing.T) {
+		h := caller()
+		h["Api-Key"] = []string{secret}
+		out := sendVia(t, Endpoint{Name: "p", BaseURL: "https://p.test/v1", ForwardCallerAuth: true}, clientBase+"/models", h)
+		if !headersEqual(out.Header, h) {
+			t.Errorf("sent headers %v, want the caller's %v", out.Header, h)
+		}
+	})
+	t.Run("endpoint with key and ForwardCallerAuth still drops the caller's", func(t *testing.T) {
+		h := caller()
+		h["Api-Key"] = []string{secret}
+		out := sendVia(t, Endpoint{Name: "p", BaseURL: "https://p.test/v1", APIKey: "ep-key", ForwardCallerAuth: true}, clientBase+"/models", h)
+		want := http.Header{"Authorization": {"Bearer ep-key"}, "x-extra": {"caller"}, "Content-Type": {"application/json"}}
+		if !headersEqual(out.Header, want) {
+			t.Errorf("sent headers %v, want %v", out.Header, want)
 		}
 	})
 }
@@ -162,8 +182,8 @@ func TestRoutingRefusesDotSegments(t *testing.T) {
 			if resp != nil {
 				_ = resp.Body.Close()
 			}
-			if !errors.Is(err, errDotSegment) {
-				t.Errorf("error %v, want errDotSegment", err)
+			if !errors.Is(err, ErrUnsafePath) {
+				t.Errorf("error %v, want ErrUnsafePath", err)
 			}
 			if body.closes.Load() != 1 {
 				t.Errorf("request body closed %d times, want 1", body.closes.Load())

@@ -5,13 +5,13 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/failover-go/failover/internal/urlpath"
 )
 
 // Transport is an [http.RoundTripper] that routes requests under the
@@ -29,7 +29,8 @@ type Transport struct {
 	metrics    *metrics
 	clock      clock
 
-	mu sync.Mutex // serializes Update
+	mu     sync.Mutex // serializes Update
+	warned sync.Map   // hosts warnUnrouted has warned of
 }
 
 // RoundTrip sends req to the chosen endpoint, failing over to the next when
@@ -39,15 +40,18 @@ type Transport struct {
 // (the attempt's own request carries the endpoint's key).
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	s := t.snap.Load()
-	m, ok := s.router.match(req.URL)
-	if !ok {
+	m, routed, err := s.router.route(req.URL)
+	if !routed {
+		if t.logger != nil {
+			t.warnUnrouted(s, req.URL)
+		}
 		return t.base.RoundTrip(req)
 	}
-	if urlpath.HasDotSegment(m.rest) {
+	if err != nil {
 		if req.Body != nil {
 			_ = req.Body.Close()
 		}
-		return nil, errDotSegment
+		return nil, err
 	}
 	r := request{s: s, req: req, ctx: req.Context(), m: m}
 	if err := r.body.init(req, s.maxBody); err != nil {
@@ -120,6 +124,14 @@ func (r *request) attempt(n int, e *endpoint, done func(error)) *http.Response {
 	v := r.s.classify(resp, decodedPrefix(resp, errBody, r.s.maxErrBody), err)
 	e.record(n, v, resp, err)
 	result = v.breakerResult()
+	if result == errKeyRejected {
+		// One request opens at most one breaker at once: a second
+		// refused key counts as an ordinary failure.
+		if r.st.keyRefused {
+			result = errFailed
+		}
+		r.st.keyRefused = true
+	}
 	if !v.Outcome.Failed() {
 		closeBody(r.failed.last)
 		r.s.metrics.requestDone(len(r.failed.errs), true)
@@ -150,7 +162,7 @@ func (r *request) canceled(n int, e *endpoint, resp *http.Response) {
 // response becomes the last failure, and why it failed joins the errors.
 func (r *request) keep(n int, e *endpoint, v Verdict, resp *http.Response, errBody []byte, err error) {
 	r.st.tried.add(e.index)
-	if v.AvoidEndpoint {
+	if v.AvoidEndpoint || v.Outcome == OutcomeRequestRefused {
 		r.st.avoid.add(e.index)
 	}
 	ae := &AttemptError{Endpoint: e.name, Attempt: n, Outcome: v.Outcome, Err: err}
@@ -208,13 +220,10 @@ func (s *snapshot) send(e *endpoint, out *http.Request) (resp *http.Response, er
 		timer = time.AfterFunc(e.timeout, func() { cancel(ErrAttemptTimeout) })
 		out = out.WithContext(ctx)
 	}
-	e.beginAttempt()
-	start := s.clock.since()
-	resp, err = s.base.RoundTrip(out)
-	e.endAttempt(s.clock.since() - start) // the headers are in
+	resp, err = s.roundTrip(e, out)
 	switch {
 	case err != nil:
-		err = redactURLError(err)
+		err = s.redact.error(redactURLError(err))
 	case resp == nil:
 		err = errNilResponse
 	case resp.Body == nil:
@@ -244,6 +253,46 @@ func (s *snapshot) send(e *endpoint, out *http.Request) (resp *http.Response, er
 		resp.Body = c
 	}
 	return resp, errBody, nil
+}
+
+// roundTrip hands out to the base transport, bracketed for e's statistics
+// until the response headers arrive: ended by a defer, so that a panic in
+// the base does not leave the attempt in flight forever.
+func (s *snapshot) roundTrip(e *endpoint, out *http.Request) (*http.Response, error) {
+	e.beginAttempt()
+	start := s.clock.since()
+	defer func() { e.endAttempt(s.clock.since() - start) }()
+	return s.base.RoundTrip(out)
+}
+
+// warnUnrouted logs, once per host, a request that passes untouched to the
+// base transport although its path is an OpenAI API route: a client that
+// sends to a base URL missing from ClientBaseURLs (openai-go sends to
+// OPENAI_BASE_URL when it is set) silently gets no failover.
+func (t *Transport) warnUnrouted(s *snapshot, u *url.URL) {
+	if u == nil || !looksLikeAPI(u.Path) {
+		return
+	}
+	if _, seen := t.warned.LoadOrStore(u.Host, true); seen {
+		return
+	}
+	t.logger.Warn("failover: a request to an OpenAI API route is not routed: it goes to its own host, without failover; add its base URL to Config.ClientBaseURLs",
+		slog.String("host", u.Host), slog.Any("client_base_urls", s.clientBases))
+}
+
+// apiRoutes are path segments of the OpenAI API, to recognise a request
+// that was meant to be routed.
+var apiRoutes = []string{"/chat/completions", "/completions", "/embeddings", "/responses", "/models",
+	"/audio/", "/images/", "/moderations", "/files", "/batches", "/uploads", "/realtime", "/assistants",
+	"/threads", "/vector_stores", "/fine_tuning/"}
+
+func looksLikeAPI(p string) bool {
+	for _, r := range apiRoutes {
+		if strings.Contains(p, r) {
+			return true
+		}
+	}
+	return false
 }
 
 // CloseIdleConnections closes the idle connections of the base transport

@@ -78,8 +78,8 @@ func TestRoutingEndpointQueryAndNoKey(t *testing.T) {
 	if s.path != "/openai/deployments/d1/chat/completions" || s.query != "api-version=2024-10-21&x=1" {
 		t.Errorf("got %s?%s", s.path, s.query)
 	}
-	if s.auth != "Bearer caller-token" {
-		t.Errorf("Authorization = %q, want the caller's kept when APIKey is empty", s.auth)
+	if s.auth != "" {
+		t.Errorf("Authorization = %q, want none: an endpoint without APIKey gets no caller credentials", s.auth)
 	}
 }
 
@@ -1171,12 +1171,20 @@ func TestBodyWithoutGetBodyClosedOnce(t *testing.T) {
 			var eps []Endpoint
 			for i, name := range []string{"a", "b", "c"} {
 				e := hostEndpoint(name, i)
-				e.Disabled = tc.codes[i] == 0
+				if tc.codes[i] == 0 {
+					// Never available: a rate that has no token yet.
+					e.MaxRPS, e.Burst = minRPS, 1
+				}
 				codes[name] = []int{tc.codes[i]}
 				eps = append(eps, e)
 			}
 			base := newScriptedBase(statusScript(codes))
-			tr, _ := newTestTransport(t, Config{Base: base, Endpoints: eps, MaxRetries: 2})
+			tr, _ := newTestTransport(t, Config{Base: base, Endpoints: eps, MaxRetries: 2, MaxWait: -1})
+			for _, e := range endpointsOf(tr) {
+				if e.limiter != nil {
+					e.allowRate() // spend the only token
+				}
+			}
 			body := &countingBody{r: strings.NewReader(payload)}
 			req := post(t, clientBase+"/chat/completions", body)
 			if tc.getBody {

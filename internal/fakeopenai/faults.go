@@ -292,3 +292,31 @@ func defaultErrorBody(status int) []byte {
 	}
 	return errorJSON(msg+".", invalid, nil)
 }
+
+// MissingScope returns a 401 Fault as OpenAI answers a restricted key that
+// lacks the scope a request needs: a refusal of the request, not the key.
+func MissingScope() Fault {
+	f := StatusFault(http.StatusUnauthorized)
+	f.Body = string(errorJSON("You have insufficient permissions for this operation. Missing scopes: model.request. "+
+		"Check that you have the correct role in your organization, and if you're using a restricted API key, that it has the necessary scopes.",
+		"invalid_request_error", nil))
+	return f
+}
+
+// RegionRefused returns a 403 Fault as OpenAI answers a key used from a
+// country it does not serve: a refusal of the key, not of the request.
+func RegionRefused() Fault {
+	f := StatusFault(http.StatusForbidden)
+	f.Body = string(errorJSON("Country, region, or territory not supported", "request_forbidden", "unsupported_country_region_territory"))
+	return f
+}
+
+// RequestTooLarge returns a 429 Fault as OpenAI answers a single request
+// larger than the organization's tokens-per-minute limit: waiting does
+// not help, another organization's higher limit may.
+func RequestTooLarge() Fault {
+	f := StatusFault(http.StatusTooManyRequests)
+	f.Body = string(errorJSON("Request too large for gpt-4o in organization org-fake on tokens per min (TPM): Limit 30000, Requested 50000. "+
+		"The input or output tokens must be reduced in order to run successfully.", "tokens", "rate_limit_exceeded"))
+	return f
+}
