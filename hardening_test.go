@@ -190,8 +190,10 @@ func TestPrintingNeverShowsSecrets(t *testing.T) {
 		Header: http.Header{"X-Secret": {"HEADER-SECRET-3"}}, Priority: 2}
 	cfg := Config{Endpoints: []Endpoint{e}, Base: newScriptedBase(alwaysOK)}
 	tr, _ := newTestTransport(t, cfg)
-	values := map[string]any{"Endpoint": e, "*Endpoint": &e, "Config": cfg, "*Config": &cfg, "*Transport": tr,
-		"[]Endpoint": []Endpoint{e}, "struct": struct{ E Endpoint }{e}}
+	bare := e
+	bare.Header = nil // encoding/xml cannot encode a header map at all
+	values := map[string]any{"Endpoint": e, "*Endpoint": &e, "Endpoint without Header": bare, "Config": cfg, "*Config": &cfg,
+		"*Transport": tr, "[]Endpoint": []Endpoint{e}, "struct": struct{ E Endpoint }{e}}
 	var outputs []string
 	for name, v := range values {
 		for _, verb := range []string{"%v", "%+v", "%#v", "%s", "%q", "%d", "%x", "%X", "%t", "%10.3v", "%-20s"} {
@@ -223,6 +225,10 @@ func TestPrintingNeverShowsSecrets(t *testing.T) {
 	}
 	if b, _ := json.Marshal(e); !strings.Contains(string(b), `"APIKey":"[REDACTED]"`) || !strings.Contains(string(b), `"Name":"azure"`) {
 		t.Errorf("json = %s, want the fields with the key redacted", b)
+	}
+	if b, err := xml.Marshal(e); err != nil || !strings.Contains(string(b), `<APIKey>[REDACTED]</APIKey>`) ||
+		!strings.Contains(string(b), `<Header name="X-Secret"><Value>[REDACTED]</Value></Header>`) {
+		t.Errorf("xml = %s, %v; want the fields with the key and header values redacted", b, err)
 	}
 }
 
