@@ -1,6 +1,7 @@
 package failover
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -117,6 +118,27 @@ type Config struct {
 	// custom Classifier fails is not read: when a later attempt runs, its
 	// body is dropped.) Zero means 1 MiB.
 	MaxErrorBody int64
+
+	// FirstTokenTimeout is the FirstTokenTimeout of every endpoint that
+	// sets none: the longest an event stream may take to send its first
+	// event that carries content before the attempt fails over. Zero means
+	// none; negative is an error. See [Endpoint].FirstTokenTimeout.
+	FirstTokenTimeout time.Duration
+
+	// StreamIdleTimeout is the StreamIdleTimeout of every endpoint that
+	// sets none: the longest a stream that has begun may go without an
+	// event that carries content while the caller reads. Zero means none;
+	// negative is an error. See [Endpoint].StreamIdleTimeout.
+	StreamIdleTimeout time.Duration
+
+	// AllowTruncatedStreams, when true, passes a chat completions,
+	// completions or Responses API stream that ends cleanly before its
+	// terminal event ("data: [DONE]", response.completed, ...) to the
+	// caller as complete. The zero value, false, makes its last read
+	// return an error matching io.ErrUnexpectedEOF and naming the
+	// endpoint, and counts a failure for the endpoint: a proxy that
+	// dropped the tail must not pass a truncated answer as whole.
+	AllowTruncatedStreams bool
 
 	// EndpointHeader, when set, names a response header that every
 	// response of a routed request carries, set to the Name of the
@@ -249,7 +271,8 @@ func checkSettings(cfg Config) []error {
 		name string
 		v    time.Duration
 	}{{"BackoffMin", cfg.BackoffMin}, {"BackoffMax", cfg.BackoffMax}, {"Cooldown", cfg.Cooldown},
-		{"MaxCooldown", cfg.MaxCooldown}, {"Breaker.OpenTimeout", cfg.Breaker.OpenTimeout}} {
+		{"MaxCooldown", cfg.MaxCooldown}, {"Breaker.OpenTimeout", cfg.Breaker.OpenTimeout},
+		{"FirstTokenTimeout", cfg.FirstTokenTimeout}, {"StreamIdleTimeout", cfg.StreamIdleTimeout}} {
 		if f.v < 0 {
 			errs = append(errs, fmt.Errorf("failover: %s %v is negative", f.name, f.v))
 		}
@@ -342,6 +365,7 @@ type snapshot struct {
 	// endpointHeader is Config.EndpointHeader, canonical; "" for none.
 	endpointHeader string
 	breakerCfg     BreakerConfig
+	strictStreams  bool      // !AllowTruncatedStreams
 	redact         *redactor // removes every secret of this configuration from error texts
 	clientBases    []string  // ClientBaseURLs, for a warning
 
@@ -366,6 +390,7 @@ func (t *Transport) build(p *prepared, old *snapshot) *snapshot {
 		maxErrBody:     cfg.MaxErrorBody,
 		endpointHeader: cfg.EndpointHeader,
 		breakerCfg:     cfg.Breaker,
+		strictStreams:  !cfg.AllowTruncatedStreams,
 		redact:         newRedactor(p.endpoints),
 		clientBases:    p.clientBases,
 		base:           t.base,
@@ -388,6 +413,8 @@ func (t *Transport) build(p *prepared, old *snapshot) *snapshot {
 			index:         i,
 			target:        p.targets[i],
 			timeout:       ec.Timeout,
+			firstToken:    cmp.Or(ec.FirstTokenTimeout, cfg.FirstTokenTimeout),
+			streamIdle:    cmp.Or(ec.StreamIdleTimeout, cfg.StreamIdleTimeout),
 			cool:          cool,
 			limiter:       st.limiterFor(ec),
 		}

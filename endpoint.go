@@ -85,6 +85,27 @@ type Endpoint struct {
 	// caller's context still applies); negative is an error.
 	Timeout time.Duration
 
+	// FirstTokenTimeout bounds, for a response that is an event stream
+	// (Content-Type text/event-stream), the time from sending the attempt
+	// until the first event that carries content: comments, keep-alives,
+	// empty data, a chat chunk with only a role and the Responses API's
+	// response.created and response.in_progress do not count. Until then
+	// the Transport holds the stream back, so when the time passes nothing
+	// has reached the caller: the attempt fails (ErrFirstTokenTimeout, a
+	// failure for the breaker) and the request fails over. Zero means
+	// [Config].FirstTokenTimeout; negative is an error. Reasoning models
+	// may think for minutes before their first token: leave it off for
+	// them, or set it above their longest thought.
+	FirstTokenTimeout time.Duration
+
+	// StreamIdleTimeout bounds, once an event stream has begun, the wait
+	// for each next event that carries content (comments do not count)
+	// while the caller reads. When it passes, the caller's read returns an
+	// error matching ErrStreamStalled, the upstream connection is closed
+	// and the endpoint counts a failure. Zero means
+	// [Config].StreamIdleTimeout; negative is an error.
+	StreamIdleTimeout time.Duration
+
 	// Disabled keeps the endpoint configured (in health and metrics) but
 	// never chosen. The zero value, false, means enabled.
 	Disabled bool
@@ -127,6 +148,12 @@ func (e *Endpoint) check(i int) []error {
 	}
 	if e.Timeout < 0 {
 		bad("Timeout %v is negative", e.Timeout)
+	}
+	if e.FirstTokenTimeout < 0 {
+		bad("FirstTokenTimeout %v is negative", e.FirstTokenTimeout)
+	}
+	if e.StreamIdleTimeout < 0 {
+		bad("StreamIdleTimeout %v is negative", e.StreamIdleTimeout)
 	}
 	if !utf8.ValidString(e.Name) {
 		bad("Name is not valid UTF-8")
@@ -213,11 +240,13 @@ func nameEndpoints(eps []Endpoint, hosts []string) []error {
 type endpoint struct {
 	*endpointState
 
-	cfg     Endpoint // defaulted, Name set
-	index   int      // position in the configuration
-	target  target   // where and how its requests are sent
-	timeout time.Duration
-	cool    cooldownPolicy
+	cfg        Endpoint // defaulted, Name set
+	index      int      // position in the configuration
+	target     target   // where and how its requests are sent
+	timeout    time.Duration
+	firstToken time.Duration // FirstTokenTimeout, defaulted; 0 for none
+	streamIdle time.Duration // StreamIdleTimeout, defaulted; 0 for none
+	cool       cooldownPolicy
 	limiter *rate.Limiter // the state's limiter; nil when unlimited
 }
 
@@ -312,9 +341,10 @@ type endpointStats struct {
 // writes: started and finished attempts (in flight is their difference)
 // and the latency average.
 type hotStats struct {
-	started     atomic.Uint64
-	finished    atomic.Uint64
-	latencyEWMA atomic.Uint64 // float64 bits, seconds
+	started    atomic.Uint64
+	finished   atomic.Uint64
+	latency    ewma // time to the response headers
+	firstToken ewma // time to a stream's first content event
 }
 
 // inflight returns the attempts started and not yet finished.
@@ -328,22 +358,31 @@ type lastError struct {
 	at  time.Time
 }
 
-// latencyAlpha is the weight of the newest sample in the latency EWMA.
-const latencyAlpha = 0.2
+// ewmaAlpha is the weight of the newest sample in an ewma.
+const ewmaAlpha = 0.2
 
-func (s *hotStats) observeLatency(d time.Duration) {
+// ewma is an exponentially weighted moving average of durations, updated
+// without a lock. The zero value has no sample.
+type ewma struct{ bits atomic.Uint64 } // float64 bits, seconds; 0: no sample
+
+func (a *ewma) observe(d time.Duration) {
 	sample := d.Seconds()
 	for {
-		old := s.latencyEWMA.Load()
+		old := a.bits.Load()
 		next := sample
 		if old != 0 {
 			prev := math.Float64frombits(old)
-			next = prev + latencyAlpha*(sample-prev)
+			next = prev + ewmaAlpha*(sample-prev)
 		}
-		if s.latencyEWMA.CompareAndSwap(old, math.Float64bits(next)) {
+		if a.bits.CompareAndSwap(old, math.Float64bits(next)) {
 			return
 		}
 	}
+}
+
+// value returns the average; 0 with no sample.
+func (a *ewma) value() time.Duration {
+	return time.Duration(math.Float64frombits(a.bits.Load()) * float64(time.Second))
 }
 
 // beginAttempt and endAttempt bracket one attempt on e for its statistics.
@@ -353,7 +392,7 @@ func (s *endpointState) beginAttempt() {
 
 func (s *endpointState) endAttempt(latency time.Duration) {
 	s.hot.finished.Add(1)
-	s.hot.observeLatency(latency)
+	s.hot.latency.observe(latency)
 	s.m.latency(latency)
 }
 
@@ -395,6 +434,8 @@ func outcomeLabel(resp *http.Response, err error) string {
 		return statusLabel(resp.StatusCode)
 	case errors.Is(err, ErrAttemptTimeout):
 		return "timeout"
+	case errors.Is(err, ErrFirstTokenTimeout):
+		return "first_token_timeout"
 	default:
 		return "error"
 	}

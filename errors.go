@@ -52,15 +52,29 @@ var (
 	ErrAttemptTimeout = errors.New("failover: attempt timed out")
 )
 
-// timeoutError is an attempt cut by its endpoint's Timeout. It matches
-// [ErrAttemptTimeout] and reports Timeout() true, as net errors do.
-type timeoutError struct{ after time.Duration }
+// timeoutError is an attempt cut by its endpoint's Timeout, or, with
+// firstToken, by its FirstTokenTimeout. It matches [ErrAttemptTimeout] (or
+// [ErrFirstTokenTimeout]) and reports Timeout() true, as net errors do.
+type timeoutError struct {
+	after      time.Duration
+	firstToken bool
+}
 
 func (e *timeoutError) Error() string {
+	if e.firstToken {
+		return "failover: no first token within " + e.after.String()
+	}
 	return "failover: attempt timed out after " + e.after.String()
 }
-func (e *timeoutError) Is(target error) bool { return target == ErrAttemptTimeout }
-func (e *timeoutError) Timeout() bool        { return true }
+
+func (e *timeoutError) Is(target error) bool {
+	if e.firstToken {
+		return target == ErrFirstTokenTimeout
+	}
+	return target == ErrAttemptTimeout
+}
+
+func (e *timeoutError) Timeout() bool { return true }
 
 // AttemptError is why one attempt of a request failed. Its message names
 // the endpoint, never its URL or key.

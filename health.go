@@ -3,7 +3,6 @@ package failover
 import (
 	"encoding/json"
 	"fmt"
-	"math"
 	"net/http"
 	"time"
 
@@ -85,6 +84,11 @@ type EndpointHealth struct {
 	// Latency is an exponentially weighted moving average of the time to
 	// the response headers (the newest attempt weighs 0.2).
 	Latency time.Duration `json:"latency_ns"`
+	// FirstToken is an exponentially weighted moving average of the time
+	// from sending an attempt to its event stream's first event that
+	// carries content (the newest stream weighs 0.2); zero before the
+	// first stream.
+	FirstToken time.Duration `json:"first_token_ns,omitempty"`
 	// CooldownUntil is when a cooldown ends; zero when none is running.
 	CooldownUntil time.Time `json:"cooldown_until,omitzero"`
 	// Tokens is the rate limiter's available tokens; -1 when the endpoint
@@ -119,7 +123,8 @@ func (e *endpoint) health(now time.Time) EndpointHealth {
 		Failures:            e.stats.failures.Load(),
 		ConsecutiveFailures: e.stats.consecutive.Load(),
 		InFlight:            e.hot.inflight(),
-		Latency:             time.Duration(math.Float64frombits(e.hot.latencyEWMA.Load()) * float64(time.Second)),
+		Latency:             e.hot.latency.value(),
+		FirstToken:          e.hot.firstToken.value(),
 		Tokens:              -1,
 	}
 	if le := e.stats.lastErr.Load(); le != nil {

@@ -21,6 +21,8 @@ type metrics struct {
 	wait       *prometheus.HistogramVec
 	failedOver prometheus.Counter
 	exhausted  prometheus.Counter
+	firstToken *prometheus.HistogramVec
+	streams    *prometheus.CounterVec
 	state      *stateCollector
 	waitBy     [waitReasons]prometheus.Observer
 }
@@ -46,6 +48,7 @@ var commonCodes = [...]int{200, 201, 204, 400, 401, 403, 404, 408, 409, 413, 422
 const (
 	slotError = len(commonCodes) + iota
 	slotTimeout
+	slotFirstToken
 	slotCanceled
 	numSlots
 )
@@ -61,6 +64,8 @@ type endpointMetrics struct {
 	duration   prometheus.Observer
 	cooldowns  prometheus.Counter
 	spillovers prometheus.Counter
+	firstTok   prometheus.Observer
+	streams    *prometheus.CounterVec
 	gone       atomic.Bool // the endpoint was removed: make no new series
 }
 
@@ -102,6 +107,15 @@ func newMetrics(enabled bool, t *Transport) *metrics {
 			Name: "failover_requests_exhausted_total",
 			Help: "Requests that ended without a successful attempt.",
 		}),
+		firstToken: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "failover_first_token_seconds",
+			Help:    "Time from sending an attempt to its event stream's first event that carries content.",
+			Buckets: []float64{.05, .1, .25, .5, 1, 2, 4, 8, 15, 30, 60, 120, 300},
+		}, ep),
+		streams: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "failover_streams_total",
+			Help: "Event streams by how they ended: complete, truncated (a clean end before the terminal event), stalled, canceled (by the caller) or error (a broken connection).",
+		}, []string{"endpoint", "outcome"}),
 	}
 	m.state = &stateCollector{
 		t: t,
@@ -122,7 +136,8 @@ func (m *metrics) register(reg prometheus.Registerer) error {
 	if m == nil {
 		return nil
 	}
-	collectors := []prometheus.Collector{m.attempts, m.duration, m.state, m.cooldowns, m.spillovers, m.wait, m.failedOver, m.exhausted}
+	collectors := []prometheus.Collector{m.attempts, m.duration, m.state, m.cooldowns, m.spillovers, m.wait, m.failedOver, m.exhausted,
+		m.firstToken, m.streams}
 	for i, c := range collectors {
 		if err := reg.Register(c); err != nil {
 			for _, done := range collectors[:i] {
@@ -142,6 +157,8 @@ func (m *metrics) forEndpoint(name string) *endpointMetrics {
 	}
 	return &endpointMetrics{
 		vec:        m.attempts,
+		streams:    m.streams,
+		firstTok:   m.firstToken.WithLabelValues(name),
 		name:       name,
 		duration:   m.duration.WithLabelValues(name),
 		cooldowns:  m.cooldowns.WithLabelValues(name),
@@ -161,6 +178,8 @@ func (m *metrics) forget(em *endpointMetrics) {
 	m.duration.Delete(labels)
 	m.cooldowns.Delete(labels)
 	m.spillovers.Delete(labels)
+	m.firstToken.Delete(labels)
+	m.streams.DeletePartialMatch(labels)
 }
 
 // attempt counts an attempt by its outcome: resp's status code, else
@@ -187,6 +206,8 @@ func (m *endpointMetrics) attempt(resp *http.Response, err error) {
 		}
 	case errors.Is(err, ErrAttemptTimeout):
 		slot = slotTimeout
+	case errors.Is(err, ErrFirstTokenTimeout):
+		slot = slotFirstToken
 	}
 	m.count(slot)
 }
@@ -211,6 +232,8 @@ func (m *endpointMetrics) count(slot int) {
 			label = statusLabel(commonCodes[slot])
 		case slot == slotTimeout:
 			label = "timeout"
+		case slot == slotFirstToken:
+			label = "first_token_timeout"
 		case slot == slotCanceled:
 			label = "canceled"
 		}
@@ -292,4 +315,19 @@ func statusLabel(code int) string {
 		return strconv.Itoa(code)
 	}
 	return "other"
+}
+
+// firstToken records an attempt's time to its stream's first content event.
+func (m *endpointMetrics) firstToken(d time.Duration) {
+	if m != nil {
+		m.firstTok.Observe(d.Seconds())
+	}
+}
+
+// streamEnded counts a stream by how it ended. It is called once per
+// stream, so the label lookup is not worth caching.
+func (m *endpointMetrics) streamEnded(outcome string) {
+	if m != nil && !m.gone.Load() {
+		m.streams.WithLabelValues(m.name, outcome).Inc()
+	}
 }

@@ -2,6 +2,7 @@ package failover
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -84,7 +85,8 @@ type request struct {
 	body   replayBody
 	st     requestState
 	failed failures
-	cause  error // why the attempts stopped without a response to return
+	cause  error         // why the attempts stopped without a response to return
+	sent   time.Duration // when the current attempt was sent, on the clock's since
 }
 
 // failures is what failed attempts leave for the next: the last failed
@@ -116,7 +118,7 @@ func (r *request) attempt(n int, e *endpoint, done func(error)) *http.Response {
 	}
 	out := rewrite(r.ctx, r.req, &e.target, r.m)
 	out.Body, out.GetBody = rc, r.body.getBody
-	resp, errBody, err := r.s.send(e, out)
+	resp, errBody, err := r.send(e, out)
 	if r.ctx.Err() != nil {
 		r.canceled(n, e, resp)
 		return nil
@@ -135,6 +137,7 @@ func (r *request) attempt(n int, e *endpoint, done func(error)) *http.Response {
 	if !v.Outcome.Failed() {
 		closeBody(r.failed.last)
 		r.s.metrics.requestDone(len(r.failed.errs), true)
+		r.watch(e, resp)
 		return r.s.deliver(resp, r.req, e)
 	}
 	if resp != nil && (v.Outcome == OutcomeThrottled || resp.StatusCode == http.StatusServiceUnavailable) {
@@ -207,20 +210,26 @@ func (s *snapshot) deliver(resp *http.Response, req *http.Request, e *endpoint) 
 // send makes one attempt on e. For a response with status 300 or above it
 // reads up to MaxErrorBody bytes of the body into errBody. The per-attempt
 // timeout, if any, covers the wait for the headers and that read; it never
-// cuts a body returned to the caller. Its error never carries the
+// cuts a body returned to the caller. For an event stream, when e has a
+// FirstTokenTimeout, it also waits for the first event that carries
+// content, holding back what it reads. Its error never carries the
 // outgoing URL's query, which may hold a key.
-func (s *snapshot) send(e *endpoint, out *http.Request) (resp *http.Response, errBody []byte, err error) {
+func (r *request) send(e *endpoint, out *http.Request) (resp *http.Response, errBody []byte, err error) {
+	s := r.s
 	var (
-		timer  *time.Timer
+		ctx    context.Context
 		cancel context.CancelCauseFunc
+		timer  *time.Timer
 	)
-	if e.timeout > 0 {
-		var ctx context.Context
+	if e.timeout > 0 || e.firstToken > 0 || e.streamIdle > 0 {
 		ctx, cancel = context.WithCancelCause(out.Context())
-		timer = time.AfterFunc(e.timeout, func() { cancel(ErrAttemptTimeout) })
 		out = out.WithContext(ctx)
 	}
-	resp, err = s.roundTrip(e, out)
+	if e.timeout > 0 {
+		timer = time.AfterFunc(e.timeout, func() { cancel(ErrAttemptTimeout) })
+	}
+	r.sent = s.clock.since()
+	resp, err = s.roundTrip(e, out, r.sent)
 	switch {
 	case err != nil:
 		err = s.redact.error(redactURLError(err))
@@ -232,10 +241,10 @@ func (s *snapshot) send(e *endpoint, out *http.Request) (resp *http.Response, er
 	if err == nil && resp.StatusCode >= 300 {
 		errBody, resp.Body = readPrefix(resp.Body, s.maxErrBody)
 	}
-	if timer == nil {
+	if cancel == nil {
 		return resp, errBody, err
 	}
-	if !timer.Stop() {
+	if timer != nil && !timer.Stop() {
 		// The timer fired: whatever arrived, the attempt timed out.
 		closeBody(resp)
 		cancel(nil)
@@ -244,6 +253,12 @@ func (s *snapshot) send(e *endpoint, out *http.Request) (resp *http.Response, er
 	if err != nil {
 		cancel(nil)
 		return nil, nil, err
+	}
+	if e.firstToken > 0 && isEventStream(resp) {
+		if resp.Body, err = r.awaitFirstToken(ctx, cancel, e, resp.Body); err != nil {
+			cancel(nil)
+			return nil, nil, err
+		}
 	}
 	c := &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
 	if w, ok := resp.Body.(io.Writer); ok && resp.StatusCode == http.StatusSwitchingProtocols {
@@ -255,12 +270,54 @@ func (s *snapshot) send(e *endpoint, out *http.Request) (resp *http.Response, er
 	return resp, errBody, nil
 }
 
+// awaitFirstToken holds body, e's event stream, back until its first event
+// that carries content, within e's FirstTokenTimeout from the attempt's
+// start; it returns the stream body the caller reads. When the time
+// passes, it closes body and returns an error matching
+// ErrFirstTokenTimeout.
+func (r *request) awaitFirstToken(ctx context.Context, cancel context.CancelCauseFunc, e *endpoint, body io.ReadCloser) (io.ReadCloser, error) {
+	left := e.firstToken - (r.s.clock.since() - r.sent)
+	timer := time.AfterFunc(max(left, 0), func() { cancel(ErrFirstTokenTimeout) })
+	sb := newStreamBody(e, body, streamKindOf(r.m.rest), r.s.strictStreams, r.sent, cancel)
+	err := sb.awaitFirstToken(ctx)
+	if !timer.Stop() || err != nil {
+		sb.ended.Store(true) // not a stream the caller got
+		_ = body.Close()
+		if errors.Is(context.Cause(ctx), ErrFirstTokenTimeout) {
+			return nil, &timeoutError{after: e.firstToken, firstToken: true}
+		}
+		return nil, err
+	}
+	return sb, nil
+}
+
+// watch gives a successful event stream to the caller through a
+// streamBody, unless awaitFirstToken already did.
+func (r *request) watch(e *endpoint, resp *http.Response) {
+	if !isEventStream(resp) {
+		return
+	}
+	body, cancel := resp.Body, context.CancelCauseFunc(nil)
+	c, wrapped := body.(*cancelOnClose)
+	if wrapped {
+		body, cancel = c.ReadCloser, c.cancel
+	}
+	if _, done := body.(*streamBody); done {
+		return
+	}
+	sb := newStreamBody(e, body, streamKindOf(r.m.rest), r.s.strictStreams, r.sent, cancel)
+	if wrapped {
+		c.ReadCloser = sb
+	} else {
+		resp.Body = sb
+	}
+}
+
 // roundTrip hands out to the base transport, bracketed for e's statistics
 // until the response headers arrive: ended by a defer, so that a panic in
 // the base does not leave the attempt in flight forever.
-func (s *snapshot) roundTrip(e *endpoint, out *http.Request) (*http.Response, error) {
+func (s *snapshot) roundTrip(e *endpoint, out *http.Request, start time.Duration) (*http.Response, error) {
 	e.beginAttempt()
-	start := s.clock.since()
 	defer func() { e.endAttempt(s.clock.since() - start) }()
 	return s.base.RoundTrip(out)
 }

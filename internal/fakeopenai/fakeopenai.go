@@ -8,6 +8,10 @@
 //
 //	POST /chat/completions      chat.completion JSON, or with "stream": true
 //	                            chat.completion.chunk events and [DONE]
+//	POST /responses             a response object, or with "stream": true
+//	                            response.created, response.in_progress,
+//	                            response.output_text.delta events and
+//	                            response.completed
 //	POST /embeddings            a list with one 3-dimensional embedding
 //	POST /audio/transcriptions  multipart with a "file" part; {"text": ...}
 //	POST /files                 multipart with a "file" part; a file object
@@ -523,7 +527,7 @@ type response struct {
 	status int
 	header http.Header
 	body   []byte   // the body of a non-streaming answer
-	chunks [][]byte // the event payloads of a streaming answer, if non-nil
+	chunks [][]byte // the events of a streaming answer, each formatted and ending in a blank line, the terminal one last; nil if not streaming
 }
 
 // jsonResponse returns a 200 answer with v as JSON.
@@ -581,6 +585,8 @@ func (s *Server) route(r *http.Request, body []byte, seq int64) response {
 			return s.chat(body, seq)
 		case "POST /embeddings":
 			return s.embeddings(body)
+		case "POST /responses":
+			return s.responses(body, seq)
 		case "POST /audio/transcriptions", "POST /files":
 			up, err := parseUpload(r.Header.Get("Content-Type"), body)
 			if err != nil {
@@ -658,11 +664,56 @@ func (s *Server) chat(body []byte, seq int64) response {
 			"choices": []obj{{"index": 0, "delta": delta, "finish_reason": finish}},
 		})
 	}
-	chunks := [][]byte{chunk(obj{"role": "assistant", "content": ""}, nil)}
+	chunks := [][]byte{dataEvent(chunk(obj{"role": "assistant", "content": ""}, nil))}
 	for _, p := range parts {
-		chunks = append(chunks, chunk(obj{"content": p}, nil))
+		chunks = append(chunks, dataEvent(chunk(obj{"content": p}, nil)))
 	}
-	chunks = append(chunks, chunk(obj{}, "stop"))
+	chunks = append(chunks, dataEvent(chunk(obj{}, "stop")), dataEvent([]byte(doneMarker)))
+	return response{
+		status: http.StatusOK,
+		header: http.Header{"Content-Type": {"text/event-stream"}, "Cache-Control": {"no-cache"}},
+		chunks: chunks,
+	}
+}
+
+// dataEvent formats payload as one SSE event of a data line.
+func dataEvent(payload []byte) []byte {
+	return fmt.Appendf(nil, "data: %s\n\n", payload)
+}
+
+// responses answers POST /responses (the Responses API): a response
+// object, or with "stream": true its typed events, response.created and
+// response.in_progress first (no output), one response.output_text.delta
+// per part of the reply, and response.completed last.
+func (s *Server) responses(body []byte, seq int64) response {
+	var req struct {
+		Model  string `json:"model"`
+		Stream bool   `json:"stream"`
+	}
+	if err := json.Unmarshal(body, &req); err != nil {
+		return badRequest("We could not parse the JSON body of your request: " + err.Error())
+	}
+	id := fmt.Sprintf("resp_%s_%d", s.name, seq)
+	final := obj{
+		"id": id, "object": "response", "created_at": created, "model": req.Model, "status": "completed",
+		"output": []obj{{"type": "message", "role": "assistant", "content": []obj{{"type": "output_text", "text": Reply(s.name)}}}},
+	}
+	if !req.Stream {
+		return jsonResponse(final)
+	}
+	event := func(typ string, fields obj) []byte {
+		fields["type"] = typ
+		return fmt.Appendf(nil, "event: %s\ndata: %s\n\n", typ, mustJSON(fields))
+	}
+	pending := obj{"id": id, "object": "response", "created_at": created, "model": req.Model, "status": "in_progress"}
+	chunks := [][]byte{
+		event("response.created", obj{"response": pending}),
+		event("response.in_progress", obj{"response": pending}),
+	}
+	for _, p := range replyParts(s.name) {
+		chunks = append(chunks, event("response.output_text.delta", obj{"item_id": "msg_" + id, "output_index": 0, "content_index": 0, "delta": p}))
+	}
+	chunks = append(chunks, event("response.completed", obj{"response": final}))
 	return response{
 		status: http.StatusOK,
 		header: http.Header{"Content-Type": {"text/event-stream"}, "Cache-Control": {"no-cache"}},
@@ -750,30 +801,50 @@ func (s *Server) write(ctx context.Context, w http.ResponseWriter, f Fault, resp
 }
 
 // writeStream sends a server-sent event stream, one flushed event per
-// chunk, ending with "data: [DONE]" unless f cuts it.
+// chunk, ending with its terminal event ("data: [DONE]", or
+// response.completed) unless f cuts, stalls or truncates it.
 func (s *Server) writeStream(ctx context.Context, w http.ResponseWriter, f Fault, resp response) {
 	rc := http.NewResponseController(w)
 	w.WriteHeader(resp.status)
 	if rc.Flush() != nil {
 		return
 	}
-	for i := 0; i <= len(resp.chunks); i++ {
-		if f.Kind == KindStreamCut && (i >= f.AfterChunks || i == len(resp.chunks)) {
+	last := len(resp.chunks) - 1 // the terminal event
+	for i, chunk := range resp.chunks {
+		switch {
+		case f.Kind == KindStreamCut && (i >= f.AfterChunks || i == last):
 			cutConn(w)
 			return
-		}
-		payload := []byte(doneMarker)
-		if i < len(resp.chunks) {
-			payload = resp.chunks[i]
-		}
-		if f.Kind == KindSlowDrip && !s.pause(ctx, f.Interval) {
+		case f.Kind == KindStreamStall && i >= f.AfterChunks:
+			s.keepAlive(ctx, w, rc, f.Interval)
+			return
+		case f.Kind == KindStreamTruncate && (i == last || (f.AfterChunks > 0 && i >= f.AfterChunks)):
+			return // a clean end of the body, without the rest
+		case f.Kind == KindSlowDrip && !s.pause(ctx, f.Interval):
 			dropConn(w, false)
 			return
 		}
-		if _, err := fmt.Fprintf(w, "data: %s\n\n", payload); err != nil {
+		if _, err := w.Write(chunk); err != nil {
 			return
 		}
 		if rc.Flush() != nil {
+			return
+		}
+	}
+	if f.Kind == KindStreamStall {
+		s.keepAlive(ctx, w, rc, f.Interval)
+	}
+}
+
+// keepAlive writes an SSE comment every interval (nothing when it is 0)
+// until the client goes away or the Server closes.
+func (s *Server) keepAlive(ctx context.Context, w http.ResponseWriter, rc *http.ResponseController, interval time.Duration) {
+	if interval <= 0 {
+		s.pause(ctx, -1) // until the client or the Server goes
+		return
+	}
+	for s.pause(ctx, interval) {
+		if _, err := io.WriteString(w, ": keep-alive\n\n"); err != nil || rc.Flush() != nil {
 			return
 		}
 	}

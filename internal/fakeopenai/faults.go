@@ -30,6 +30,18 @@ const (
 	KindSlowDrip
 	// KindRandom applies Fault.Inner to a seeded random fraction of requests.
 	KindRandom
+	// KindStreamStall sends a stream's first AfterChunks events, then only
+	// an SSE keep-alive comment every Interval (none when Interval is 0),
+	// never the rest, until the client goes away. With AfterChunks 0 the
+	// headers come at once and no event follows: a first token that never
+	// comes. Non-streaming responses are answered normally.
+	KindStreamStall
+	// KindStreamTruncate sends a stream's first AfterChunks events (all but
+	// the terminal one when AfterChunks is 0 or too large) and then ends
+	// the body cleanly, without the terminal "data: [DONE]" or
+	// response.completed event: a proxy that dropped the tail.
+	// Non-streaming responses are answered normally.
+	KindStreamTruncate
 )
 
 // String returns the kind's name, e.g. "status".
@@ -51,6 +63,10 @@ func (k Kind) String() string {
 		return "slow-drip"
 	case KindRandom:
 		return "random"
+	case KindStreamStall:
+		return "stream-stall"
+	case KindStreamTruncate:
+		return "stream-truncate"
 	}
 	return "Kind(" + strconv.Itoa(int(k)) + ")"
 }
@@ -319,4 +335,16 @@ func RequestTooLarge() Fault {
 	f.Body = string(errorJSON("Request too large for gpt-4o in organization org-fake on tokens per min (TPM): Limit 30000, Requested 50000. "+
 		"The input or output tokens must be reduced in order to run successfully.", "tokens", "rate_limit_exceeded"))
 	return f
+}
+
+// StreamStall returns a KindStreamStall Fault: afterChunks events, then a
+// keep-alive comment every interval and nothing more.
+func StreamStall(afterChunks int, interval time.Duration) Fault {
+	return Fault{Kind: KindStreamStall, AfterChunks: afterChunks, Interval: interval}
+}
+
+// StreamTruncate returns a KindStreamTruncate Fault: afterChunks events
+// (all but the terminal one for 0), then a clean end without it.
+func StreamTruncate(afterChunks int) Fault {
+	return Fault{Kind: KindStreamTruncate, AfterChunks: afterChunks}
 }

@@ -1,0 +1,463 @@
+package failover
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+var (
+	// ErrFirstTokenTimeout is the cause of an attempt whose event stream
+	// sent no event carrying content within the endpoint's
+	// FirstTokenTimeout, counted from the attempt's start. The request
+	// fails over: nothing of that stream reached the caller.
+	ErrFirstTokenTimeout = errors.New("failover: no first token in time")
+
+	// ErrStreamStalled is returned by a read of a stream's body when no
+	// event carrying content arrived for the endpoint's StreamIdleTimeout
+	// while the caller waited (keep-alive comments do not count); the
+	// upstream connection is then closed.
+	ErrStreamStalled = errors.New("failover: stream stalled")
+)
+
+// streamKind is the kind of event stream a request asks for, which says
+// how it ends.
+type streamKind uint8
+
+const (
+	// streamOther is any other event stream: no terminal event is known,
+	// and any data counts as content.
+	streamOther streamKind = iota
+	// streamChat is a chat completions or completions stream: it ends
+	// with "data: [DONE]".
+	streamChat
+	// streamResponses is a Responses API stream: it ends with
+	// response.completed, response.failed, response.incomplete or error.
+	streamResponses
+)
+
+// streamKindOf tells the kind of stream a request to the routed path rest
+// gets.
+func streamKindOf(rest string) streamKind {
+	switch {
+	case strings.HasSuffix(rest, "/completions"):
+		return streamChat
+	case strings.HasSuffix(rest, "/responses"):
+		return streamResponses
+	}
+	return streamOther
+}
+
+// isEventStream reports whether resp is a successful server-sent event
+// stream.
+func isEventStream(resp *http.Response) bool {
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return false
+	}
+	ct := resp.Header["Content-Type"]
+	return len(ct) > 0 && len(ct[0]) >= 17 && strings.EqualFold(ct[0][:17], "text/event-stream")
+}
+
+// Stream outcomes, the labels of failover_streams_total.
+const (
+	streamComplete  = "complete"
+	streamTruncated = "truncated"
+	streamStalled   = "stalled"
+	streamCanceled  = "canceled"
+	streamBroken    = "error"
+)
+
+// maxSSELine bounds the part of a line split across reads that the scanner
+// keeps; a longer line is judged on its first maxSSELine bytes.
+const maxSSELine = 4 << 10
+
+// sseScanner follows a server-sent event stream as its bytes go by: it
+// tells the events that carry content from those that do not (comments,
+// empty data, a chat chunk with only a role, the Responses API's
+// response.created and response.in_progress) and spots the terminal event.
+// It decides from bytes, decoding no JSON, and copies nothing but a line
+// split across reads.
+type sseScanner struct {
+	kind  streamKind
+	carry []byte // the start of a line split across reads
+	long  bool   // that line outgrew carry
+
+	// The event being read.
+	evType   []byte // its "event:" field (Responses API), if any
+	content  bool
+	terminal bool
+
+	ended bool // a terminal event went by
+}
+
+// feed scans p and returns how many events ended in it that carried
+// content or ended the stream.
+func (s *sseScanner) feed(p []byte) int {
+	events := 0
+	for len(p) > 0 {
+		i := bytes.IndexByte(p, '\n')
+		if i < 0 {
+			s.keep(p)
+			return events
+		}
+		line := p[:i]
+		p = p[i+1:]
+		if len(s.carry) > 0 || s.long {
+			s.keep(line)
+			line = s.carry
+		}
+		if s.line(bytes.TrimSuffix(line, []byte{'\r'})) {
+			events++
+		}
+		s.carry, s.long = s.carry[:0], false
+	}
+	return events
+}
+
+// keep adds part of an unfinished line to carry, up to maxSSELine.
+func (s *sseScanner) keep(p []byte) {
+	room := maxSSELine - len(s.carry)
+	if len(p) > room {
+		p, s.long = p[:room], true
+	}
+	s.carry = append(s.carry, p...)
+}
+
+// line takes one line; it reports whether it ended an event that carried
+// content or ended the stream.
+func (s *sseScanner) line(l []byte) bool {
+	if len(l) == 0 {
+		counted := s.content || s.terminal
+		s.ended = s.ended || s.terminal
+		s.evType, s.content, s.terminal = s.evType[:0], false, false
+		return counted
+	}
+	switch {
+	case l[0] == ':': // a comment: keep-alive
+	case bytes.HasPrefix(l, []byte("data:")):
+		s.data(bytes.TrimPrefix(l[5:], []byte{' '}))
+	case bytes.HasPrefix(l, []byte("event:")):
+		s.evType = append(s.evType[:0], bytes.TrimSpace(l[6:])...)
+	}
+	return false
+}
+
+// data takes the value of a data line of the current event.
+func (s *sseScanner) data(v []byte) {
+	if len(bytes.TrimSpace(v)) == 0 {
+		return
+	}
+	switch s.kind {
+	case streamChat:
+		if bytes.Equal(bytes.TrimSpace(v), []byte("[DONE]")) {
+			s.terminal = true
+			return
+		}
+		s.content = s.content || s.long || chatContent(v)
+	case streamResponses:
+		typ := s.evType
+		if len(typ) == 0 {
+			typ = jsonStringAfter(v, `"type"`)
+		}
+		switch t := string(typ); t {
+		case "response.completed", "response.failed", "response.incomplete", "error":
+			s.terminal = true
+		default:
+			s.content = s.content || strings.HasSuffix(t, ".delta") || strings.HasSuffix(t, ".done")
+		}
+	default:
+		s.content = true
+	}
+}
+
+// chatContent reports whether a chat or completions chunk carries output:
+// text, a refusal, reasoning, a tool call, an error, or a finish reason.
+// A chunk with only a role or an empty content does not.
+func chatContent(v []byte) bool {
+	if bytes.Contains(v, []byte(`"error"`)) {
+		return true
+	}
+	for _, key := range []string{`"content"`, `"text"`, `"refusal"`, `"reasoning_content"`, `"reasoning"`, `"finish_reason"`} {
+		for rest := v; ; {
+			val, after, ok := valueAfter(rest, key)
+			if !ok {
+				break
+			}
+			if len(val) > 1 && val[0] == '"' && val[1] != '"' {
+				return true
+			}
+			rest = after
+		}
+	}
+	for _, key := range []string{`"tool_calls"`, `"function_call"`} {
+		if val, _, ok := valueAfter(v, key); ok && len(val) > 1 && (val[0] == '[' || val[0] == '{') {
+			return true
+		}
+	}
+	return false
+}
+
+// valueAfter finds key (a quoted JSON name) in v followed by a colon and
+// returns the bytes of its value onwards, and the bytes after the key to
+// search on.
+func valueAfter(v []byte, key string) (val, after []byte, ok bool) {
+	for {
+		i := bytes.Index(v, []byte(key))
+		if i < 0 {
+			return nil, nil, false
+		}
+		v = v[i+len(key):]
+		rest := bytes.TrimLeft(v, " \t")
+		if len(rest) > 0 && rest[0] == ':' {
+			return bytes.TrimLeft(rest[1:], " \t"), v, true
+		}
+	}
+}
+
+// jsonStringAfter returns the string value of key in v (without escapes
+// decoded), or nil.
+func jsonStringAfter(v []byte, key string) []byte {
+	val, _, ok := valueAfter(v, key)
+	if !ok || len(val) < 2 || val[0] != '"' {
+		return nil
+	}
+	end := bytes.IndexByte(val[1:], '"')
+	if end < 0 {
+		return nil
+	}
+	return val[1 : 1+end]
+}
+
+// maxHeld bounds what the first-token wait holds back: past it (a flood of
+// events that carry nothing), the stream goes to the caller as it is.
+const maxHeld = 64 << 10
+
+// streamBody is the body of an event stream the caller reads: what the
+// first-token wait held back, then the rest as it arrives, unbuffered. It
+// watches for a stall (no content for StreamIdleTimeout while the caller
+// waits) and, for chat, completions and Responses API streams, for a
+// clean end before the terminal event, which it turns into an error. It
+// records how the stream ended for the endpoint.
+type streamBody struct {
+	rc     io.ReadCloser
+	held   []byte
+	scan   sseScanner
+	e      *endpoint
+	strict bool          // a clean end before the terminal event is an error
+	start  time.Duration // the attempt's start, on the clock's since
+	first  bool          // the first content event went by
+
+	// Stall detection, when the endpoint has a StreamIdleTimeout.
+	idle    time.Duration
+	cancel  context.CancelCauseFunc // ends the attempt's context
+	mu      sync.Mutex
+	timer   *time.Timer
+	reading bool // the caller waits in Read
+	due     bool // the idle time passed while the caller was away
+	stalled atomic.Bool
+
+	ended atomic.Bool // the outcome is recorded
+}
+
+// newStreamBody watches rc, the body of an event stream e sent for a
+// request of kind; cancel ends the attempt's context (nil when the
+// endpoint has no stream timeout).
+func newStreamBody(e *endpoint, rc io.ReadCloser, kind streamKind, strict bool, start time.Duration, cancel context.CancelCauseFunc) *streamBody {
+	b := &streamBody{rc: rc, scan: sseScanner{kind: kind}, e: e, strict: strict && kind != streamOther, start: start}
+	if e.streamIdle > 0 && cancel != nil {
+		b.idle, b.cancel = e.streamIdle, cancel
+	}
+	return b
+}
+
+// awaitFirstToken reads, within the attempt, until an event that carries
+// content (or ends the stream) arrives, holding what it read for the
+// caller. It returns ErrFirstTokenTimeout's error when the attempt's
+// context ends by the first-token deadline, or the read's error.
+func (b *streamBody) awaitFirstToken(ctx context.Context) error {
+	buf := make([]byte, 4<<10)
+	for len(b.held) < maxHeld {
+		n, err := b.rc.Read(buf)
+		b.held = append(b.held, buf[:n]...)
+		if b.scan.feed(buf[:n]) > 0 {
+			b.gotContent()
+			return nil
+		}
+		switch {
+		case errors.Is(context.Cause(ctx), ErrFirstTokenTimeout):
+			return context.Cause(ctx)
+		case errors.Is(err, io.EOF):
+			return nil // the caller sees the end, judged as any other
+		case err != nil:
+			return err
+		}
+	}
+	return nil
+}
+
+// Read yields the held bytes, then the stream.
+func (b *streamBody) Read(p []byte) (int, error) {
+	if len(b.held) > 0 {
+		n := copy(p, b.held)
+		b.held = b.held[n:]
+		return n, nil
+	}
+	if b.idle > 0 {
+		b.enterRead()
+	}
+	n, err := b.rc.Read(p)
+	if b.idle > 0 {
+		b.leaveRead()
+	}
+	if n > 0 && b.scan.feed(p[:n]) > 0 {
+		b.gotContent()
+	}
+	if err == nil {
+		return n, nil
+	}
+	return n, b.end(err)
+}
+
+// gotContent notes an event that carried content: the first one's time,
+// and a new idle period.
+func (b *streamBody) gotContent() {
+	if !b.first {
+		b.first = true
+		b.e.observeFirstToken(b.e.clock.since() - b.start)
+	}
+	if b.idle > 0 {
+		b.mu.Lock()
+		b.due = false
+		if b.timer == nil {
+			b.timer = time.AfterFunc(b.idle, b.fire)
+		} else {
+			b.timer.Reset(b.idle)
+		}
+		b.mu.Unlock()
+	}
+}
+
+func (b *streamBody) enterRead() {
+	b.mu.Lock()
+	b.reading = true
+	if b.due {
+		// The idle time passed while the caller was away: it gets a
+		// whole idle period of its own waiting.
+		b.due = false
+		b.timer.Reset(b.idle)
+	}
+	b.mu.Unlock()
+}
+
+func (b *streamBody) leaveRead() {
+	b.mu.Lock()
+	b.reading = false
+	b.mu.Unlock()
+}
+
+// fire runs when the idle period passes: the stream stalls if the caller
+// is waiting, else at the caller's next wait.
+func (b *streamBody) fire() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.reading {
+		b.due = true
+		return
+	}
+	b.stalled.Store(true)
+	b.cancel(ErrStreamStalled)
+}
+
+// end turns the upstream body's error into what the caller reads, and
+// records how the stream ended.
+func (b *streamBody) end(err error) error {
+	switch {
+	case b.stalled.Load():
+		b.finish(streamStalled)
+		return &streamError{endpoint: b.e.name, err: ErrStreamStalled, detail: "no content for " + b.idle.String()}
+	case errors.Is(err, io.EOF) && b.strict && !b.scan.ended:
+		b.finish(streamTruncated)
+		return &streamError{endpoint: b.e.name, err: io.ErrUnexpectedEOF, detail: "ended before its terminal event"}
+	case errors.Is(err, io.EOF):
+		b.finish(streamComplete)
+		return err
+	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
+		b.finish(streamCanceled)
+	default:
+		b.finish(streamBroken)
+	}
+	return err
+}
+
+// finish records the stream's outcome once.
+func (b *streamBody) finish(outcome string) {
+	if !b.ended.CompareAndSwap(false, true) {
+		return
+	}
+	if b.idle > 0 {
+		b.mu.Lock()
+		if b.timer != nil {
+			b.timer.Stop()
+		}
+		b.mu.Unlock()
+	}
+	b.e.streamEnded(outcome)
+}
+
+// Close closes the upstream body; a stream closed before its end was
+// canceled by the caller.
+func (b *streamBody) Close() error {
+	b.finish(streamCanceled)
+	return b.rc.Close()
+}
+
+// streamError is a stream that failed after it began: it stalled, or
+// ended before its terminal event. It matches its cause (ErrStreamStalled
+// or io.ErrUnexpectedEOF) with errors.Is.
+type streamError struct {
+	endpoint string
+	err      error
+	detail   string
+}
+
+func (e *streamError) Error() string {
+	return fmt.Sprintf("failover: stream from endpoint %q %s: %v", e.endpoint, e.detail, e.err)
+}
+
+func (e *streamError) Unwrap() error { return e.err }
+
+// observeFirstToken records d, an attempt's time to its first content
+// event.
+func (s *endpointState) observeFirstToken(d time.Duration) {
+	s.hot.firstToken.observe(d)
+	s.m.firstToken(d)
+}
+
+// streamEnded records how one of s's streams ended; a stall, a truncation
+// or a broken connection count as a failure of the endpoint.
+func (s *endpointState) streamEnded(outcome string) {
+	s.m.streamEnded(outcome)
+	if outcome == streamComplete || outcome == streamCanceled {
+		return
+	}
+	s.stats.failures.Add(1)
+	s.stats.consecutive.Add(1)
+	s.stats.lastErr.Store(&lastError{msg: "stream " + outcome, at: s.clock.now()})
+	clk := lazyClock{c: s.clock}
+	if _, open := s.breaker.openAt(clk.get().UnixNano()); !open {
+		if done, ok := s.breaker.allow(&clk); ok {
+			s.breaker.settle(done, errFailed)
+		}
+	}
+	if s.logger != nil && s.logger.Enabled(context.Background(), slog.LevelDebug) {
+		s.logger.Debug("failover: stream failed", slog.String("endpoint", s.name), slog.String("outcome", outcome))
+	}
+}
