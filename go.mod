@@ -3,6 +3,7 @@ module github.com/failover-go/failover
 go 1.26.0
 
 require (
+	github.com/dustin/go-humanize v1.1.0
 	github.com/hashicorp/go-retryablehttp v0.7.8
 	github.com/prometheus/client_golang v1.25.0
 	github.com/sony/gobreaker/v2 v2.4.0

@@ -8,10 +8,10 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/url"
-	"strconv"
 	"strings"
 	"time"
+
+	"github.com/dustin/go-humanize"
 
 	"github.com/failover-go/failover"
 	"github.com/failover-go/failover/internal/proxy"
@@ -26,7 +26,10 @@ type proxyFlags struct {
 	basePath        string
 	adminListen     string
 	allowRemote     bool
+	allowOrigins    []string
 	shutdownTimeout time.Duration
+	readTimeout     time.Duration
+	maxBody         int64 // failover.Config.MaxBodyBuffer: -1 for none
 	logLevel        slog.Level
 	endpointHeader  string
 }
@@ -43,7 +46,25 @@ func parseProxyFlags(args []string, stderr io.Writer) (proxyFlags, error) {
 	fs.StringVar(&f.adminListen, "admin-listen", "",
 		"`address` to serve /metrics and /healthz on; empty: on -listen")
 	fs.BoolVar(&f.allowRemote, "allow-remote", false,
-		"listen on non-loopback addresses without "+envProxyKey+", and serve /metrics and /healthz on one")
+		"listen on non-loopback addresses without "+envProxyKey+", serve /metrics and /healthz on one, and accept any Host name")
+	fs.Func("allow-origin", "comma-separated web `origins` (https://app.example.com) whose pages may call the API from a browser; * for any, with "+envProxyKey+" only; default: none",
+		func(s string) error {
+			for o := range strings.SplitSeq(s, ",") {
+				if o = strings.TrimSpace(o); o != "" {
+					f.allowOrigins = append(f.allowOrigins, o)
+				}
+			}
+			return nil
+		})
+	fs.DurationVar(&f.readTimeout, "read-timeout", proxy.DefaultReadTimeout,
+		"how long a client may take to send a request body, after its headers")
+	f.maxBody = proxy.DefaultMaxBody
+	fs.Func("max-body", "largest request `size` buffered so that the request can fail over, such as 32MiB or 25MB; 0: none (default 32MiB)",
+		func(s string) error {
+			n, err := parseSize(s)
+			f.maxBody = n
+			return err
+		})
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", proxy.DefaultShutdownTimeout,
 		"how long requests in flight (streams and upgraded connections too) may run on after SIGINT or SIGTERM")
 	fs.TextVar(&f.logLevel, "log-level", slog.LevelInfo, "log `level`: debug, info, warn or error")
@@ -76,11 +97,32 @@ Flags:
 		err = fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	case f.shutdownTimeout <= 0:
 		err = fmt.Errorf("-shutdown-timeout %v: want a positive duration", f.shutdownTimeout)
+	case f.readTimeout <= 0:
+		err = fmt.Errorf("-read-timeout %v: want a positive duration", f.readTimeout)
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "failover proxy: %v\n", err)
 	}
 	return f, err
+}
+
+// maxBodyLimit caps -max-body: every request in flight may hold that much.
+const maxBodyLimit = 1 << 30
+
+// parseSize parses the value of -max-body (go-humanize's sizes: 1048576,
+// 32MiB, 25MB, 512 KiB) into failover.Config.MaxBodyBuffer: 0 becomes -1,
+// no buffering.
+func parseSize(s string) (int64, error) {
+	n, err := humanize.ParseBytes(strings.TrimSpace(s))
+	switch {
+	case err != nil:
+		return 0, errors.New("want a size such as 32MiB, 25MB or 1048576 (bytes)")
+	case n > maxBodyLimit:
+		return 0, errors.New("at most 1GiB: every request in flight may hold this much memory")
+	case n == 0:
+		return -1, nil
+	}
+	return int64(n), nil
 }
 
 // runProxyCommand runs "failover proxy" until ctx is done.
@@ -100,11 +142,15 @@ func runProxyCommand(ctx context.Context, args, environ []string, stderr io.Writ
 		return exitUsage
 	}
 	cfg.EndpointHeader = f.endpointHeader
+	cfg.MaxBodyBuffer = f.maxBody
 	key := strings.TrimSpace(lookupEnv(environ, envProxyKey))
 	p, err := proxy.New(proxy.Config{
 		Failover:        cfg,
 		BasePath:        f.basePath,
 		ProxyKey:        key,
+		AllowOrigins:    f.allowOrigins,
+		AnyHost:         f.allowRemote,
+		ReadTimeout:     f.readTimeout,
 		ShutdownTimeout: f.shutdownTimeout,
 		Logger:          logger,
 	})
@@ -119,18 +165,18 @@ func runProxyCommand(ctx context.Context, args, environ []string, stderr io.Writ
 	ln, err := listen(f.listen, "-listen", pol, true, f.adminListen == "")
 	if err != nil {
 		fmt.Fprintf(stderr, "failover proxy: %v\n", err)
-		return exitCode(err)
+		return exitUsage
 	}
 	var admin net.Listener
 	if f.adminListen != "" {
 		if admin, err = listen(f.adminListen, "-admin-listen", pol, false, true); err != nil {
 			_ = ln.Close()
 			fmt.Fprintf(stderr, "failover proxy: %v\n", err)
-			return exitCode(err)
+			return exitUsage
 		}
 	}
 
-	if err := checkNoLoop(p.Endpoints(), ln.Addr()); err != nil {
+	if err := proxy.CheckNoLoop(cfg.Endpoints, ln.Addr()); err != nil {
 		_ = ln.Close()
 		if admin != nil {
 			_ = admin.Close()
@@ -159,14 +205,6 @@ func configError(w io.Writer, err error) {
 // errRemote is a listen address refused for being reachable from other
 // machines.
 var errRemote = errors.New("not a loopback address")
-
-// exitCode is the exit code for an error of listen.
-func exitCode(err error) int {
-	if errors.Is(err, errRemote) {
-		return exitUsage
-	}
-	return exitFailure
-}
 
 // listen listens on addr, the value of flagName, for the API (api), the
 // admin handlers (admin) or both, and refuses (closing it) a listener that
@@ -215,38 +253,6 @@ func (pol remotePolicy) check(flagName, addr string, bound net.Addr, api, admin 
 	case admin:
 		return fmt.Errorf("refusing %s %s (bound to %s): %w; /metrics and /healthz need no key, so pass -admin-listen on a loopback address, or -allow-remote to serve them to other machines",
 			flagName, addr, bound, errRemote)
-	}
-	return nil
-}
-
-// checkNoLoop refuses an endpoint whose base URL is the proxy's own
-// listener, where every request would come back to the proxy. It happens
-// when OPENAI_BASE_URL, set for an SDK to reach the proxy, is also in the
-// proxy's environment: it is the default base URL of every endpoint.
-func checkNoLoop(eps []proxy.EndpointInfo, addr net.Addr) error {
-	tcp, ok := addr.(*net.TCPAddr)
-	if !ok {
-		return nil
-	}
-	for _, e := range eps {
-		u, err := url.Parse(e.BaseURL)
-		if err != nil || u.Scheme != "http" {
-			continue // the proxy serves plain HTTP only
-		}
-		port := u.Port()
-		if port == "" {
-			port = "80"
-		}
-		if port != strconv.Itoa(tcp.Port) {
-			continue
-		}
-		host := u.Hostname()
-		ip := net.ParseIP(host)
-		if host == "localhost" || (ip != nil && (ip.IsLoopback() || ip.Equal(tcp.IP) || tcp.IP.IsUnspecified())) {
-			return fmt.Errorf("endpoint %q (%s) is this proxy itself, so its requests would loop; "+
-				"is OPENAI_BASE_URL, meant for an SDK, set in the proxy's environment? "+
-				"It is the default of every OPENAI_BASE_URL_N", e.Name, e.BaseURL)
-		}
 	}
 	return nil
 }
