@@ -3,7 +3,8 @@
 //
 //	failover demo  [-duration 15s]
 //	failover proxy [-listen 127.0.0.1:8080] [-base-path /v1] [-admin-listen addr]
-//	               [-allow-remote] [-shutdown-timeout 30s] [-log-level info]
+//	               [-allow-remote] [-allow-origin origins] [-read-timeout 60s]
+//	               [-max-body 32MiB] [-shutdown-timeout 30s] [-log-level info]
 //	               [-endpoint-header Failover-Endpoint]
 //
 // The demo starts three fake OpenAI-compatible upstreams on loopback that

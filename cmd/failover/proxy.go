@@ -59,7 +59,7 @@ func parseProxyFlags(args []string, stderr io.Writer) (proxyFlags, error) {
 	fs.DurationVar(&f.readTimeout, "read-timeout", proxy.DefaultReadTimeout,
 		"how long a client may take to send a request body, after its headers")
 	f.maxBody = proxy.DefaultMaxBody
-	fs.Func("max-body", "largest request `size` buffered so that the request can fail over, such as 32MiB or 25MB; 0: none (default 32MiB)",
+	fs.Func("max-body", "largest request body (`size`) buffered so that its request can fail over, such as 32MiB or 25MB; 0: none (default 32MiB)",
 		func(s string) error {
 			n, err := parseSize(s)
 			f.maxBody = n
@@ -79,10 +79,16 @@ the README). Point an SDK's base URL at http://<listen>/v1.
 
 `+envProxyKey+`, when set, is the key clients must send as their API key
 (Authorization: Bearer <key>). Without it the proxy listens on loopback only,
-unless -allow-remote is given. /metrics and /healthz never ask for the key:
-they are served on -admin-listen, or on -listen without it, and that address
-must be loopback unless -allow-remote is given. The client's own
-Authorization header is never forwarded: each endpoint's key replaces it.
+unless -allow-remote is given, and answers only requests for a loopback host
+name (localhost, 127.0.0.1, [::1]): another one may come from a web page
+through DNS rebinding. /metrics and /healthz never ask for the key: they are
+served on -admin-listen, or on -listen without it, and that address must be
+loopback unless -allow-remote is given. The client's own Authorization
+header is never forwarded: each endpoint's key replaces it.
+
+Web pages (requests with an Origin header) are refused unless -allow-origin
+lists their origin; CORS preflights are answered here, never forwarded. Only
+GET, POST and DELETE reach an endpoint.
 
 Flags:
 `)

@@ -18,7 +18,8 @@ const usageText = `Usage:
       Three fake upstreams on loopback fail in turn while chat requests
       flow through one failover transport; no API key needed.
   failover proxy [-listen 127.0.0.1:8080] [-base-path /v1] [-admin-listen addr]
-                 [-allow-remote] [-shutdown-timeout 30s] [-log-level info]
+                 [-allow-remote] [-allow-origin origins] [-read-timeout 60s]
+                 [-max-body 32MiB] [-shutdown-timeout 30s] [-log-level info]
                  [-endpoint-header Failover-Endpoint]
       An OpenAI-compatible reverse proxy with failover, configured by the
       OPENAI_* environment variables; FAILOVER_PROXY_KEY guards it.
