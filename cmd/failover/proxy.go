@@ -8,12 +8,14 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"strings"
 	"time"
 
 	"github.com/dustin/go-humanize"
 
 	"github.com/failover-go/failover"
+	"github.com/failover-go/failover/internal/envfile"
 	"github.com/failover-go/failover/internal/proxy"
 )
 
@@ -32,6 +34,7 @@ type proxyFlags struct {
 	maxBody         int64 // failover.Config.MaxBodyBuffer: -1 for none
 	logLevel        slog.Level
 	endpointHeader  string
+	envFile         string
 }
 
 // parseProxyFlags parses the proxy command's arguments, reporting any error
@@ -70,12 +73,17 @@ func parseProxyFlags(args []string, stderr io.Writer) (proxyFlags, error) {
 	fs.TextVar(&f.logLevel, "log-level", slog.LevelInfo, "log `level`: debug, info, warn or error")
 	fs.StringVar(&f.endpointHeader, "endpoint-header", "Failover-Endpoint",
 		"response `header` naming the endpoint that answered; empty: none")
+	fs.StringVar(&f.envFile, "env-file", "",
+		"dotenv `file` of the same variables as the environment, which it overrides; reloaded on SIGHUP and when it changes")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: failover proxy [flags]
 
 An OpenAI-compatible reverse proxy that fails over across the endpoints
 described by the environment (OPENAI_BASE_URL_N, OPENAI_API_KEY_N, ...; see
-the README). Point an SDK's base URL at http://<listen>/v1.
+the README), and by -env-file, whose variables override the environment's.
+Point an SDK's base URL at http://<listen>/v1. The -env-file is read again
+on SIGHUP and when it changes: the endpoints change without a restart, or,
+if the file has an error, the running ones stay.
 
 `+envProxyKey+`, when set, is the key clients must send as their API key
 (Authorization: Bearer <key>). Without it the proxy listens on loopback only,
@@ -131,8 +139,9 @@ func parseSize(s string) (int64, error) {
 	return int64(n), nil
 }
 
-// runProxyCommand runs "failover proxy" until ctx is done.
-func runProxyCommand(ctx context.Context, args, environ []string, stderr io.Writer) int {
+// runProxyCommand runs "failover proxy" until ctx is done. hangup, when
+// not nil, subscribes to SIGHUP, for the -env-file's reloads.
+func runProxyCommand(ctx context.Context, args, environ []string, hangup hangupFunc, stderr io.Writer) int {
 	f, err := parseProxyFlags(args, stderr)
 	switch {
 	case errors.Is(err, flag.ErrHelp):
@@ -142,14 +151,21 @@ func runProxyCommand(ctx context.Context, args, environ []string, stderr io.Writ
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: f.logLevel}))
 
-	cfg, err := failover.ConfigFromEnviron(environ)
+	src := configSource{environ: environ, envFile: f.envFile, endpointHeader: f.endpointHeader, maxBody: f.maxBody}
+	var watcher *envfile.Watcher
+	if f.envFile != "" {
+		// Before the first read, so that no change goes unseen.
+		if watcher, err = envfile.Watch(f.envFile, 0); err != nil {
+			logger.Warn("not watching the -env-file for changes; send SIGHUP to reload it", "error", err)
+		} else {
+			defer watcher.Close()
+		}
+	}
+	cfg, key, err := src.load()
 	if err != nil {
 		configError(stderr, err)
 		return exitUsage
 	}
-	cfg.EndpointHeader = f.endpointHeader
-	cfg.MaxBodyBuffer = f.maxBody
-	key := strings.TrimSpace(lookupEnv(environ, envProxyKey))
 	p, err := proxy.New(proxy.Config{
 		Failover:        cfg,
 		BasePath:        f.basePath,
@@ -191,12 +207,106 @@ func runProxyCommand(ctx context.Context, args, environ []string, stderr io.Writ
 		return exitUsage
 	}
 
+	if f.envFile != "" {
+		var changes <-chan struct{}
+		if watcher != nil {
+			changes = watcher.C
+		}
+		stop := startReloader(ctx, reloadSetup{src: src, key: key, proxy: p, addr: ln.Addr(), changes: changes, hangup: hangup, logger: logger})
+		defer stop()
+	}
 	logStartup(logger, p, ln, admin, key != "")
 	if err := p.Serve(ctx, ln, admin); err != nil {
 		logger.Error("proxy stopped", "error", err)
 		return exitFailure
 	}
 	return exitOK
+}
+
+// configSource reads the proxy's transport configuration, the same way at
+// start and at each reload: the environment, with the -env-file's
+// variables over it, and the settings of the flags.
+type configSource struct {
+	environ        []string
+	envFile        string // "" for none
+	endpointHeader string
+	maxBody        int64
+}
+
+// load returns the configuration and FAILOVER_PROXY_KEY. Its error names
+// the variable or the file's line, never a value.
+func (s configSource) load() (failover.Config, string, error) {
+	environ := s.environ
+	if s.envFile != "" {
+		var err error
+		if environ, err = envfile.LoadOver(s.environ, s.envFile); err != nil {
+			return failover.Config{}, "", fmt.Errorf("-env-file: %w", err)
+		}
+	}
+	cfg, err := failover.ConfigFromEnviron(environ)
+	if err != nil {
+		return failover.Config{}, "", err
+	}
+	cfg.EndpointHeader = s.endpointHeader
+	cfg.MaxBodyBuffer = s.maxBody
+	return cfg, strings.TrimSpace(lookupEnv(environ, envProxyKey)), nil
+}
+
+// reloadSetup is what the reloads of the -env-file need.
+type reloadSetup struct {
+	src     configSource
+	key     string // FAILOVER_PROXY_KEY at start
+	proxy   *proxy.Proxy
+	addr    net.Addr // the API listener's, for the loop check
+	changes <-chan struct{}
+	hangup  hangupFunc // nil: no SIGHUP
+	logger  *slog.Logger
+}
+
+// startReloader reloads the -env-file on each change and SIGHUP until ctx
+// is done or the returned stop is called; stop waits for the reloads to
+// end. A reloaded configuration is checked and prepared exactly as at
+// start (the same load, CheckNoLoop on the same listener, and the proxy's
+// own settings applied by Proxy.Update). FAILOVER_PROXY_KEY is read at
+// start only: a change in the file is logged and waits for a restart.
+func startReloader(ctx context.Context, s reloadSetup) (stop func()) {
+	var (
+		hups    <-chan os.Signal
+		stopHup = func() {}
+	)
+	if s.hangup != nil {
+		hups, stopHup = s.hangup()
+	}
+	r := &proxy.Reloader{
+		Load: func() (failover.Config, error) {
+			cfg, key, err := s.src.load()
+			if err == nil && key != s.key {
+				s.logger.Warn(envProxyKey + " differs in the -env-file: it applies at the next start; the running key stays")
+			}
+			return cfg, err
+		},
+		Apply: func(cfg failover.Config) error {
+			if err := proxy.CheckNoLoop(cfg.Endpoints, s.addr); err != nil {
+				return err
+			}
+			return s.proxy.Update(cfg)
+		},
+		Changes: s.changes,
+		Hangups: hups,
+		Logger:  s.logger,
+	}
+	s.logger.Info("the -env-file is reloaded on SIGHUP and when it changes", "path", s.src.envFile, "watching", s.changes != nil)
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		r.Run(ctx)
+	}()
+	return func() {
+		cancel()
+		<-done
+		stopHup()
+	}
 }
 
 // configError prints a configuration error, one problem a line. Neither
@@ -267,11 +377,7 @@ func (pol remotePolicy) check(flagName, addr string, bound net.Addr, api, admin 
 // served, and how access is controlled.
 func logStartup(logger *slog.Logger, p *proxy.Proxy, ln, admin net.Listener, haveKey bool) {
 	for _, e := range p.Endpoints() {
-		attrs := []any{"name", e.Name, "url", e.BaseURL, "priority", e.Priority, "weight", e.Weight, "key", e.Key}
-		if e.Disabled {
-			attrs = append(attrs, "disabled", true)
-		}
-		logger.Info("endpoint", attrs...)
+		logger.Info("endpoint", e.LogAttrs()...)
 	}
 	addr := ln.Addr().String()
 	switch {

@@ -34,6 +34,7 @@ import (
 	"net/url"
 	"path"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -157,16 +158,20 @@ type Proxy struct {
 	anyHost         bool
 	hopID           string // this proxy's ID in HopHeader
 	readTimeout     time.Duration
-	maxBody         int64 // the transport's MaxBodyBuffer
 	shutdownTimeout time.Duration
+	own             ownedSettings // applied to every transport Config
 	transport       *failover.Transport
+	updater         updater         // the transport, if it can be reconfigured
 	base            *http.Transport // ours to close; nil when Failover.Base was set
 	registry        *prometheus.Registry
 	rp              *httputil.ReverseProxy
 	metrics         http.Handler
 	health          http.Handler
-	endpoints       []EndpointInfo
 	logger          *slog.Logger
+
+	mu        sync.Mutex      // serialises Update; guards the fields below
+	cfg       failover.Config // the transport's configuration, as prepared
+	endpoints []EndpointInfo
 }
 
 // New validates cfg and returns a Proxy for it. Its error is that of
@@ -214,26 +219,31 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	p.internal, _ = url.Parse(InternalBaseURL)
 
-	fc := cfg.Failover
-	fc.ClientBaseURLs = []string{InternalBaseURL}
-	fc.Registerer = p.registry
-	if fc.Logger == nil {
-		fc.Logger = cfg.Logger
+	p.own = ownedSettings{
+		base:           cfg.Failover.Base,
+		logger:         cfg.Failover.Logger,
+		endpointHeader: cfg.Failover.EndpointHeader,
+		maxBody:        cfg.Failover.MaxBodyBuffer,
 	}
-	if fc.MaxBodyBuffer == 0 {
-		fc.MaxBodyBuffer = DefaultMaxBody
+	if p.own.logger == nil {
+		p.own.logger = cfg.Logger
 	}
-	p.maxBody = fc.MaxBodyBuffer
-	if fc.Base == nil {
+	if p.own.maxBody == 0 {
+		p.own.maxBody = DefaultMaxBody
+	}
+	if p.own.base == nil {
 		p.base = http.DefaultTransport.(*http.Transport).Clone()
 		// A proxy keeps many connections to few hosts.
 		p.base.MaxIdleConnsPerHost = 64
-		fc.Base = p.base
+		p.own.base = p.base
 	}
+	fc := p.prepare(cfg.Failover)
 	if p.transport, err = failover.New(fc); err != nil {
 		p.Close()
 		return nil, err
 	}
+	p.updater, _ = any(p.transport).(updater)
+	p.cfg = fc
 	p.registry.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),

@@ -108,8 +108,8 @@ func (p *Proxy) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	status, code := errorStatus(err)
 	p.logger.WarnContext(ctx, "no endpoint answered", "path", cutPath(r.URL.Path), "error", err)
 	msg := describe(err)
-	if body.overBuffer(p.maxBody) {
-		msg += bodyHint(p.maxBody)
+	if body.overBuffer(p.own.maxBody) {
+		msg += bodyHint(p.own.maxBody)
 	}
 	writeError(w, status, "server_error", code, msg)
 }
