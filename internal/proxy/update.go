@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/http"
 	"reflect"
+	"slices"
 	"strings"
 
 	"github.com/failover-go/failover"
@@ -37,6 +38,12 @@ type ownedSettings struct {
 // ClientBaseURLs {InternalBaseURL}, its registry, and its ownedSettings
 // (Base, Logger, EndpointHeader and MaxBodyBuffer as at New).
 func (p *Proxy) prepare(cfg failover.Config) failover.Config {
+	// A copy of the endpoints: the proxy compares the next Config with
+	// this one, whatever the caller does with its own later.
+	cfg.Endpoints = slices.Clone(cfg.Endpoints)
+	for i := range cfg.Endpoints {
+		cfg.Endpoints[i].Header = cfg.Endpoints[i].Header.Clone()
+	}
 	cfg.ClientBaseURLs = []string{InternalBaseURL}
 	cfg.Registerer = p.registry
 	cfg.Base = p.own.base
