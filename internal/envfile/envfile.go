@@ -33,7 +33,8 @@ const MaxSize = 1 << 20
 const maxValueLines = 64
 
 // Error is a problem in a dotenv file. It names the file, the line and,
-// where the line names one, the variable; never a value.
+// where the line names one, the variable; never a value. The zero value
+// prints as a problem of an unnamed file.
 type Error struct {
 	// Path is the file as given.
 	Path string

@@ -23,7 +23,7 @@ const DefaultDebounce = 200 * time.Millisecond
 // does not change). Events for other files of the directory are ignored.
 // A change of the file's target in another directory, seen through a
 // symlink that does not change, is not seen. Create a Watcher with
-// [Watch]; stop it with [Watcher.Close].
+// [Watch] (the zero value is not usable); stop it with [Watcher.Close].
 type Watcher struct {
 	// C receives a value once a burst of changes has been quiet for the
 	// debounce period. Its buffer holds one value: changes made while the

@@ -86,34 +86,33 @@ func (p *Proxy) Update(cfg failover.Config) error {
 	return nil
 }
 
-// diffConfigs reports whether the endpoints of old and new differ (any
-// field, in order) and which other fields of the Config do.
-func diffConfigs(old, new failover.Config) (endpointsDiffer []string, settings []string) {
-	if !reflect.DeepEqual(old.Endpoints, new.Endpoints) {
+// diffConfigs reports whether the endpoints of before and after differ (any
+// field, in order; endpointsDiffer is then {"Endpoints"}) and which other
+// fields of the Config do.
+func diffConfigs(before, after failover.Config) (endpointsDiffer []string, settings []string) {
+	if !reflect.DeepEqual(before.Endpoints, after.Endpoints) {
 		endpointsDiffer = []string{"Endpoints"}
 	}
-	ov, nv := reflect.ValueOf(old), reflect.ValueOf(new)
+	return endpointsDiffer, differentFields(reflect.ValueOf(before), reflect.ValueOf(after), "Endpoints")
+}
+
+// differentFields names the exported fields of the structs ov and nv, of
+// one type, that differ, skip aside.
+func differentFields(ov, nv reflect.Value, skip string) []string {
+	var out []string
 	for i := range ov.NumField() {
-		name := ov.Type().Field(i).Name
-		if name != "Endpoints" && !reflect.DeepEqual(ov.Field(i).Interface(), nv.Field(i).Interface()) {
-			settings = append(settings, name)
+		f := ov.Type().Field(i)
+		if f.IsExported() && f.Name != skip && !reflect.DeepEqual(ov.Field(i).Interface(), nv.Field(i).Interface()) {
+			out = append(out, f.Name)
 		}
 	}
-	return endpointsDiffer, settings
+	return out
 }
 
 // changedFields names the fields of two configurations of one endpoint
 // that differ, Name aside.
-func changedFields(old, new failover.Endpoint) []string {
-	ov, nv := reflect.ValueOf(old), reflect.ValueOf(new)
-	var out []string
-	for i := range ov.NumField() {
-		name := ov.Type().Field(i).Name
-		if name != "Name" && !reflect.DeepEqual(ov.Field(i).Interface(), nv.Field(i).Interface()) {
-			out = append(out, name)
-		}
-	}
-	return out
+func changedFields(before, after failover.Endpoint) []string {
+	return differentFields(reflect.ValueOf(before), reflect.ValueOf(after), "Name")
 }
 
 // logChanges logs, at Info, the endpoints added, removed and changed
