@@ -13,10 +13,15 @@ import (
 // machines. No assertion depends on timing.
 const waitLimit = time.Minute
 
-// watch starts a Watcher of path with the default debounce.
+// testDebounce is the tests' debounce: longer than the default, so that
+// a burst of events stays one burst even when a loaded machine stalls the
+// writer between two of its system calls.
+const testDebounce = time.Second
+
+// watch starts a Watcher of path with testDebounce.
 func watch(t *testing.T, path string) *Watcher {
 	t.Helper()
-	w, err := Watch(path, 0)
+	w, err := Watch(path, testDebounce)
 	if err != nil {
 		t.Fatal(err)
 	}

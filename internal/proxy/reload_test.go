@@ -158,7 +158,9 @@ func TestReloadWatchedFile(t *testing.T) {
 	}
 	p, f, logs := newUpdatable(t, Config{Failover: cfg})
 
-	w, err := envfile.Watch(path, 0)
+	// A long debounce: an in-place write (a truncation, then a write) must
+	// stay one burst even on a loaded machine.
+	w, err := envfile.Watch(path, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
