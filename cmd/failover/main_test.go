@@ -106,10 +106,16 @@ var (
 // until the test ends, and waits until it listens.
 func startProxy(t *testing.T, environ []string, args ...string) *runningProxy {
 	t.Helper()
+	return startProxyWith(t, nil, environ, args...)
+}
+
+// startProxyWith is startProxy with hangup as the command's SIGHUP.
+func startProxyWith(t *testing.T, hangup hangupFunc, environ []string, args ...string) *runningProxy {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &runningProxy{logs: newLogBuffer(), stop: cancel, exited: make(chan int, 1)}
 	args = append([]string{"proxy", "-listen", "127.0.0.1:0", "-shutdown-timeout", "50s"}, args...)
-	go func() { p.exited <- run(ctx, args, environ, io.Discard, p.logs) }()
+	go func() { p.exited <- runWith(ctx, args, environ, hangup, io.Discard, p.logs) }()
 	t.Cleanup(func() {
 		cancel()
 		p.wait(t)

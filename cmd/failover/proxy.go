@@ -8,12 +8,14 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/url"
-	"strconv"
+	"os"
 	"strings"
 	"time"
 
+	"github.com/dustin/go-humanize"
+
 	"github.com/failover-go/failover"
+	"github.com/failover-go/failover/internal/envfile"
 	"github.com/failover-go/failover/internal/proxy"
 )
 
@@ -26,9 +28,13 @@ type proxyFlags struct {
 	basePath        string
 	adminListen     string
 	allowRemote     bool
+	allowOrigins    []string
 	shutdownTimeout time.Duration
+	readTimeout     time.Duration
+	maxBody         int64 // failover.Config.MaxBodyBuffer: -1 for none
 	logLevel        slog.Level
 	endpointHeader  string
+	envFile         string
 }
 
 // parseProxyFlags parses the proxy command's arguments, reporting any error
@@ -43,25 +49,54 @@ func parseProxyFlags(args []string, stderr io.Writer) (proxyFlags, error) {
 	fs.StringVar(&f.adminListen, "admin-listen", "",
 		"`address` to serve /metrics and /healthz on; empty: on -listen")
 	fs.BoolVar(&f.allowRemote, "allow-remote", false,
-		"listen on non-loopback addresses without "+envProxyKey+", and serve /metrics and /healthz on one")
+		"listen on non-loopback addresses without "+envProxyKey+", serve /metrics and /healthz on one, and accept any Host name")
+	fs.Func("allow-origin", "comma-separated web `origins` (https://app.example.com) whose pages may call the API from a browser; * for any, with "+envProxyKey+" only; default: none",
+		func(s string) error {
+			for o := range strings.SplitSeq(s, ",") {
+				if o = strings.TrimSpace(o); o != "" {
+					f.allowOrigins = append(f.allowOrigins, o)
+				}
+			}
+			return nil
+		})
+	fs.DurationVar(&f.readTimeout, "read-timeout", proxy.DefaultReadTimeout,
+		"how long a client may take to send a request body, after its headers")
+	f.maxBody = proxy.DefaultMaxBody
+	fs.Func("max-body", "largest request body (`size`) buffered so that its request can fail over, such as 32MiB or 25MB; 0: none (default 32MiB)",
+		func(s string) error {
+			n, err := parseSize(s)
+			f.maxBody = n
+			return err
+		})
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", proxy.DefaultShutdownTimeout,
 		"how long requests in flight (streams and upgraded connections too) may run on after SIGINT or SIGTERM")
 	fs.TextVar(&f.logLevel, "log-level", slog.LevelInfo, "log `level`: debug, info, warn or error")
 	fs.StringVar(&f.endpointHeader, "endpoint-header", "Failover-Endpoint",
 		"response `header` naming the endpoint that answered; empty: none")
+	fs.StringVar(&f.envFile, "env-file", "",
+		"dotenv `file` of the same variables as the environment, which it overrides; reloaded on SIGHUP and when it changes")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: failover proxy [flags]
 
 An OpenAI-compatible reverse proxy that fails over across the endpoints
 described by the environment (OPENAI_BASE_URL_N, OPENAI_API_KEY_N, ...; see
-the README). Point an SDK's base URL at http://<listen>/v1.
+the README), and by -env-file, whose variables override the environment's.
+Point an SDK's base URL at http://<listen>/v1. The -env-file is read again
+on SIGHUP and when it changes: the endpoints change without a restart, or,
+if the file has an error, the running ones stay.
 
 `+envProxyKey+`, when set, is the key clients must send as their API key
 (Authorization: Bearer <key>). Without it the proxy listens on loopback only,
-unless -allow-remote is given. /metrics and /healthz never ask for the key:
-they are served on -admin-listen, or on -listen without it, and that address
-must be loopback unless -allow-remote is given. The client's own
-Authorization header is never forwarded: each endpoint's key replaces it.
+unless -allow-remote is given, and answers only requests for a loopback host
+name (localhost, 127.0.0.1, [::1]): another one may come from a web page
+through DNS rebinding. /metrics and /healthz never ask for the key: they are
+served on -admin-listen, or on -listen without it, and that address must be
+loopback unless -allow-remote is given. The client's own Authorization
+header is never forwarded: each endpoint's key replaces it.
+
+Web pages (requests with an Origin header) are refused unless -allow-origin
+lists their origin; CORS preflights are answered here, never forwarded. Only
+GET, POST and DELETE reach an endpoint.
 
 Flags:
 `)
@@ -76,6 +111,8 @@ Flags:
 		err = fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	case f.shutdownTimeout <= 0:
 		err = fmt.Errorf("-shutdown-timeout %v: want a positive duration", f.shutdownTimeout)
+	case f.readTimeout <= 0:
+		err = fmt.Errorf("-read-timeout %v: want a positive duration", f.readTimeout)
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "failover proxy: %v\n", err)
@@ -83,8 +120,28 @@ Flags:
 	return f, err
 }
 
-// runProxyCommand runs "failover proxy" until ctx is done.
-func runProxyCommand(ctx context.Context, args, environ []string, stderr io.Writer) int {
+// maxBodyLimit caps -max-body: every request in flight may hold that much.
+const maxBodyLimit = 1 << 30
+
+// parseSize parses the value of -max-body (go-humanize's sizes: 1048576,
+// 32MiB, 25MB, 512 KiB) into failover.Config.MaxBodyBuffer: 0 becomes -1,
+// no buffering.
+func parseSize(s string) (int64, error) {
+	n, err := humanize.ParseBytes(strings.TrimSpace(s))
+	switch {
+	case err != nil:
+		return 0, errors.New("want a size such as 32MiB, 25MB or 1048576 (bytes)")
+	case n > maxBodyLimit:
+		return 0, errors.New("at most 1GiB: every request in flight may hold this much memory")
+	case n == 0:
+		return -1, nil
+	}
+	return int64(n), nil
+}
+
+// runProxyCommand runs "failover proxy" until ctx is done. hangup, when
+// not nil, subscribes to SIGHUP, for the -env-file's reloads.
+func runProxyCommand(ctx context.Context, args, environ []string, hangup hangupFunc, stderr io.Writer) int {
 	f, err := parseProxyFlags(args, stderr)
 	switch {
 	case errors.Is(err, flag.ErrHelp):
@@ -94,17 +151,28 @@ func runProxyCommand(ctx context.Context, args, environ []string, stderr io.Writ
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: f.logLevel}))
 
-	cfg, err := failover.ConfigFromEnviron(environ)
+	src := configSource{environ: environ, envFile: f.envFile, endpointHeader: f.endpointHeader, maxBody: f.maxBody}
+	var watcher *envfile.Watcher
+	if f.envFile != "" {
+		// Before the first read, so that no change goes unseen.
+		if watcher, err = envfile.Watch(f.envFile, 0); err != nil {
+			logger.Warn("not watching the -env-file for changes; send SIGHUP to reload it", "error", err)
+		} else {
+			defer watcher.Close()
+		}
+	}
+	cfg, key, err := src.load()
 	if err != nil {
 		configError(stderr, err)
 		return exitUsage
 	}
-	cfg.EndpointHeader = f.endpointHeader
-	key := strings.TrimSpace(lookupEnv(environ, envProxyKey))
 	p, err := proxy.New(proxy.Config{
 		Failover:        cfg,
 		BasePath:        f.basePath,
 		ProxyKey:        key,
+		AllowOrigins:    f.allowOrigins,
+		AnyHost:         f.allowRemote,
+		ReadTimeout:     f.readTimeout,
 		ShutdownTimeout: f.shutdownTimeout,
 		Logger:          logger,
 	})
@@ -119,18 +187,18 @@ func runProxyCommand(ctx context.Context, args, environ []string, stderr io.Writ
 	ln, err := listen(f.listen, "-listen", pol, true, f.adminListen == "")
 	if err != nil {
 		fmt.Fprintf(stderr, "failover proxy: %v\n", err)
-		return exitCode(err)
+		return exitUsage
 	}
 	var admin net.Listener
 	if f.adminListen != "" {
 		if admin, err = listen(f.adminListen, "-admin-listen", pol, false, true); err != nil {
 			_ = ln.Close()
 			fmt.Fprintf(stderr, "failover proxy: %v\n", err)
-			return exitCode(err)
+			return exitUsage
 		}
 	}
 
-	if err := checkNoLoop(p.Endpoints(), ln.Addr()); err != nil {
+	if err := proxy.CheckNoLoop(cfg.Endpoints, ln.Addr()); err != nil {
 		_ = ln.Close()
 		if admin != nil {
 			_ = admin.Close()
@@ -139,12 +207,106 @@ func runProxyCommand(ctx context.Context, args, environ []string, stderr io.Writ
 		return exitUsage
 	}
 
+	if f.envFile != "" {
+		var changes <-chan struct{}
+		if watcher != nil {
+			changes = watcher.C
+		}
+		stop := startReloader(ctx, reloadSetup{src: src, key: key, proxy: p, addr: ln.Addr(), changes: changes, hangup: hangup, logger: logger})
+		defer stop()
+	}
 	logStartup(logger, p, ln, admin, key != "")
 	if err := p.Serve(ctx, ln, admin); err != nil {
 		logger.Error("proxy stopped", "error", err)
 		return exitFailure
 	}
 	return exitOK
+}
+
+// configSource reads the proxy's transport configuration, the same way at
+// start and at each reload: the environment, with the -env-file's
+// variables over it, and the settings of the flags.
+type configSource struct {
+	environ        []string
+	envFile        string // "" for none
+	endpointHeader string
+	maxBody        int64
+}
+
+// load returns the configuration and FAILOVER_PROXY_KEY. Its error names
+// the variable or the file's line, never a value.
+func (s configSource) load() (failover.Config, string, error) {
+	environ := s.environ
+	if s.envFile != "" {
+		var err error
+		if environ, err = envfile.LoadOver(s.environ, s.envFile); err != nil {
+			return failover.Config{}, "", fmt.Errorf("-env-file: %w", err)
+		}
+	}
+	cfg, err := failover.ConfigFromEnviron(environ)
+	if err != nil {
+		return failover.Config{}, "", err
+	}
+	cfg.EndpointHeader = s.endpointHeader
+	cfg.MaxBodyBuffer = s.maxBody
+	return cfg, strings.TrimSpace(lookupEnv(environ, envProxyKey)), nil
+}
+
+// reloadSetup is what the reloads of the -env-file need.
+type reloadSetup struct {
+	src     configSource
+	key     string // FAILOVER_PROXY_KEY at start
+	proxy   *proxy.Proxy
+	addr    net.Addr // the API listener's, for the loop check
+	changes <-chan struct{}
+	hangup  hangupFunc // nil: no SIGHUP
+	logger  *slog.Logger
+}
+
+// startReloader reloads the -env-file on each change and SIGHUP until ctx
+// is done or the returned stop is called; stop waits for the reloads to
+// end. A reloaded configuration is checked and prepared exactly as at
+// start (the same load, CheckNoLoop on the same listener, and the proxy's
+// own settings applied by Proxy.Update). FAILOVER_PROXY_KEY is read at
+// start only: a change in the file is logged and waits for a restart.
+func startReloader(ctx context.Context, s reloadSetup) (stop func()) {
+	var (
+		hups    <-chan os.Signal
+		stopHup = func() {}
+	)
+	if s.hangup != nil {
+		hups, stopHup = s.hangup()
+	}
+	r := &proxy.Reloader{
+		Load: func() (failover.Config, error) {
+			cfg, key, err := s.src.load()
+			if err == nil && key != s.key {
+				s.logger.Warn(envProxyKey + " differs in the -env-file: it applies at the next start; the running key stays")
+			}
+			return cfg, err
+		},
+		Apply: func(cfg failover.Config) error {
+			if err := proxy.CheckNoLoop(cfg.Endpoints, s.addr); err != nil {
+				return err
+			}
+			return s.proxy.Update(cfg)
+		},
+		Changes: s.changes,
+		Hangups: hups,
+		Logger:  s.logger,
+	}
+	s.logger.Info("the -env-file is reloaded on SIGHUP and when it changes", "path", s.src.envFile, "watching", s.changes != nil)
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		r.Run(ctx)
+	}()
+	return func() {
+		cancel()
+		<-done
+		stopHup()
+	}
 }
 
 // configError prints a configuration error, one problem a line. Neither
@@ -159,14 +321,6 @@ func configError(w io.Writer, err error) {
 // errRemote is a listen address refused for being reachable from other
 // machines.
 var errRemote = errors.New("not a loopback address")
-
-// exitCode is the exit code for an error of listen.
-func exitCode(err error) int {
-	if errors.Is(err, errRemote) {
-		return exitUsage
-	}
-	return exitFailure
-}
 
 // listen listens on addr, the value of flagName, for the API (api), the
 // admin handlers (admin) or both, and refuses (closing it) a listener that
@@ -219,47 +373,11 @@ func (pol remotePolicy) check(flagName, addr string, bound net.Addr, api, admin 
 	return nil
 }
 
-// checkNoLoop refuses an endpoint whose base URL is the proxy's own
-// listener, where every request would come back to the proxy. It happens
-// when OPENAI_BASE_URL, set for an SDK to reach the proxy, is also in the
-// proxy's environment: it is the default base URL of every endpoint.
-func checkNoLoop(eps []proxy.EndpointInfo, addr net.Addr) error {
-	tcp, ok := addr.(*net.TCPAddr)
-	if !ok {
-		return nil
-	}
-	for _, e := range eps {
-		u, err := url.Parse(e.BaseURL)
-		if err != nil || u.Scheme != "http" {
-			continue // the proxy serves plain HTTP only
-		}
-		port := u.Port()
-		if port == "" {
-			port = "80"
-		}
-		if port != strconv.Itoa(tcp.Port) {
-			continue
-		}
-		host := u.Hostname()
-		ip := net.ParseIP(host)
-		if host == "localhost" || (ip != nil && (ip.IsLoopback() || ip.Equal(tcp.IP) || tcp.IP.IsUnspecified())) {
-			return fmt.Errorf("endpoint %q (%s) is this proxy itself, so its requests would loop; "+
-				"is OPENAI_BASE_URL, meant for an SDK, set in the proxy's environment? "+
-				"It is the default of every OPENAI_BASE_URL_N", e.Name, e.BaseURL)
-		}
-	}
-	return nil
-}
-
 // logStartup logs the endpoints (keys only as fingerprints), the addresses
 // served, and how access is controlled.
 func logStartup(logger *slog.Logger, p *proxy.Proxy, ln, admin net.Listener, haveKey bool) {
 	for _, e := range p.Endpoints() {
-		attrs := []any{"name", e.Name, "url", e.BaseURL, "priority", e.Priority, "weight", e.Weight, "key", e.Key}
-		if e.Disabled {
-			attrs = append(attrs, "disabled", true)
-		}
-		logger.Info("endpoint", attrs...)
+		logger.Info("endpoint", e.LogAttrs()...)
 	}
 	addr := ln.Addr().String()
 	switch {

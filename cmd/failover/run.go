@@ -4,6 +4,9 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
+	"os/signal"
+	"syscall"
 )
 
 // Exit codes of the command.
@@ -18,18 +21,37 @@ const usageText = `Usage:
       Three fake upstreams on loopback fail in turn while chat requests
       flow through one failover transport; no API key needed.
   failover proxy [-listen 127.0.0.1:8080] [-base-path /v1] [-admin-listen addr]
-                 [-allow-remote] [-shutdown-timeout 30s] [-log-level info]
-                 [-endpoint-header Failover-Endpoint]
+                 [-allow-remote] [-allow-origin origins] [-read-timeout 60s]
+                 [-max-body 32MiB] [-shutdown-timeout 30s] [-log-level info]
+                 [-endpoint-header Failover-Endpoint] [-env-file file]
       An OpenAI-compatible reverse proxy with failover, configured by the
-      OPENAI_* environment variables; FAILOVER_PROXY_KEY guards it.
+      OPENAI_* environment variables (and -env-file, reloaded on SIGHUP and
+      when it changes); FAILOVER_PROXY_KEY guards it.
 
 Run "failover demo -h" or "failover proxy -h" for each command's flags.
 `
 
-// run is the whole command: args are the arguments after the program name,
-// environ the environment as os.Environ returns it. It returns the exit
-// code. ctx ends on SIGINT or SIGTERM.
+// hangupFunc subscribes to SIGHUP: it returns a channel that receives the
+// signal and a function that ends the subscription.
+type hangupFunc func() (<-chan os.Signal, func())
+
+// notifyHangup is the hangupFunc of the process: os/signal's SIGHUP.
+func notifyHangup() (<-chan os.Signal, func()) {
+	c := make(chan os.Signal, 1)
+	signal.Notify(c, syscall.SIGHUP)
+	return c, func() { signal.Stop(c) }
+}
+
+// run is the whole command, without SIGHUP: see runWith.
 func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) int {
+	return runWith(ctx, args, environ, nil, stdout, stderr)
+}
+
+// runWith is the whole command: args are the arguments after the program
+// name, environ the environment as os.Environ returns it. It returns the
+// exit code. ctx ends on SIGINT or SIGTERM; hangup, when not nil,
+// subscribes to SIGHUP, which reloads the proxy's -env-file.
+func runWith(ctx context.Context, args, environ []string, hangup hangupFunc, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usageText)
 		return exitUsage
@@ -38,7 +60,7 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 	case "demo":
 		return runDemoCommand(ctx, args[1:], environ, stdout, stderr)
 	case "proxy":
-		return runProxyCommand(ctx, args[1:], environ, stderr)
+		return runProxyCommand(ctx, args[1:], environ, hangup, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usageText)
 		return exitOK

@@ -11,8 +11,13 @@
 // it; nor are the OpenAI-Organization and OpenAI-Project headers that
 // qualify it. A path with a "." or ".." segment gets a 400 and goes
 // nowhere. With a proxy key set, a client must present that key as its
-// bearer token. /metrics (Prometheus) and /healthz ([failover.Transport.HealthHandler])
-// are served beside the API or on a listener of their own.
+// bearer token. Only GET, POST and DELETE (WebSocket upgrades included)
+// reach an endpoint. Web browsers are kept in check (see
+// [Config.AllowOrigins] and [Config.AnyHost]), a request that comes back
+// to the proxy that sent it is refused ([HopHeader]), and a request body
+// must arrive within [Config.ReadTimeout]. /metrics (Prometheus) and
+// /healthz ([failover.Transport.HealthHandler]) are served beside the API
+// or on a listener of their own.
 //
 // The package lives under internal/ so that the command and the SDK tests
 // of the nested integration module share one proxy.
@@ -29,7 +34,9 @@ import (
 	"net/url"
 	"path"
 	"strings"
+	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -51,7 +58,15 @@ const (
 	DefaultBasePath = "/v1"
 	// DefaultShutdownTimeout bounds the graceful shutdown.
 	DefaultShutdownTimeout = 30 * time.Second
+	// DefaultReadTimeout bounds the read of a request body.
+	DefaultReadTimeout = 60 * time.Second
+	// DefaultMaxBody is the largest request body the proxy buffers so that
+	// it can fail over (OpenAI's audio uploads go to 25 MB).
+	DefaultMaxBody = 32 << 20
 )
+
+// maxLoggedPath is the longest path an access-log line shows in full.
+const maxLoggedPath = 256
 
 // Paths of the administrative handlers.
 const (
@@ -66,7 +81,9 @@ type Config struct {
 	// returns it. New replaces its ClientBaseURLs with {InternalBaseURL}
 	// and its Registerer with the proxy's own registry; a nil Base means a
 	// transport of the proxy's own, released by [Proxy.Close]; a nil
-	// Logger means Config.Logger.
+	// Logger means Config.Logger; a zero MaxBodyBuffer means
+	// [DefaultMaxBody] (negative: no body is buffered, and a request with
+	// one goes to one endpoint only).
 	Failover failover.Config
 
 	// BasePath is the path under which clients send API requests: a client
@@ -82,6 +99,39 @@ type Config struct {
 	// no access control (the command then listens on loopback only unless
 	// told otherwise). /metrics and /healthz never require it.
 	ProxyKey string
+
+	// AllowOrigins lists the web origins whose pages may call the API from
+	// a browser, each exactly as a browser sends it in its Origin header:
+	// scheme://host[:port], lowercase, without the scheme's default port
+	// or a trailing slash (https://app.example.com, http://localhost:3000).
+	// A request whose Origin is not in the list gets a 403, with a proxy
+	// key or without; a request without an Origin (an SDK, curl) is not
+	// concerned. The proxy answers every CORS preflight itself and never
+	// forwards one: 204 with the Access-Control-* headers for an allowed
+	// origin and method, else 403. The responses to an allowed origin carry
+	// Access-Control-Allow-Origin with that origin; an endpoint's own
+	// Access-Control-* headers never pass. "*" allows every origin, and
+	// only with a ProxyKey (each request must then present the key):
+	// without one, any page the user opens could spend the endpoints'
+	// keys. Nil means none: web pages get a 403.
+	AllowOrigins []string
+
+	// AnyHost, when true, accepts requests whatever their Host header. When
+	// false (the default), a request must name a loopback host (localhost
+	// in any case, 127.0.0.0/8 or [::1], with or without a port), as a
+	// client of a proxy on loopback does, or it gets a 403: a web page that
+	// reaches the proxy through DNS rebinding names its own host. With a
+	// ProxyKey the API accepts any Host (such a page does not know the
+	// key), but /metrics and /healthz, which never ask for the key, still
+	// need a loopback Host unless AnyHost.
+	AnyHost bool
+
+	// ReadTimeout bounds how long a client may take to send a request's
+	// body, from the end of its headers (whose read has its own timeout).
+	// A slower client gets a 408, and no endpoint is charged with the
+	// failure, even when an attempt was already sending the body on. Zero
+	// means [DefaultReadTimeout]; negative is an error.
+	ReadTimeout time.Duration
 
 	// ShutdownTimeout bounds how long [Proxy.Serve] waits for requests in
 	// flight, streams and upgraded connections included, once its context
@@ -104,15 +154,24 @@ type Proxy struct {
 	internal        *url.URL
 	requireKey      bool
 	keySum          [32]byte // sha256 of ProxyKey
+	origins         originPolicy
+	anyHost         bool
+	hopID           string // this proxy's ID in HopHeader
+	readTimeout     time.Duration
 	shutdownTimeout time.Duration
+	own             ownedSettings // applied to every transport Config
 	transport       *failover.Transport
+	updater         updater         // the transport, if it can be reconfigured
 	base            *http.Transport // ours to close; nil when Failover.Base was set
 	registry        *prometheus.Registry
 	rp              *httputil.ReverseProxy
 	metrics         http.Handler
 	health          http.Handler
-	endpoints       []EndpointInfo
 	logger          *slog.Logger
+
+	mu        sync.Mutex      // serialises Update; guards the fields below
+	cfg       failover.Config // the transport's configuration, as prepared
+	endpoints []EndpointInfo
 }
 
 // New validates cfg and returns a Proxy for it. Its error is that of
@@ -132,6 +191,16 @@ func New(cfg Config) (*Proxy, error) {
 	if strings.ContainsAny(cfg.ProxyKey, "\r\n") {
 		return nil, errors.New("proxy: the proxy key contains a line break")
 	}
+	origins, err := newOriginPolicy(cfg.AllowOrigins, cfg.ProxyKey != "")
+	if err != nil {
+		return nil, fmt.Errorf("proxy: %w", err)
+	}
+	switch {
+	case cfg.ReadTimeout < 0:
+		return nil, fmt.Errorf("proxy: read timeout %v is negative", cfg.ReadTimeout)
+	case cfg.ReadTimeout == 0:
+		cfg.ReadTimeout = DefaultReadTimeout
+	}
 	logger := cfg.Logger
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -140,28 +209,41 @@ func New(cfg Config) (*Proxy, error) {
 		basePath:        basePath,
 		requireKey:      cfg.ProxyKey != "",
 		keySum:          keyHash(cfg.ProxyKey),
+		origins:         origins,
+		anyHost:         cfg.AnyHost,
+		hopID:           newHopID(),
+		readTimeout:     cfg.ReadTimeout,
 		shutdownTimeout: cfg.ShutdownTimeout,
 		registry:        prometheus.NewRegistry(),
 		logger:          logger,
 	}
 	p.internal, _ = url.Parse(InternalBaseURL)
 
-	fc := cfg.Failover
-	fc.ClientBaseURLs = []string{InternalBaseURL}
-	fc.Registerer = p.registry
-	if fc.Logger == nil {
-		fc.Logger = cfg.Logger
+	p.own = ownedSettings{
+		base:           cfg.Failover.Base,
+		logger:         cfg.Failover.Logger,
+		endpointHeader: cfg.Failover.EndpointHeader,
+		maxBody:        cfg.Failover.MaxBodyBuffer,
 	}
-	if fc.Base == nil {
+	if p.own.logger == nil {
+		p.own.logger = cfg.Logger
+	}
+	if p.own.maxBody == 0 {
+		p.own.maxBody = DefaultMaxBody
+	}
+	if p.own.base == nil {
 		p.base = http.DefaultTransport.(*http.Transport).Clone()
 		// A proxy keeps many connections to few hosts.
 		p.base.MaxIdleConnsPerHost = 64
-		fc.Base = p.base
+		p.own.base = p.base
 	}
+	fc := p.prepare(cfg.Failover)
 	if p.transport, err = failover.New(fc); err != nil {
 		p.Close()
 		return nil, err
 	}
+	p.updater, _ = any(p.transport).(updater)
+	p.cfg = fc
 	p.registry.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -170,11 +252,12 @@ func New(cfg Config) (*Proxy, error) {
 	p.health = p.transport.HealthHandler()
 	p.endpoints = describeEndpoints(p.transport.Health(), fc.Endpoints)
 	p.rp = &httputil.ReverseProxy{
-		Rewrite:       p.rewrite,
-		Transport:     p.transport,
-		FlushInterval: -1, // every write reaches the client at once: SSE
-		ErrorHandler:  p.proxyError,
-		ErrorLog:      slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		Rewrite:        p.rewrite,
+		ModifyResponse: stripCORS,
+		Transport:      p.transport,
+		FlushInterval:  -1, // every write reaches the client at once: SSE
+		ErrorHandler:   p.proxyError,
+		ErrorLog:       slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
 	return p, nil
 }
@@ -233,26 +316,48 @@ func (p *Proxy) APIHandler() http.Handler { return p.handler(true, false) }
 // other path gets a 404.
 func (p *Proxy) AdminHandler() http.Handler { return p.handler(false, true) }
 
+// handler serves the API (api), the admin paths (admin) or both. Outside
+// the API, where nothing is logged, it checks the method (the admin paths
+// take GET and HEAD; any other path gets a 405 for a method the API never
+// takes, such as TRACE or CONNECT, else a 404) and the Host, as for a
+// request without a proxy key.
 func (p *Proxy) handler(api, admin bool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch {
-		case admin && r.URL.Path == MetricsPath:
-			p.metrics.ServeHTTP(w, r)
-		case admin && r.URL.Path == HealthPath:
-			p.health.ServeHTTP(w, r)
-		case api && (urlpath.Under(r.URL.Path, p.basePath) || urlpath.HasDotSegment(r.URL.Path)):
+		if api && (urlpath.Under(r.URL.Path, p.basePath) || urlpath.HasDotSegment(r.URL.Path)) {
 			// A path with dot segments gets its 400 from serveAPI, in or
 			// out of the base path.
 			p.serveAPI(w, r)
+			return
+		}
+		isAdmin := admin && (r.URL.Path == MetricsPath || r.URL.Path == HealthPath)
+		switch {
+		case isAdmin && r.Method != http.MethodGet && r.Method != http.MethodHead:
+			refuseMethod(w, "GET, HEAD")
+		case !isAdmin && !isAPIMethod(r.Method) && r.Method != http.MethodHead:
+			refuseMethod(w, apiMethods)
+		case !p.hostAllowed(r, false):
+			p.refuseHost(w)
+		case r.URL.Path == MetricsPath && isAdmin:
+			p.metrics.ServeHTTP(w, r)
+		case r.URL.Path == HealthPath && isAdmin:
+			p.health.ServeHTTP(w, r)
 		default:
 			writeError(w, http.StatusNotFound, "invalid_request_error", "unknown_url",
-				fmt.Sprintf("Unknown request URL: %s %s. The proxy serves the API under %s.", r.Method, r.URL.Path, p.BasePath()))
+				fmt.Sprintf("Unknown request URL: %s %s. The proxy serves the API under %s.", r.Method, cutPath(r.URL.Path), p.BasePath()))
 		}
 	})
 }
 
-// serveAPI checks the request's path and the client's access and proxies
-// the request, logging it.
+// refuseMethod answers a request whose method the path does not take.
+func refuseMethod(w http.ResponseWriter, allow string) {
+	w.Header().Set("Allow", allow)
+	writeError(w, http.StatusMethodNotAllowed, "invalid_request_error", "method_not_allowed",
+		fmt.Sprintf("The proxy takes only %s requests here.", allow))
+}
+
+// serveAPI answers a CORS preflight, or checks the request (its method,
+// Host, origin, hops, path and the client's access) and proxies it; it
+// logs either.
 func (p *Proxy) serveAPI(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	rec := &recorder{ResponseWriter: w}
@@ -263,33 +368,75 @@ func (p *Proxy) serveAPI(w http.ResponseWriter, r *http.Request) {
 	// http.ErrAbortHandler. Nothing recovers: the panic goes on to
 	// net/http, which closes the connection.
 	defer func() {
-		attrs := []slog.Attr{
-			slog.String("method", r.Method),
-			slog.String("path", r.URL.Path),
-			slog.Int("status", rec.status()),
-			slog.Int64("bytes", rec.written),
-			slog.Duration("duration", time.Since(start)),
-		}
-		if !completed {
-			attrs = append(attrs, slog.Bool("aborted", true))
-		}
-		p.logger.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
+		p.logger.LogAttrs(r.Context(), slog.LevelInfo, "request", p.accessAttrs(r, rec, start, completed)...)
 	}()
+	origin := r.Header.Get("Origin")
 	switch {
+	case isPreflight(r):
+		p.preflight(rec, r)
+	case !isAPIMethod(r.Method):
+		refuseMethod(rec, apiMethods)
+	case !p.hostAllowed(r, true):
+		p.refuseHost(rec)
+	case origin != "" && !p.origins.allows(origin):
+		p.refuseOrigin(rec)
+	case looped(r, p.hopID):
+		refuseLoop(rec)
 	case urlpath.HasDotSegment(r.URL.Path):
 		// An upstream (or anything in front of it) that resolves dot
 		// segments would serve the request from outside the endpoint's
 		// base path, with the endpoint's key. No API path has one.
 		writeError(rec, http.StatusBadRequest, "invalid_request_error", "invalid_path",
 			`The request path has a "." or ".." segment; the proxy does not forward such paths.`)
-	case p.requireKey && !p.authorized(r):
-		w.Header().Set("WWW-Authenticate", `Bearer realm="failover"`)
-		writeError(rec, http.StatusUnauthorized, "invalid_request_error", "invalid_api_key",
-			"Missing or incorrect proxy key: send the proxy's key (FAILOVER_PROXY_KEY) as Authorization: Bearer <key>.")
 	default:
-		p.rp.ServeHTTP(rec, r)
+		if origin != "" {
+			allowOrigin(rec.Header(), origin)
+		}
+		if p.requireKey && !p.authorized(r) {
+			rec.Header().Set("WWW-Authenticate", `Bearer realm="failover"`)
+			writeError(rec, http.StatusUnauthorized, "invalid_request_error", "invalid_api_key",
+				"Missing or incorrect proxy key: send the proxy's key (FAILOVER_PROXY_KEY) as Authorization: Bearer <key>.")
+			break
+		}
+		out, body := timeBody(w, r, p.readTimeout)
+		rec.body = body
+		defer body.done()
+		p.rp.ServeHTTP(rec, out)
 	}
 	completed = true
+}
+
+// accessAttrs returns the access-log attributes of r: method, path (cut
+// at maxLoggedPath bytes, with path_bytes giving its length), status,
+// bytes, duration, and aborted=true for a response cut short.
+func (p *Proxy) accessAttrs(r *http.Request, rec *recorder, start time.Time, completed bool) []slog.Attr {
+	attrs := make([]slog.Attr, 0, 7)
+	attrs = append(attrs, slog.String("method", r.Method), slog.String("path", cutPath(r.URL.Path)))
+	if len(r.URL.Path) > maxLoggedPath {
+		attrs = append(attrs, slog.Int("path_bytes", len(r.URL.Path)))
+	}
+	attrs = append(attrs,
+		slog.Int("status", rec.status()),
+		slog.Int64("bytes", rec.written),
+		slog.Duration("duration", time.Since(start)),
+	)
+	if !completed {
+		attrs = append(attrs, slog.Bool("aborted", true))
+	}
+	return attrs
+}
+
+// cutPath returns p whole if it has at most maxLoggedPath bytes, else its
+// first maxLoggedPath bytes (never splitting a UTF-8 sequence) and "…".
+func cutPath(p string) string {
+	if len(p) <= maxLoggedPath {
+		return p
+	}
+	cut := maxLoggedPath
+	for cut > 0 && !utf8.RuneStart(p[cut]) {
+		cut--
+	}
+	return p[:cut] + "…"
 }
 
 // Close releases the idle upstream connections of the proxy's own base
@@ -307,6 +454,7 @@ type recorder struct {
 	http.ResponseWriter
 	code    int
 	written int64
+	body    *clientBody // the request body under the read timeout, if any
 }
 
 func (r *recorder) WriteHeader(code int) {
@@ -330,6 +478,9 @@ func (r *recorder) Write(b []byte) (int, error) {
 // the access log then shows 101, which the proxy writes on the hijacked
 // connection.
 func (r *recorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	if r.body != nil {
+		r.body.release() // the read timeout is the body's, not the relay's
+	}
 	conn, brw, err := http.NewResponseController(r.ResponseWriter).Hijack()
 	if err == nil && r.code == 0 {
 		r.code = http.StatusSwitchingProtocols

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -72,7 +73,7 @@ func TestRewrite(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		p := &Proxy{basePath: base}
+		p := &Proxy{basePath: base, hopID: "0123456789abcdef"}
 		p.internal, _ = p.internal.Parse(InternalBaseURL)
 		in := httptest.NewRequest(http.MethodPost, "http://127.0.0.1:8080"+tc.in, strings.NewReader("{}"))
 		in.Header.Set("Authorization", "Bearer client")
@@ -85,6 +86,7 @@ func TestRewrite(t *testing.T) {
 		in.Header["openai-organization"] = []string{"org-client-2"}
 		in.Header["OPENAI-PROJECT"] = []string{"proj_client_2"}
 		in.Header["authorization"] = []string{"Bearer client-2"}
+		in.Header.Set(HopHeader, "fedcba9876543210") // a proxy before this one
 		pr := &httputil.ProxyRequest{In: in, Out: in.Clone(context.Background())}
 		p.rewrite(pr)
 		if got := pr.Out.URL.String(); got != tc.want {
@@ -101,6 +103,12 @@ func TestRewrite(t *testing.T) {
 		}
 		if pr.Out.Header.Get("OpenAI-Beta") == "" {
 			t.Error("OpenAI-Beta dropped; want other headers kept")
+		}
+		if got, want := pr.Out.Header.Values(HopHeader), []string{"fedcba9876543210", "0123456789abcdef"}; !slices.Equal(got, want) {
+			t.Errorf("outgoing %s %q, want %q", HopHeader, got, want)
+		}
+		if got := in.Header.Values(HopHeader); len(got) != 1 {
+			t.Errorf("rewrite added to the inbound %s: %q", HopHeader, got)
 		}
 		if in.Header.Get("Authorization") == "" || in.URL.Host != "127.0.0.1:8080" {
 			t.Error("rewrite modified the inbound request")
@@ -228,6 +236,39 @@ func TestIsLoopback(t *testing.T) {
 	} {
 		if got := IsLoopback(tc.addr); got != tc.want {
 			t.Errorf("IsLoopback(%v) = %v, want %v", tc.addr, got, tc.want)
+		}
+	}
+}
+
+func TestCutPath(t *testing.T) {
+	long := "/v1/" + strings.Repeat("a", 300)
+	// A two-byte rune straddles byte maxLoggedPath: the cut goes before it.
+	utf := "/v1/" + strings.Repeat("a", maxLoggedPath-5) + "é" + strings.Repeat("b", 10)
+	for _, tc := range []struct{ in, want string }{
+		{"/v1/models", "/v1/models"},
+		{long[:maxLoggedPath], long[:maxLoggedPath]},
+		{long, long[:maxLoggedPath] + "…"},
+		{utf, utf[:maxLoggedPath-1] + "…"},
+	} {
+		if got := cutPath(tc.in); got != tc.want {
+			t.Errorf("cutPath(%d bytes) = %q, want %q", len(tc.in), got, tc.want)
+		}
+	}
+}
+
+func TestBodyHint(t *testing.T) {
+	for _, tc := range []struct {
+		limit int64
+		want  string
+	}{
+		{32 << 20, "-max-body 32 MiB"},
+		{1 << 10, "-max-body 1 KiB"},
+		{25_000_000, "-max-body 25000000 bytes"},
+		{1 << 30, "-max-body 1 GiB"},
+		{-1, "-max-body 0"},
+	} {
+		if got := bodyHint(tc.limit); !strings.Contains(got, tc.want) {
+			t.Errorf("bodyHint(%d) = %q, want it to mention %q", tc.limit, got, tc.want)
 		}
 	}
 }

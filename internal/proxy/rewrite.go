@@ -6,6 +6,7 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httputil"
 	"strconv"
@@ -27,9 +28,9 @@ import (
 var droppedHeaders = []string{"Authorization", "Openai-Organization", "Openai-Project", "Accept-Encoding"}
 
 // rewrite maps an inbound request under the base path onto InternalBaseURL,
-// keeping the rest of its path (escaping included) and its query, and
-// drops the client's [droppedHeaders] whatever their spelling. Out is a
-// clone of In; In is not modified.
+// keeping the rest of its path (escaping included) and its query, drops
+// the client's [droppedHeaders] whatever their spelling, and adds the
+// proxy's hop ID to [HopHeader]. Out is a clone of In; In is not modified.
 func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 	in := pr.In.URL
 	u := *p.internal
@@ -43,6 +44,7 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 	pr.Out.URL = &u
 	pr.Out.Host = "" // the Host header follows the URL, then the endpoint
 	dropHeaders(pr.Out.Header)
+	pr.Out.Header.Add(HopHeader, p.hopID)
 }
 
 // dropHeaders deletes from h each of [droppedHeaders] in any spelling: a
@@ -82,16 +84,34 @@ const statusClientClosed = 499
 // response is passed through instead.)
 func (p *Proxy) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	ctx := r.Context()
+	rec, _ := w.(*recorder)
+	var body *clientBody
+	if rec != nil {
+		body = rec.body
+	}
+	if body.bodyTimedOut() {
+		// The client, not an endpoint, failed: its context was canceled
+		// with errBodyTimeout, so no endpoint was charged.
+		p.logger.InfoContext(ctx, "request body too slow", "path", cutPath(r.URL.Path), "read_timeout", p.readTimeout)
+		w.Header().Set("Connection", "close")
+		writeError(w, http.StatusRequestTimeout, "invalid_request_error", "request_timeout",
+			fmt.Sprintf("The request body did not arrive within the proxy's read timeout (%v).", p.readTimeout))
+		return
+	}
 	if ctx.Err() != nil {
-		if rec, ok := w.(*recorder); ok {
+		if rec != nil {
 			rec.code = statusClientClosed
 		}
-		p.logger.DebugContext(ctx, "request abandoned", "path", r.URL.Path, "error", err)
+		p.logger.DebugContext(ctx, "request abandoned", "path", cutPath(r.URL.Path), "error", err)
 		return
 	}
 	status, code := errorStatus(err)
-	p.logger.WarnContext(ctx, "no endpoint answered", "path", r.URL.Path, "error", err)
-	writeError(w, status, "server_error", code, describe(err))
+	p.logger.WarnContext(ctx, "no endpoint answered", "path", cutPath(r.URL.Path), "error", err)
+	msg := describe(err)
+	if body.overBuffer(p.own.maxBody) {
+		msg += bodyHint(p.own.maxBody)
+	}
+	writeError(w, status, "server_error", code, msg)
 }
 
 // errorStatus chooses the status and OpenAI error code of a request that

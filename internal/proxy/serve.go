@@ -217,8 +217,13 @@ type EndpointInfo struct {
 	Key string
 }
 
-// Endpoints describes the configured endpoints, in configuration order.
-func (p *Proxy) Endpoints() []EndpointInfo { return slices.Clone(p.endpoints) }
+// Endpoints describes the configured endpoints, in configuration order, as
+// of New or the last successful [Proxy.Update].
+func (p *Proxy) Endpoints() []EndpointInfo {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.endpoints)
+}
 
 // describeEndpoints pairs the transport's view of each endpoint (its name
 // defaulted, its URL redacted) with its configuration, keeping of the key
