@@ -247,7 +247,7 @@ type endpoint struct {
 	firstToken time.Duration // FirstTokenTimeout, defaulted; 0 for none
 	streamIdle time.Duration // StreamIdleTimeout, defaulted; 0 for none
 	cool       cooldownPolicy
-	limiter *rate.Limiter // the state's limiter; nil when unlimited
+	limiter    *rate.Limiter // the state's limiter; nil when unlimited
 }
 
 // endpointState is the live state of an endpoint: breaker, cooldown, rate

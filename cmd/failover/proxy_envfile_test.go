@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/failover-go/failover"
 	"github.com/failover-go/failover/internal/fakeopenai"
 )
 
@@ -199,5 +201,61 @@ func TestNotifyHangup(t *testing.T) {
 		}
 	case <-time.After(waitLimit):
 		t.Fatal("SIGHUP did not reach the channel")
+	}
+}
+
+var updatedRE = regexp.MustCompile(`msg="configuration updated"`)
+
+// TestProxyEnvFileReloadApplies: a changed file is applied while the proxy
+// serves: a new endpoint takes the traffic its priority gives it, and the
+// endpoint whose name is kept keeps its statistics.
+func TestProxyEnvFileReloadApplies(t *testing.T) {
+	one := startUpstream(t, fakeopenai.WithName("one"))
+	two := startUpstream(t, fakeopenai.WithName("two"))
+	path := filepath.Join(t.TempDir(), "proxy.env")
+	first := "OPENAI_BASE_URL_1=" + one.URL() + "\nOPENAI_API_KEY_1=" + firstKey + "\nOPENAI_NAME_1=one\n"
+	writeEnvFile(t, path, first)
+	p := startProxyWith(t, nil, nil, "-env-file", path)
+	c := newClient(t)
+	answeredBy := func() string {
+		t.Helper()
+		resp := post(t, c, p.url+"/v1/chat/completions", "", chatBody)
+		if body := readAll(t, resp); resp.StatusCode != http.StatusOK {
+			t.Fatalf("status %d: %s", resp.StatusCode, body)
+		}
+		return resp.Header.Get("Failover-Endpoint")
+	}
+	if got := answeredBy(); got != "one" {
+		t.Fatalf("before the reload, %q answered, want one", got)
+	}
+
+	// two comes first now; one stays, second.
+	writeEnvFile(t, path, "OPENAI_BASE_URL_1="+two.URL()+"\nOPENAI_API_KEY_1="+secondKey+"\nOPENAI_NAME_1=two\n"+
+		"OPENAI_BASE_URL_2="+one.URL()+"\nOPENAI_API_KEY_2="+firstKey+"\nOPENAI_NAME_2=one\n")
+	p.logs.waitForCount(t, updatedRE, 1, p.exited)
+	if got := answeredBy(); got != "two" {
+		t.Fatalf("after the reload, %q answered, want two", got)
+	}
+	if one.Hits() != 1 || two.Hits() != 1 {
+		t.Errorf("hits one=%d two=%d, want 1 each", one.Hits(), two.Hits())
+	}
+	var report failover.HealthReport
+	resp, err := c.Get(p.url + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&report); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	requests := map[string]uint64{}
+	for _, h := range report.Endpoints {
+		requests[h.Name] = h.Requests
+	}
+	if requests["one"] != 1 || requests["two"] != 1 || len(requests) != 2 {
+		t.Errorf("health after the reload: %v requests, want one: 1 (kept) and two: 1", requests)
+	}
+	if logs := p.logs.String(); strings.Contains(logs, firstKey) || strings.Contains(logs, secondKey) {
+		t.Errorf("the output shows a key:\n%s", logs)
 	}
 }

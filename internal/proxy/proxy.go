@@ -242,7 +242,7 @@ func New(cfg Config) (*Proxy, error) {
 		p.Close()
 		return nil, err
 	}
-	p.updater, _ = any(p.transport).(updater)
+	p.updater = p.transport
 	p.cfg = fc
 	p.registry.MustRegister(
 		collectors.NewGoCollector(),

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"errors"
 	"log/slog"
 	"net/http"
 	"reflect"
@@ -12,17 +11,14 @@ import (
 )
 
 // updater is what the proxy needs of its transport to change the
-// configuration at run time: a [failover.Transport] that can be
-// reconfigured has both methods. Update validates like failover.New and
-// changes nothing on error; an endpoint whose Name is kept keeps its state.
+// configuration at run time: [failover.Transport] has both methods (an
+// interface, so that tests can fake a refusal). Update validates like
+// failover.New and changes nothing on error; an endpoint whose Name is kept
+// keeps its state.
 type updater interface {
 	Update(failover.Config) error
 	Health() []failover.EndpointHealth
 }
-
-// errCannotUpdate is Update's error when the transport cannot change its
-// configuration.
-var errCannotUpdate = errors.New("proxy: this build's failover transport cannot change its configuration at run time; restart the proxy to apply it")
 
 // ownedSettings are the transport settings the proxy owns, fixed at New:
 // [Proxy.prepare] applies them, with the routing and the registry, to the
@@ -73,9 +69,6 @@ func (p *Proxy) Update(cfg failover.Config) error {
 	if len(epChanges) == 0 && len(settings) == 0 {
 		p.logger.Info("configuration unchanged", "endpoints", len(fc.Endpoints))
 		return nil
-	}
-	if p.updater == nil {
-		return errCannotUpdate
 	}
 	if err := p.updater.Update(fc); err != nil {
 		return err

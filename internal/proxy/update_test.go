@@ -237,11 +237,6 @@ func TestUpdateRefused(t *testing.T) {
 	if got := p.Endpoints(); len(got) != 1 || got[0].Name != "b" {
 		t.Errorf("Endpoints = %+v; want b alone", got)
 	}
-
-	p.updater = nil // a transport without Update
-	if err := p.Update(start); !errors.Is(err, errCannotUpdate) {
-		t.Errorf("Update without an updater = %v, want errCannotUpdate", err)
-	}
 }
 
 // TestUpdateUnchanged checks that a Config equal to the running one does
