@@ -583,6 +583,10 @@ func TestProxyRefusesDotSegments(t *testing.T) {
 		"/v1/./models",
 		"/v1/models/..",
 		"/elsewhere/../v1/models",
+		"/v1/%252e%252e/admin/keys",
+		"/v1/models%5c..%5c..%5cadmin",
+		"/v1/models;/../admin",
+		"/v1/files/%c0%ae%c0%ae/admin",
 	} {
 		resp := rawRequest(t, addr, http.MethodGet, target)
 		e := checkOpenAIError(t, resp, http.StatusBadRequest, "invalid_path")

@@ -323,9 +323,9 @@ func (p *Proxy) AdminHandler() http.Handler { return p.handler(false, true) }
 // request without a proxy key.
 func (p *Proxy) handler(api, admin bool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if api && (urlpath.Under(r.URL.Path, p.basePath) || urlpath.HasDotSegment(r.URL.Path)) {
-			// A path with dot segments gets its 400 from serveAPI, in or
-			// out of the base path.
+		if api && (urlpath.Under(r.URL.Path, p.basePath) || urlpath.Unsafe(r.URL.Path) != "") {
+			// An unsafe path gets its 400 from serveAPI, in or out of the
+			// base path.
 			p.serveAPI(w, r)
 			return
 		}
@@ -382,12 +382,13 @@ func (p *Proxy) serveAPI(w http.ResponseWriter, r *http.Request) {
 		p.refuseOrigin(rec)
 	case looped(r, p.hopID):
 		refuseLoop(rec)
-	case urlpath.HasDotSegment(r.URL.Path):
+	case urlpath.Unsafe(r.URL.Path) != "":
 		// An upstream (or anything in front of it) that resolves dot
-		// segments would serve the request from outside the endpoint's
-		// base path, with the endpoint's key. No API path has one.
+		// segments, decodes twice or reads "\" or ";" as a separator
+		// would serve the request from outside the endpoint's base path,
+		// with the endpoint's key. No API path has any of these.
 		writeError(rec, http.StatusBadRequest, "invalid_request_error", "invalid_path",
-			`The request path has a "." or ".." segment; the proxy does not forward such paths.`)
+			"The request path has "+urlpath.Unsafe(r.URL.Path)+"; the proxy does not forward such paths.")
 	default:
 		if origin != "" {
 			allowOrigin(rec.Header(), origin)
