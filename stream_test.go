@@ -1,0 +1,332 @@
+package failover
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/failover-go/failover/internal/fakeopenai"
+)
+
+// TestSSEScannerTellsContent feeds event streams to the scanner whole and
+// split at every byte: the events that carry content (or end the stream)
+// and the end are told apart from keep-alives, empty data and chunks that
+// carry no output.
+func TestSSEScannerTellsContent(t *testing.T) {
+	roleOnly := `data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}` + "\n\n"
+	for _, tc := range []struct {
+		name    string
+		kind    streamKind
+		stream  string
+		content int
+		ended   bool
+	}{
+		{"chat role only", streamChat, roleOnly, 0, false},
+		{"chat comment and empty data", streamChat, ": keep-alive\n\ndata:\n\ndata: \n\n", 0, false},
+		{"chat content", streamChat, roleOnly + `data: {"choices":[{"delta":{"content":"Hi"}}]}` + "\n\n", 1, false},
+		{"chat content with spaces", streamChat, `data: {"choices": [{"delta": {"content": "Hi"}}]}` + "\n\n", 1, false},
+		{"chat empty content with spaces", streamChat, `data: {"choices": [{"delta": {"content": ""}}]}` + "\n\n", 0, false},
+		{"chat null content", streamChat, `data: {"choices":[{"delta":{"content":null}}]}` + "\n\n", 0, false},
+		{"chat tool call", streamChat, `data: {"choices":[{"delta":{"tool_calls":[{"index":0}]}}]}` + "\n\n", 1, false},
+		{"chat reasoning", streamChat, `data: {"choices":[{"delta":{"reasoning_content":"hmm"}}]}` + "\n\n", 1, false},
+		{"chat finish", streamChat, `data: {"choices":[{"delta":{},"finish_reason":"stop"}]}` + "\n\n", 1, false},
+		{"chat error", streamChat, `data: {"error":{"message":"overloaded"}}` + "\n\n", 1, false},
+		{"completions text", streamChat, `data: {"choices":[{"text":"Hi","index":0}]}` + "\n\n", 1, false},
+		{"chat done", streamChat, "data: [DONE]\n\n", 1, true},
+		{"chat CRLF", streamChat, "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\r\n\r\ndata: [DONE]\r\n\r\n", 2, true},
+		{"chat done without blank line", streamChat, "data: [DONE]\n", 0, false},
+		{"responses created, in progress", streamResponses,
+			"event: response.created\ndata: {\"type\":\"response.created\"}\n\nevent: response.in_progress\ndata: {\"type\":\"response.in_progress\"}\n\n", 0, false},
+		{"responses delta", streamResponses, "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"Hi\"}\n\n", 1, false},
+		{"responses type in data only", streamResponses, "data: {\"type\":\"response.output_text.delta\",\"delta\":\"Hi\"}\n\n", 1, false},
+		{"responses completed", streamResponses, "event: response.completed\ndata: {\"type\":\"response.completed\"}\n\n", 1, true},
+		{"responses failed", streamResponses, "event: response.failed\ndata: {}\n\n", 1, true},
+		{"responses error", streamResponses, "event: error\ndata: {\"type\":\"error\"}\n\n", 1, true},
+		{"other data", streamOther, "data: anything\n\n: ping\n\n", 1, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for cut := 0; cut <= len(tc.stream); cut++ {
+				s := sseScanner{kind: tc.kind}
+				n := s.feed([]byte(tc.stream[:cut])) + s.feed([]byte(tc.stream[cut:]))
+				if n != tc.content || s.ended != tc.ended {
+					t.Fatalf("split at %d: %d content events, ended %v; want %d, %v", cut, n, s.ended, tc.content, tc.ended)
+				}
+			}
+		})
+	}
+}
+
+// TestSSEScannerLongLine: a line longer than the scanner keeps is judged
+// on its start, and the lines after it are read as usual.
+func TestSSEScannerLongLine(t *testing.T) {
+	long := `data: {"choices":[{"delta":{"content":"` + strings.Repeat("x", 3*maxSSELine) + `"}}]}` + "\n\n"
+	s := sseScanner{kind: streamChat}
+	n := 0
+	for i := 0; i < len(long); i += 1000 {
+		n += s.feed([]byte(long[i:min(i+1000, len(long))]))
+	}
+	n += s.feed([]byte("data: [DONE]\n\n"))
+	if n != 2 || !s.ended || len(s.carry) > maxSSELine {
+		t.Fatalf("%d content events, ended %v, carry %d bytes; want 2, true, at most %d", n, s.ended, len(s.carry), maxSSELine)
+	}
+}
+
+// streamRequest posts a streamed request for path through tr and returns
+// the response.
+func streamRequest(t *testing.T, ctx context.Context, tr http.RoundTripper, path, body string) *http.Response {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, clientBase+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatalf("RoundTrip: %v", err)
+	}
+	return resp
+}
+
+// direct fetches path from s without the transport, as the reference of
+// what an untouched stream is.
+func direct(t *testing.T, s *fakeopenai.Server, path, body string) string {
+	t.Helper()
+	resp, err := http.Post(s.URL()+path, "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sameIDs(string(b))
+}
+
+// idRE matches the ids the fake upstream numbers by request.
+var idRE = regexp.MustCompile(`(chatcmpl-|resp_|msg_resp_)[a-z]+[-_][0-9]+`)
+
+// sameIDs replaces the per-request ids of a stream, so that two answers of
+// one upstream compare equal.
+func sameIDs(s string) string { return idRE.ReplaceAllString(s, "${1}ID") }
+
+const responsesBody = `{"model":"gpt-test","input":"hi","stream":true}`
+
+// TestStreamCompleteUntouched: a complete stream, chat or Responses API,
+// reaches the caller byte for byte as the upstream sent it, with every
+// timeout on, and is counted complete.
+func TestStreamCompleteUntouched(t *testing.T) {
+	for _, tc := range []struct{ path, body string }{
+		{"/chat/completions", chatBody(true)},
+		{"/responses", responsesBody},
+	} {
+		t.Run(tc.path, func(t *testing.T) {
+			reg := prometheus.NewRegistry()
+			a := upstream(t, "a")
+			// The real clock, for a time to the first token.
+			tr := newTestTransportOn(t, Config{Registerer: reg, Endpoints: []Endpoint{ep(a, 0)},
+				FirstTokenTimeout: time.Minute, StreamIdleTimeout: time.Minute}, &funcClock{epoch: time.Now()})
+			resp := streamRequest(t, context.Background(), tr, tc.path, tc.body)
+			got, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil {
+				t.Fatalf("reading the stream: %v", err)
+			}
+			if want := direct(t, a, tc.path, tc.body); sameIDs(string(got)) != want {
+				t.Fatalf("stream through the transport:\n%s\nwant, as sent:\n%s", got, want)
+			}
+			if n := metricValue(t, reg, "failover_streams_total", map[string]string{"endpoint": "a", "outcome": "complete"}); n != 1 {
+				t.Errorf("complete streams = %v, want 1", n)
+			}
+			if n := metricValue(t, reg, "failover_first_token_seconds", map[string]string{"endpoint": "a"}); n != 1 {
+				t.Errorf("first-token observations = %v, want 1", n)
+			}
+			if h := healthOf(t, tr, "a"); h.FirstToken <= 0 || h.Failures != 0 {
+				t.Errorf("health %+v, want a first-token time and no failure", h)
+			}
+		})
+	}
+}
+
+// TestStreamFirstTokenTimeoutFailsOver: an endpoint that sends its headers
+// and then only keep-alive comments (or a role-only chunk) is given up
+// after FirstTokenTimeout, and the request fails over: the caller gets the
+// second endpoint's whole stream, nothing of the first.
+func TestStreamFirstTokenTimeoutFailsOver(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		fault fakeopenai.Fault
+	}{
+		{"keep-alives only", fakeopenai.StreamStall(0, 10*time.Millisecond)},
+		{"role-only chunk then keep-alives", fakeopenai.StreamStall(1, 10*time.Millisecond)},
+		{"nothing after the headers", fakeopenai.StreamStall(0, 0)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			reg := prometheus.NewRegistry()
+			a, b := upstream(t, "a"), upstream(t, "b")
+			a.SetFault(tc.fault)
+			tr, _ := newTestTransport(t, Config{Registerer: reg, Endpoints: []Endpoint{ep(a, 0), ep(b, 1)},
+				FirstTokenTimeout: 200 * time.Millisecond})
+			// A bound, so that a stream wrongly let through ends the test.
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			resp := streamRequest(t, ctx, tr, "/chat/completions", chatBody(true))
+			got, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil {
+				t.Fatalf("reading the stream: %v", err)
+			}
+			if want := direct(t, b, "/chat/completions", chatBody(true)); sameIDs(string(got)) != want {
+				t.Fatalf("stream:\n%s\nwant b's alone:\n%s", got, want)
+			}
+			if h := healthOf(t, tr, "a"); h.Failures != 1 || !strings.Contains(h.LastError, "no first token within 200ms") {
+				t.Errorf("a: %+v, want one failure: no first token", h)
+			}
+			if n := metricValue(t, reg, "failover_attempts_total", map[string]string{"endpoint": "a", "outcome": "first_token_timeout"}); n != 1 {
+				t.Errorf("first_token_timeout attempts = %v, want 1", n)
+			}
+		})
+	}
+}
+
+// TestStreamFirstTokenInTime: a role-only chunk, then content, well within
+// FirstTokenTimeout: held back only until the content, then given whole.
+func TestStreamFirstTokenInTime(t *testing.T) {
+	a := upstream(t, "a")
+	a.SetFault(fakeopenai.Fault{Kind: fakeopenai.KindSlowDrip, Interval: 20 * time.Millisecond})
+	tr, _ := newTestTransport(t, Config{Endpoints: []Endpoint{ep(a, 0)}, FirstTokenTimeout: 30 * time.Second})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	resp := streamRequest(t, ctx, tr, "/chat/completions", chatBody(true))
+	got, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	a.SetFault(fakeopenai.Healthy())
+	if err != nil {
+		t.Fatalf("reading the stream: %v", err)
+	}
+	if want := direct(t, a, "/chat/completions", chatBody(true)); sameIDs(string(got)) != want {
+		t.Fatalf("stream:\n%s\nwant:\n%s", got, want)
+	}
+	if h := healthOf(t, tr, "a"); h.Failures != 0 {
+		t.Errorf("a counted %d failures for a stream that came in time", h.Failures)
+	}
+}
+
+// TestStreamStallErrors: a stream that stops sending content after three
+// chunks (keep-alive comments still coming) fails the caller's read with
+// ErrStreamStalled after StreamIdleTimeout, long before the caller's own
+// deadline, and the endpoint counts a failure.
+func TestStreamStallErrors(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	a := upstream(t, "a")
+	a.SetFault(fakeopenai.StreamStall(3, 10*time.Millisecond))
+	tr, _ := newTestTransport(t, Config{Registerer: reg, Endpoints: []Endpoint{ep(a, 0)}, StreamIdleTimeout: 200 * time.Millisecond})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	resp := streamRequest(t, ctx, tr, "/chat/completions", chatBody(true))
+	got, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !errors.Is(err, ErrStreamStalled) {
+		t.Fatalf("read error %v, want ErrStreamStalled", err)
+	}
+	if ctx.Err() != nil {
+		t.Fatal("the caller's deadline passed first")
+	}
+	if !strings.Contains(err.Error(), `"a"`) {
+		t.Errorf("error %q does not name the endpoint", err)
+	}
+	if n := strings.Count(string(got), "data: "); n != 3 {
+		t.Errorf("the caller got %d events before the stall, want the 3 sent:\n%s", n, got)
+	}
+	if n := metricValue(t, reg, "failover_streams_total", map[string]string{"endpoint": "a", "outcome": "stalled"}); n != 1 {
+		t.Errorf("stalled streams = %v, want 1", n)
+	}
+	if h := healthOf(t, tr, "a"); h.Failures != 1 || h.LastError != "stream stalled" {
+		t.Errorf("a: %+v, want one failure, the stall", h)
+	}
+}
+
+// TestStreamTruncatedIsAnError: a chat or Responses API stream that ends
+// cleanly before its terminal event gives the caller io.ErrUnexpectedEOF,
+// naming the endpoint, and counts a failure; AllowTruncatedStreams lets it
+// end as complete.
+func TestStreamTruncatedIsAnError(t *testing.T) {
+	for _, tc := range []struct{ path, body string }{
+		{"/chat/completions", chatBody(true)},
+		{"/responses", responsesBody},
+	} {
+		for _, allow := range []bool{false, true} {
+			t.Run(tc.path+map[bool]string{false: "", true: " allowed"}[allow], func(t *testing.T) {
+				reg := prometheus.NewRegistry()
+				a := upstream(t, "a")
+				a.SetFault(fakeopenai.StreamTruncate(0))
+				tr, _ := newTestTransport(t, Config{Registerer: reg, Endpoints: []Endpoint{ep(a, 0)}, AllowTruncatedStreams: allow})
+				resp := streamRequest(t, context.Background(), tr, tc.path, tc.body)
+				got, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				outcome := "truncated"
+				if allow {
+					outcome = "complete"
+					if err != nil {
+						t.Fatalf("read error %v, want none with AllowTruncatedStreams", err)
+					}
+				} else if !errors.Is(err, io.ErrUnexpectedEOF) || !strings.Contains(err.Error(), `"a"`) {
+					t.Fatalf("read error %v, want io.ErrUnexpectedEOF naming endpoint a", err)
+				}
+				if len(got) == 0 {
+					t.Error("the caller got nothing of the stream before its end")
+				}
+				if n := metricValue(t, reg, "failover_streams_total", map[string]string{"endpoint": "a", "outcome": outcome}); n != 1 {
+					t.Errorf("%s streams = %v, want 1", outcome, n)
+				}
+				if want := map[bool]uint64{false: 1, true: 0}[allow]; healthOf(t, tr, "a").Failures != want {
+					t.Errorf("a counted %d failures, want %d", healthOf(t, tr, "a").Failures, want)
+				}
+			})
+		}
+	}
+}
+
+// TestStreamCanceledByCaller: a caller that closes the stream early is
+// counted canceled, not as a failure of the endpoint.
+func TestStreamCanceledByCaller(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	a := upstream(t, "a")
+	a.SetFault(fakeopenai.StreamStall(2, 10*time.Millisecond))
+	tr, _ := newTestTransport(t, Config{Registerer: reg, Endpoints: []Endpoint{ep(a, 0)}})
+	resp := streamRequest(t, context.Background(), tr, "/chat/completions", chatBody(true))
+	buf := make([]byte, 16)
+	if _, err := resp.Body.Read(buf); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if n := metricValue(t, reg, "failover_streams_total", map[string]string{"endpoint": "a", "outcome": "canceled"}); n != 1 {
+		t.Errorf("canceled streams = %v, want 1", n)
+	}
+	if h := healthOf(t, tr, "a"); h.Failures != 0 {
+		t.Errorf("a counted %d failures for a stream its caller closed", h.Failures)
+	}
+}
+
+// TestStreamNotAnEventStreamUntouched: a response that is not an event
+// stream gets no stream body, whatever the timeouts.
+func TestStreamNotAnEventStreamUntouched(t *testing.T) {
+	a := upstream(t, "a")
+	tr, _ := newTestTransport(t, Config{Endpoints: []Endpoint{ep(a, 0)}, FirstTokenTimeout: time.Minute, StreamIdleTimeout: time.Minute})
+	resp := streamRequest(t, context.Background(), tr, "/chat/completions", chatBody(false))
+	defer resp.Body.Close()
+	body := resp.Body
+	if c, ok := body.(*cancelOnClose); ok {
+		body = c.ReadCloser
+	}
+	if _, ok := body.(*streamBody); ok {
+		t.Fatal("a JSON response got a stream body")
+	}
+}
