@@ -240,6 +240,7 @@ type countingBody struct {
 }
 
 func (b *countingBody) Read(p []byte) (int, error) { return b.r.Read(p) }
+
 func (b *countingBody) Close() error {
 	b.closes.Add(1)
 	return nil
@@ -386,8 +387,6 @@ func statusScript(codes map[string][]int) func(*http.Request, int) (*http.Respon
 	}
 }
 
-// 7. Circuit breaker.
-
 // newTestTransportOn is newTestTransport on the clock c.
 func newTestTransportOn(t testing.TB, cfg Config, c clock) *Transport {
 	t.Helper()
@@ -461,4 +460,17 @@ func passOpenTimeout(t testing.TB, tr *Transport, clk *fakeClock, name string, d
 	if st := healthOf(t, tr, name).State; st != StateHalfOpen {
 		t.Fatalf("%s is %v once its open timeout passed, want half-open", name, st)
 	}
+}
+
+// roundTripFunc adapts a function to http.RoundTripper.
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(req *http.Request) (*http.Response, error) { return f(req) }
+
+// recordingBase remembers the last request and answers 200.
+type recordingBase struct{ req *http.Request }
+
+func (r *recordingBase) RoundTrip(req *http.Request) (*http.Response, error) {
+	r.req = req
+	return reply(200, "ok"), nil
 }

@@ -152,11 +152,6 @@ func TestMetricsInFlightDuringAttempt(t *testing.T) {
 	}
 }
 
-// roundTripFunc adapts a function to http.RoundTripper.
-type roundTripFunc func(*http.Request) (*http.Response, error)
-
-func (f roundTripFunc) RoundTrip(req *http.Request) (*http.Response, error) { return f(req) }
-
 func TestMetricsSecondTransportOnSameRegistry(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	first, _ := newTestTransport(t, Config{Base: newScriptedBase(alwaysOK), Registerer: reg, Endpoints: []Endpoint{hostEndpoint("a", 0)}})

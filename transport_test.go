@@ -23,8 +23,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
-// 1. Routing.
-
 func TestRoutingRewritesOntoEndpoint(t *testing.T) {
 	a := upstream(t, "a", fakeopenai.WithPrefix("/openai/v1"))
 	e := ep(a, 0)
@@ -137,14 +135,6 @@ func TestRoutingMatchesClientAndEndpointBases(t *testing.T) {
 	}
 }
 
-// recordingBase remembers the last request and answers 200.
-type recordingBase struct{ req *http.Request }
-
-func (r *recordingBase) RoundTrip(req *http.Request) (*http.Response, error) {
-	r.req = req
-	return reply(200, "ok"), nil
-}
-
 func TestRoutingEndpointOwnURLFailsOver(t *testing.T) {
 	// openai-go may read OPENAI_BASE_URL and send to an endpoint's own
 	// URL: such a request must still fail over.
@@ -163,8 +153,6 @@ func TestRoutingEndpointOwnURLFailsOver(t *testing.T) {
 		t.Errorf("slept %v before failing over, want no sleep", s)
 	}
 }
-
-// 2. Priority.
 
 func TestPriorityPrefersLowestEligible(t *testing.T) {
 	eps := []Endpoint{hostEndpoint("p0", 0), hostEndpoint("p1", 1), hostEndpoint("p2", 2)}
@@ -240,8 +228,6 @@ func TestPriorityPrefersLowestEligible(t *testing.T) {
 	})
 }
 
-// 3. Weights.
-
 func TestWeightsSplitTraffic(t *testing.T) {
 	for _, weights := range [][]int{{1, 1}, {1, 2, 7}, {3, 0, 5}, {100, 1}} {
 		t.Run(fmt.Sprint(weights), func(t *testing.T) {
@@ -291,8 +277,6 @@ func TestSWRRScheduleIsSmooth(t *testing.T) {
 		t.Fatalf("weight-1 endpoint appears %d times in the scaled schedule, want 1", ones)
 	}
 }
-
-// 4. Failover.
 
 func TestFailoverClassification(t *testing.T) {
 	for _, tc := range []struct {
@@ -441,8 +425,6 @@ func TestMaxRetriesBoundsAttempts(t *testing.T) {
 	}
 }
 
-// 5. Rate limits.
-
 func TestRateLimitSpillsOverWithoutWaiting(t *testing.T) {
 	base := newScriptedBase(alwaysOK)
 	a := hostEndpoint("a", 0)
@@ -536,8 +518,6 @@ func TestRateLimitWaitsWhenAllSaturated(t *testing.T) {
 		}
 	})
 }
-
-// 6. 429 and Retry-After.
 
 func TestCooldownFromHeaders(t *testing.T) {
 	now := time.Unix(1_800_000_000, 0)
@@ -969,8 +949,6 @@ func TestBreakerCallerErrorsCountAsSuccess(t *testing.T) {
 	}
 }
 
-// 8. Per-attempt timeout and the caller's context.
-
 func TestAttemptTimeoutFailsOver(t *testing.T) {
 	a := upstream(t, "a")
 	b := upstream(t, "b")
@@ -1119,8 +1097,6 @@ func TestCallerContextEndsHangingAttempt(t *testing.T) {
 		})
 	}
 }
-
-// 9. Request and response bodies.
 
 func TestBodyReplayedWithGetBody(t *testing.T) {
 	var srvs []*fakeopenai.Server
@@ -1312,8 +1288,6 @@ func TestGetBodyFailsOnSecondAttempt(t *testing.T) {
 	}
 }
 
-// 10. Final failure.
-
 func TestAllFailReturnsLastResponse(t *testing.T) {
 	var eps []Endpoint
 	for i, name := range []string{"a", "b", "c"} {
@@ -1458,8 +1432,6 @@ func TestCallerDeadlineAfterFailedAttempts(t *testing.T) {
 	}
 }
 
-// 11. Streaming.
-
 func TestStreamingFirstChunkUnbuffered(t *testing.T) {
 	a := upstream(t, "a")
 	a.SetFault(fakeopenai.Refuse())
@@ -1521,8 +1493,6 @@ func TestStreamingFirstChunkUnbuffered(t *testing.T) {
 		t.Errorf("a: requests %d, failures %d; want the refused attempt first", h.Requests, h.Failures)
 	}
 }
-
-// 12. Concurrency.
 
 func TestConcurrentRequests(t *testing.T) {
 	refusing := upstream(t, "refusing")
@@ -1587,8 +1557,6 @@ func TestConcurrentRequests(t *testing.T) {
 		t.Errorf("health counts %d attempts, want at least %d", attempts, goroutines*perG)
 	}
 }
-
-// 13. Metrics.
 
 func TestMetricsCountAttempts(t *testing.T) {
 	a := upstream(t, "a")
@@ -1664,8 +1632,6 @@ func TestMetricsCountAttempts(t *testing.T) {
 		}
 	}
 }
-
-// Validation in New.
 
 func TestNewValidation(t *testing.T) {
 	const key = "sk-test-SECRET-validation"
@@ -1814,8 +1780,6 @@ func TestNewDefaultNamesUnique(t *testing.T) {
 	}
 }
 
-// Health.
-
 func TestHealthStates(t *testing.T) {
 	const secret = "sk-test-SECRET-health"
 	servers := map[string]fakeopenai.Fault{
@@ -1879,8 +1843,6 @@ func TestHealthStates(t *testing.T) {
 		passOpenTimeout(t, tr, clk, "key", time.Minute)
 	})
 }
-
-// WrapClient.
 
 func TestWrapClient(t *testing.T) {
 	cfg := func() Config { return Config{Endpoints: []Endpoint{hostEndpoint("up", 0)}} }
@@ -1960,8 +1922,6 @@ func TestWrapClient(t *testing.T) {
 	})
 }
 
-// Logs.
-
 func TestLogsNeverCarryKeys(t *testing.T) {
 	var buf syncBuffer
 	logger := slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -2029,8 +1989,6 @@ func TestLogsNeverCarryKeys(t *testing.T) {
 		t.Errorf("logs carry a key:\n%s", logs)
 	}
 }
-
-// Classifier.
 
 func TestClassifierReplaceable(t *testing.T) {
 	notFoundFails := func(resp *http.Response, body []byte, err error) Verdict {
