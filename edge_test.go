@@ -16,7 +16,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -25,14 +24,6 @@ import (
 
 	"github.com/failover-go/failover/internal/fakeopenai"
 )
-
-// Edge cases of the issue "Reliability under faults". Already covered in
-// transport_test.go, and not repeated here: a body above MaxBodyBuffer
-// (TestBodyAboveMaxBodyBufferSentOnce), GetBody failing on a later attempt
-// (TestGetBodyFailsOnSecondAttempt), every endpoint disabled, which New
-// accepts and whose requests fail with ErrNoEndpointAvailable, the
-// caller's body closed (TestBodyWithoutGetBodyClosedOnce, "no endpoint
-// available" with and without GetBody).
 
 // TestEdgeEarlyCloseDuringStream: a caller that closes the body of a stream
 // part-way through releases the upstream connection, leaves no goroutine
@@ -161,83 +152,6 @@ func TestEdgeTruncatedBody(t *testing.T) {
 			}
 			if a.Hits() != 1 || b.Hits() != 0 {
 				t.Errorf("hits a=%d b=%d, want 1 and 0: nothing is retried once the headers arrived", a.Hits(), b.Hits())
-			}
-		})
-	}
-}
-
-// TestEdgeRedirectKeyStaysWithEndpoint: an endpoint that redirects to
-// another host does not send its key (nor its extra headers) there: the
-// client follows the redirect from the caller's request, and a URL under no
-// routed base passes to the base transport untouched.
-func TestEdgeRedirectKeyStaysWithEndpoint(t *testing.T) {
-	const key, headerKey = "sk-edge-SECRET-redirect", "azure-SECRET-redirect"
-	for _, code := range []int{http.StatusFound, http.StatusTemporaryRedirect, http.StatusPermanentRedirect} {
-		t.Run(http.StatusText(code), func(t *testing.T) {
-			type seen struct {
-				method, path string
-				header       http.Header
-				body         string
-			}
-			var (
-				mu     sync.Mutex
-				atEp   []seen
-				atDest []seen
-			)
-			record := func(list *[]seen, r *http.Request) {
-				b, _ := io.ReadAll(r.Body)
-				mu.Lock()
-				*list = append(*list, seen{r.Method, r.URL.Path, r.Header.Clone(), string(b)})
-				mu.Unlock()
-			}
-			dest := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				record(&atDest, r)
-				_, _ = io.WriteString(w, "redirected")
-			}))
-			t.Cleanup(dest.Close)
-			epSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				record(&atEp, r)
-				http.Redirect(w, r, dest.URL+"/elsewhere?x=1", code)
-			}))
-			t.Cleanup(epSrv.Close)
-			tr, _ := newTestTransport(t, Config{Base: httpBase(t), Endpoints: []Endpoint{{
-				Name: "a", BaseURL: epSrv.URL + "/v1", APIKey: key, Header: http.Header{"Api-Key": {headerKey}},
-			}}})
-			client := &http.Client{Transport: tr}
-
-			resp, err := client.Do(chatRequest(t, context.Background(), clientBase, false))
-			if err != nil {
-				t.Fatalf("Do: %v", err)
-			}
-			body, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode != 200 || string(body) != "redirected" {
-				t.Fatalf("got %d %q, want the redirect target's answer", resp.StatusCode, body)
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			if len(atEp) != 1 || atEp[0].header.Get("Authorization") != "Bearer "+key || atEp[0].header.Get("Api-Key") != headerKey {
-				t.Fatalf("endpoint saw %d requests (%+v), want one with its key and header", len(atEp), atEp)
-			}
-			if len(atDest) != 1 {
-				t.Fatalf("redirect target saw %d requests, want 1", len(atDest))
-			}
-			d := atDest[0]
-			for k, vs := range d.header {
-				for _, v := range vs {
-					if strings.Contains(v, "SECRET") {
-						t.Errorf("redirect target received the endpoint's secret in %s: %q", k, v)
-					}
-				}
-			}
-			if d.path != "/elsewhere" {
-				t.Errorf("redirect target saw path %q, want /elsewhere untouched", d.path)
-			}
-			if code != http.StatusFound && (d.method != http.MethodPost || d.body != chatBody(false)) {
-				t.Errorf("redirect target saw %s with body %q, want the POST replayed", d.method, d.body)
-			}
-			if h := healthOf(t, tr, "a"); h.Requests != 1 || h.Failures != 0 {
-				t.Errorf("a: %d attempts, %d failures; want 1 and none (a redirect is an answer)", h.Requests, h.Failures)
 			}
 		})
 	}
