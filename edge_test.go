@@ -393,41 +393,6 @@ func TestLimitsAtTheirMaximum(t *testing.T) {
 	}
 }
 
-// TestCooldownDoublingSaturates: the doubling default for 429s without a
-// delay header stops at MaxCooldown, even where the shift would overflow.
-func TestCooldownDoublingSaturates(t *testing.T) {
-	base := newScriptedBase(func(*http.Request, int) (*http.Response, error) { return reply(429, "slow down"), nil })
-	tr, clk := newTestTransport(t, Config{Base: base, MaxRetries: -1, Cooldown: 1<<34 + 1, MaxCooldown: time.Hour,
-		Endpoints: []Endpoint{hostEndpoint("a", 0)}})
-	endpointsOf(tr)[0].cooling.throttled.Store(30) // 30 consecutive 429s already
-	chat(t, tr)
-	if got, want := healthOf(t, tr, "a").CooldownUntil, clk.Now().Add(time.Hour); !got.Equal(want) {
-		t.Errorf("cooldown until %v, want MaxCooldown from now (%v)", got, want)
-	}
-}
-
-// Test503CoolsDownOnlyWithRetryAfter: a 503's x-ratelimit-reset headers are
-// about the rate limits, not the outage: no cooldown without Retry-After.
-func Test503CoolsDownOnlyWithRetryAfter(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		kv   []string
-		cool bool
-	}{
-		{"rate limit resets only", []string{"X-Ratelimit-Reset-Requests", "6m0s"}, false},
-		{"Retry-After", []string{"Retry-After", "7"}, true},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			base := newScriptedBase(func(*http.Request, int) (*http.Response, error) { return reply(503, "busy", tc.kv...), nil })
-			tr, _ := newTestTransport(t, Config{Base: base, MaxRetries: -1, Endpoints: []Endpoint{hostEndpoint("a", 0)}})
-			chat(t, tr)
-			if cooling := !healthOf(t, tr, "a").CooldownUntil.IsZero(); cooling != tc.cool {
-				t.Errorf("cooling down: %v, want %v", cooling, tc.cool)
-			}
-		})
-	}
-}
-
 // TestFailedResponseBelow400KeepsItsBody: a response that failed without
 // an error status (x-should-retry on a redirect) and ends up returned after
 // a later attempt failed too still has its body.
@@ -486,50 +451,6 @@ func TestResponseRequestIsTheCallers(t *testing.T) {
 				t.Errorf("resp.Request is %v %v, want the caller's request", resp.Request.URL, resp.Request.Header)
 			}
 		})
-	}
-}
-
-// TestPanicDuringTrialFreesTheBreaker: a panic in user code (here the
-// Classifier) during a half-open breaker's trial must not leave the trial
-// outstanding forever, which would shut the endpoint out for good.
-func TestPanicDuringTrialFreesTheBreaker(t *testing.T) {
-	var panicking atomic.Bool
-	base := newScriptedBase(func(_ *http.Request, n int) (*http.Response, error) {
-		if n == 1 {
-			return reply(500, "down"), nil
-		}
-		return reply(200, "ok"), nil
-	})
-	classify := func(resp *http.Response, body []byte, err error) Verdict {
-		if panicking.Load() {
-			panic("classifier bug")
-		}
-		return DefaultClassifier(resp, body, err)
-	}
-	tr, clk := newTestTransport(t, Config{Base: base, Classifier: classify, MaxRetries: -1, MaxWait: -1,
-		Breaker:   BreakerConfig{FailureThreshold: 1, OpenTimeout: time.Minute},
-		Endpoints: []Endpoint{hostEndpoint("a", 0)}})
-	if status, _ := chat(t, tr); status != 500 {
-		t.Fatalf("status %d, want 500", status)
-	}
-	passOpenTimeout(t, tr, clk, "a", time.Minute)
-
-	panicking.Store(true)
-	func() {
-		defer func() {
-			if r := recover(); r != "classifier bug" {
-				t.Fatalf("recovered %v, want the classifier's panic", r)
-			}
-		}()
-		_, _ = tr.RoundTrip(chatRequest(t, context.Background(), clientBase, false))
-	}()
-	panicking.Store(false)
-
-	if status, _ := chat(t, tr); status != 200 {
-		t.Fatalf("after the panic: status %d, want a new trial answered 200", status)
-	}
-	if got := base.Hits("a.test"); got != 3 {
-		t.Errorf("a got %d requests, want 3", got)
 	}
 }
 
