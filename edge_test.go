@@ -2,13 +2,10 @@ package failover
 
 import (
 	"bufio"
-	"bytes"
-	"compress/gzip"
 	"context"
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -21,8 +18,6 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
-
-	"github.com/failover-go/failover/internal/fakeopenai"
 )
 
 // TestEdgeEarlyCloseDuringStream: a caller that closes the body of a stream
@@ -99,60 +94,6 @@ func TestEdgeEarlyCloseDuringStream(t *testing.T) {
 			srv.Close()
 			base.CloseIdleConnections()
 			goleak.VerifyNone(t)
-		})
-	}
-}
-
-// TestEdgeTruncatedBody: an upstream that sends its headers (200, and for a
-// plain body a Content-Length) and then drops the connection part-way
-// through the body gives the caller a read error, never a short body that
-// reads as complete, and the request is not sent again once the headers
-// arrived.
-func TestEdgeTruncatedBody(t *testing.T) {
-	for _, tc := range []struct {
-		name    string
-		stream  bool
-		timeout time.Duration
-	}{
-		{"plain", false, 0},
-		{"plain with timeout", false, 5 * time.Second},
-		{"stream", true, 0},
-		{"stream with timeout", true, 5 * time.Second},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			a := upstream(t, "a")
-			b := upstream(t, "b")
-			a.SetFault(fakeopenai.StreamCut(2))
-			ea := ep(a, 0)
-			ea.Timeout = tc.timeout
-			tr, _ := newTestTransport(t, Config{Endpoints: []Endpoint{ea, ep(b, 1)}})
-			resp, err := tr.RoundTrip(chatRequest(t, context.Background(), clientBase, tc.stream))
-			if err != nil {
-				t.Fatalf("RoundTrip: %v", err)
-			}
-			defer resp.Body.Close()
-			if resp.StatusCode != 200 || resp.Header.Get("X-Fake-Upstream") != "a" {
-				t.Fatalf("status %d from %q, want a's 200", resp.StatusCode, resp.Header.Get("X-Fake-Upstream"))
-			}
-			if !tc.stream && resp.ContentLength <= 0 {
-				t.Fatalf("Content-Length %d, want the declared length", resp.ContentLength)
-			}
-			body, err := io.ReadAll(resp.Body)
-			if err == nil {
-				t.Fatalf("read %d bytes of a cut body without error: %q", len(body), body)
-			}
-			if !errors.Is(err, io.ErrUnexpectedEOF) {
-				t.Errorf("read error %v, want io.ErrUnexpectedEOF", err)
-			}
-			if !tc.stream && int64(len(body)) >= resp.ContentLength {
-				t.Errorf("read %d of %d bytes, want a short read", len(body), resp.ContentLength)
-			}
-			if tc.stream && strings.Contains(string(body), "[DONE]") {
-				t.Errorf("cut stream carries [DONE]: %q", body)
-			}
-			if a.Hits() != 1 || b.Hits() != 0 {
-				t.Errorf("hits a=%d b=%d, want 1 and 0: nothing is retried once the headers arrived", a.Hits(), b.Hits())
-			}
 		})
 	}
 }
@@ -289,57 +230,6 @@ func TestEdgeCloseIdleConnectionsReachesBase(t *testing.T) {
 	}
 }
 
-func TestEdgeGzippedErrorBodyClassified(t *testing.T) {
-	var zipped bytes.Buffer
-	zw := gzip.NewWriter(&zipped)
-	_, _ = zw.Write([]byte(`{"error":{"message":"quota","type":"insufficient_quota","code":"insufficient_quota"}}`))
-	_ = zw.Close()
-	base := newScriptedBase(func(req *http.Request, n int) (*http.Response, error) {
-		if req.URL.Host == "a.test" {
-			return reply(429, zipped.String(), "Content-Encoding", "gzip"), nil
-		}
-		return reply(200, "ok"), nil
-	})
-	tr, _ := newTestTransport(t, Config{Base: base, Endpoints: []Endpoint{hostEndpoint("a", 0), hostEndpoint("b", 1)}})
-	req := chatRequest(t, context.Background(), clientBase, false)
-	req.Header.Set("Accept-Encoding", "gzip") // the caller decodes itself: the base leaves bodies compressed
-	if code, _ := roundTrip(t, tr, req); code != 200 {
-		t.Fatalf("status %d, want b's 200", code)
-	}
-	if h := healthOf(t, tr, "a"); h.State != StateOpen {
-		t.Fatalf("a is %v, want open: a gzipped insufficient_quota must be recognised", h.State)
-	}
-}
-
-func TestEdgeUpgradeBodyStaysWritable(t *testing.T) {
-	client, server := net.Pipe()
-	defer server.Close()
-	base := roundTripFunc(func(req *http.Request) (*http.Response, error) {
-		return &http.Response{StatusCode: http.StatusSwitchingProtocols, Header: http.Header{"Upgrade": {"websocket"}},
-			Body: client, Request: req}, nil
-	})
-	a := hostEndpoint("a", 0)
-	a.Timeout = time.Minute // the body is wrapped to release the attempt's context on Close
-	tr, _ := newTestTransport(t, Config{Base: base, Endpoints: []Endpoint{a}})
-	req, _ := http.NewRequest(http.MethodGet, clientBase+"/realtime", nil)
-	resp, err := tr.RoundTrip(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rw, ok := resp.Body.(io.ReadWriteCloser)
-	if !ok {
-		t.Fatalf("101 body %T is not writable", resp.Body)
-	}
-	go func() { _, _ = rw.Write([]byte("ping")) }()
-	got := make([]byte, 4)
-	if _, err := io.ReadFull(server, got); err != nil || string(got) != "ping" {
-		t.Fatalf("read %q, %v through the upgraded body, want ping", got, err)
-	}
-	if err := rw.Close(); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // TestURLErrorRedacted: a Base that returns *url.Error (one wrapping an
 // http.Client does) puts the outgoing URL in its message; the endpoint's
 // query there may hold a key, so neither the returned error nor Health
@@ -370,43 +260,6 @@ func TestURLErrorRedacted(t *testing.T) {
 	var ue *url.Error
 	if !errors.As(err, &ue) {
 		t.Errorf("error %v no longer unwraps to *url.Error", err)
-	}
-}
-
-// TestLimitsAtTheirMaximum: the largest MaxBodyBuffer and MaxErrorBody
-// mean "no limit", not an overflow that empties the bodies.
-func TestLimitsAtTheirMaximum(t *testing.T) {
-	payload := strings.Repeat("x", 100)
-	const errBody = `{"error":{"message":"bad model"}}`
-	base := newScriptedBase(func(req *http.Request, _ int) (*http.Response, error) {
-		return reply(400, errBody), nil
-	})
-	tr, _ := newTestTransport(t, Config{Base: base, MaxBodyBuffer: math.MaxInt64, MaxErrorBody: math.MaxInt64,
-		Endpoints: []Endpoint{hostEndpoint("a", 0)}})
-	body := &countingBody{r: strings.NewReader(payload)}
-	status, got := roundTrip(t, tr, post(t, clientBase+"/chat/completions", body))
-	if seen := base.Seen(); len(seen) != 1 || seen[0].body != payload {
-		t.Errorf("upstream saw %+v, want one request with the %d-byte payload", seen, len(payload))
-	}
-	if status != 400 || got != errBody {
-		t.Errorf("caller got %d %q, want the upstream's 400 body intact", status, got)
-	}
-}
-
-// TestFailedResponseBelow400KeepsItsBody: a response that failed without
-// an error status (x-should-retry on a redirect) and ends up returned after
-// a later attempt failed too still has its body.
-func TestFailedResponseBelow400KeepsItsBody(t *testing.T) {
-	base := newScriptedBase(func(req *http.Request, _ int) (*http.Response, error) {
-		if req.URL.Host == "a.test" {
-			return reply(307, "moved-body", "X-Should-Retry", "true"), nil
-		}
-		return nil, errors.New("connection refused")
-	})
-	tr, _ := newTestTransport(t, Config{Base: base, MaxRetries: 1, Endpoints: []Endpoint{hostEndpoint("a", 0), hostEndpoint("b", 1)}})
-	status, body := roundTrip(t, tr, chatRequest(t, context.Background(), clientBase, false))
-	if status != 307 || body != "moved-body" {
-		t.Errorf("caller got %d %q, want a's 307 with its body", status, body)
 	}
 }
 
@@ -617,58 +470,4 @@ func TestErrorZeroValue(t *testing.T) {
 	if got := (&Error{}).Error(); got != "failover: request failed" {
 		t.Errorf("Error() = %q", got)
 	}
-}
-
-// TestNoCopiesOfBodies checks the two promises issue 4 makes about
-// bodies: a request body with GetBody is handed to the first attempt
-// as it is (GetBody runs only for later attempts), and a successful
-// response body reaches the caller as the base returned it, unbuffered.
-func TestNoCopiesOfBodies(t *testing.T) {
-	var (
-		firstBody io.ReadCloser
-		respBody  = io.NopCloser(strings.NewReader("streamed"))
-	)
-	base := newScriptedBase(func(req *http.Request, _ int) (*http.Response, error) {
-		if req.URL.Host == "a.test" {
-			return reply(503, "busy"), nil
-		}
-		resp := reply(200, "")
-		resp.Body = respBody
-		return resp, nil
-	})
-	seen := roundTripFunc(func(req *http.Request) (*http.Response, error) {
-		if firstBody == nil {
-			firstBody = req.Body
-		}
-		return base.RoundTrip(req)
-	})
-	tr, _ := newTestTransport(t, Config{Base: seen, Endpoints: []Endpoint{hostEndpoint("a", 0), hostEndpoint("b", 1)}})
-	req := chatRequest(t, context.Background(), clientBase, false)
-	callerBody := req.Body
-	getBodies := 0
-	getBody := req.GetBody
-	req.GetBody = func() (io.ReadCloser, error) { getBodies++; return getBody() }
-
-	resp, err := tr.RoundTrip(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if firstBody != callerBody {
-		t.Error("the first attempt got a copy of the request body, not the caller's")
-	}
-	if getBodies != 1 {
-		t.Errorf("GetBody ran %d times for 2 attempts, want 1", getBodies)
-	}
-	if got := unwrapCloseCounter(resp.Body); got != respBody {
-		t.Errorf("the response body is %T, not the base's own", resp.Body)
-	}
-}
-
-// unwrapCloseCounter returns the body scriptedBase wrapped.
-func unwrapCloseCounter(rc io.ReadCloser) io.ReadCloser {
-	if c, ok := rc.(*closeCounter); ok {
-		return c.ReadCloser
-	}
-	return rc
 }
