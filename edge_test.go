@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -155,64 +154,6 @@ func TestEdgeTimeoutShorterThanDial(t *testing.T) {
 	goleak.VerifyNone(t)
 }
 
-// TestEdgeConfigChangedAfterNew: changing the Config, its Endpoints, an
-// endpoint's Header map and the ClientBaseURLs slice after New changes
-// nothing the Transport does.
-func TestEdgeConfigChangedAfterNew(t *testing.T) {
-	rec := &recorder{}
-	cfg := Config{
-		Base:           rec,
-		ClientBaseURLs: []string{"https://client.example/v1"},
-		Endpoints: []Endpoint{{
-			Name: "a", BaseURL: "https://a.test/v1?api-version=1", APIKey: "key-a",
-			Header: http.Header{"X-Extra": {"one"}}, MaxRPS: 1000,
-		}},
-	}
-	tr, _ := newTestTransport(t, cfg)
-
-	e := &cfg.Endpoints[0]
-	e.Name = "mutated"
-	e.APIKey = "key-mutated"
-	e.BaseURL = "https://mutated.test/v9?api-version=9"
-	e.Header["X-Extra"][0] = "mutated"
-	e.Header.Set("X-Added", "1")
-	delete(e.Header, "X-Extra")
-	e.Disabled = true
-	e.MaxRPS = 0.001
-	cfg.ClientBaseURLs[0] = "https://mutated-client.example/v1"
-	cfg.ClientBaseURLs = append(cfg.ClientBaseURLs, "https://other.example/v1")
-	cfg.Endpoints = append(cfg.Endpoints, hostEndpoint("b", 0))
-
-	for range 3 {
-		code, _ := roundTrip(t, tr, chatRequest(t, context.Background(), "https://client.example/v1", false))
-		if code != 200 {
-			t.Fatalf("status %d", code)
-		}
-	}
-	code, _ := roundTrip(t, tr, chatRequest(t, context.Background(), "https://mutated-client.example/v1", false))
-	if code != 200 {
-		t.Fatalf("status %d", code)
-	}
-	reqs := rec.Requests()
-	if len(reqs) != 4 {
-		t.Fatalf("base saw %d requests, want 4", len(reqs))
-	}
-	for i, r := range reqs[:3] {
-		got := r.URL.String() + " auth=" + r.Header.Get("Authorization") + " extra=" + r.Header.Get("X-Extra") + " added=" + r.Header.Get("X-Added")
-		if want := "https://a.test/v1/chat/completions?api-version=1 auth=Bearer key-a extra=one added="; got != want {
-			t.Errorf("request %d went out as %q, want %q", i, got, want)
-		}
-	}
-	// The mutated client base was never configured: untouched, no key.
-	if r := reqs[3]; r.URL.String() != "https://mutated-client.example/v1/chat/completions" || r.Header.Get("Authorization") != "Bearer caller-token" {
-		t.Errorf("unrouted request went out as %s with Authorization %q, want it untouched", r.URL, r.Header.Get("Authorization"))
-	}
-	hs := tr.Health()
-	if len(hs) != 1 || hs[0].Name != "a" || hs[0].BaseURL != "https://a.test/v1" || hs[0].State != StateClosed || hs[0].Requests != 3 {
-		t.Errorf("health %+v, want endpoint a as configured, with 3 attempts", hs)
-	}
-}
-
 // idleCloser is a base that counts CloseIdleConnections calls.
 type idleCloser struct {
 	http.RoundTripper
@@ -227,39 +168,6 @@ func TestEdgeCloseIdleConnectionsReachesBase(t *testing.T) {
 	(&http.Client{Transport: tr}).CloseIdleConnections()
 	if got := base.closed.Load(); got != 1 {
 		t.Fatalf("base's CloseIdleConnections called %d times, want 1", got)
-	}
-}
-
-// TestURLErrorRedacted: a Base that returns *url.Error (one wrapping an
-// http.Client does) puts the outgoing URL in its message; the endpoint's
-// query there may hold a key, so neither the returned error nor Health
-// shows the query.
-func TestURLErrorRedacted(t *testing.T) {
-	const secret = "sk-query-SECRET"
-	base := roundTripFunc(func(req *http.Request) (*http.Response, error) {
-		if !strings.Contains(req.URL.RawQuery, secret) {
-			t.Errorf("outgoing query %q lacks the endpoint's parameter", req.URL.RawQuery)
-		}
-		return nil, &url.Error{Op: "Post", URL: req.URL.String(), Err: errors.New("connection refused")}
-	})
-	tr, _ := newTestTransport(t, Config{Base: base, MaxRetries: -1,
-		Endpoints: []Endpoint{{Name: "q", BaseURL: "https://q.test/v1?key=" + secret}}})
-	_, err := tr.RoundTrip(chatRequest(t, context.Background(), clientBase, false))
-	if err == nil {
-		t.Fatal("RoundTrip succeeded, want the base's error")
-	}
-	msg, last := err.Error(), healthOf(t, tr, "q").LastError
-	for _, s := range []string{msg, last} {
-		if strings.Contains(s, secret) {
-			t.Errorf("%q shows the endpoint's query", s)
-		}
-		if !strings.Contains(s, "https://q.test/v1/chat/completions") || !strings.Contains(s, "connection refused") {
-			t.Errorf("%q lost the URL's path or the cause", s)
-		}
-	}
-	var ue *url.Error
-	if !errors.As(err, &ue) {
-		t.Errorf("error %v no longer unwraps to *url.Error", err)
 	}
 }
 
@@ -462,12 +370,5 @@ func TestHTTP2Upstreams(t *testing.T) {
 	}
 	if got := aHits.Load(); got != 2 {
 		t.Errorf("a got %d requests, want 2 (each request tried it first)", got)
-	}
-}
-
-// TestErrorZeroValue: an Error built by hand without Err still prints.
-func TestErrorZeroValue(t *testing.T) {
-	if got := (&Error{}).Error(); got != "failover: request failed" {
-		t.Errorf("Error() = %q", got)
 	}
 }
