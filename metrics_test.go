@@ -7,10 +7,13 @@ import (
 	"maps"
 	"net/http"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/failover-go/failover/internal/fakeopenai"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 )
 
@@ -116,6 +119,81 @@ func TestMetricsByNameAndValue(t *testing.T) {
 	for reason, want := range map[string]float64{"rate_limit": 1, "cooldown": 0, "backoff": 0} {
 		if got := metricValue(t, reg2, "failover_wait_seconds", map[string]string{"reason": reason}); got != want {
 			t.Errorf("failover_wait_seconds{reason=%s} count = %v, want %v", reason, got, want)
+		}
+	}
+}
+
+func TestMetricsCountAttempts(t *testing.T) {
+	a := upstream(t, "a")
+	b := upstream(t, "b")
+	a.SetFault(fakeopenai.StatusFault(500))
+	reg := prometheus.NewRegistry()
+	tr, _ := newTestTransport(t, Config{
+		Registerer: reg,
+		Endpoints:  []Endpoint{ep(a, 0), ep(b, 1)},
+		Breaker:    BreakerConfig{FailureThreshold: 100},
+		MaxRetries: 1,
+	})
+	for range 3 {
+		chatOK(t, tr, "b")
+	}
+	a.SetFault(fakeopenai.Healthy())
+	for range 2 {
+		chatOK(t, tr, "a")
+	}
+	a.SetFault(fakeopenai.StatusFault(503))
+	b.SetFault(fakeopenai.StatusFault(500))
+	if code, _ := chat(t, tr); code != 500 {
+		t.Fatalf("status %d, want b's 500 when both fail", code)
+	}
+
+	for _, c := range []struct {
+		name string
+		got  prometheus.Collector
+		want float64
+	}{
+		{`failover_attempts_total{endpoint="a",outcome="500"}`, tr.metrics.attempts.WithLabelValues("a", "500"), 3},
+		{`failover_attempts_total{endpoint="a",outcome="200"}`, tr.metrics.attempts.WithLabelValues("a", "200"), 2},
+		{`failover_attempts_total{endpoint="b",outcome="200"}`, tr.metrics.attempts.WithLabelValues("b", "200"), 3},
+		{`failover_attempts_total{endpoint="a",outcome="503"}`, tr.metrics.attempts.WithLabelValues("a", "503"), 1},
+		{`failover_attempts_total{endpoint="b",outcome="500"}`, tr.metrics.attempts.WithLabelValues("b", "500"), 1},
+		{`failover_requests_failed_over_total`, tr.metrics.failedOver, 3},
+		{`failover_requests_exhausted_total`, tr.metrics.exhausted, 1},
+	} {
+		if got := testutil.ToFloat64(c.got); got != c.want {
+			t.Errorf("%s = %v, want %v", c.name, got, c.want)
+		}
+	}
+
+	problems, err := testutil.GatherAndLint(reg)
+	if err != nil {
+		t.Fatalf("lint: %v", err)
+	}
+	for _, p := range problems {
+		t.Errorf("lint: %s: %s", p.Metric, p.Text)
+	}
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := map[string]bool{}
+	for _, f := range families {
+		names[f.GetName()] = true
+	}
+	for _, want := range []string{"failover_attempts_total", "failover_attempt_duration_seconds",
+		"failover_breaker_state", "failover_requests_failed_over_total"} {
+		if !names[want] {
+			t.Errorf("%s not registered on the given registry", want)
+		}
+	}
+
+	global, err := prometheus.DefaultGatherer.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range global {
+		if strings.HasPrefix(f.GetName(), "failover_") {
+			t.Errorf("%s registered on the default registry", f.GetName())
 		}
 	}
 }

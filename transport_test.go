@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,64 +17,7 @@ import (
 	"time"
 
 	"github.com/failover-go/failover/internal/fakeopenai"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 )
-
-func TestFailoverClassification(t *testing.T) {
-	for _, tc := range []struct {
-		name       string
-		fault      fakeopenai.Fault
-		timeout    time.Duration
-		wantFailed bool // true: b answers; false: a's response returned at once
-	}{
-		{"500", fakeopenai.StatusFault(500), 0, true},
-		{"502", fakeopenai.StatusFault(502), 0, true},
-		{"503", fakeopenai.StatusFault(503), 0, true},
-		{"504", fakeopenai.StatusFault(504), 0, true},
-		{"408", fakeopenai.StatusFault(408), 0, true},
-		{"409", fakeopenai.StatusFault(409), 0, true},
-		{"429", fakeopenai.RateLimited("5"), 0, true},
-		{"401", fakeopenai.StatusFault(401), 0, true},
-		{"403", fakeopenai.StatusFault(403), 0, true},
-		{"connection refused", fakeopenai.Refuse(), 0, true},
-		{"connection reset", fakeopenai.Reset(), 0, true},
-		{"per-attempt timeout", fakeopenai.Hang(), 100 * time.Millisecond, true},
-		{"400", fakeopenai.StatusFault(400), 0, false},
-		{"404", fakeopenai.StatusFault(404), 0, false},
-		{"422", fakeopenai.StatusFault(422), 0, false},
-		{"400 with x-should-retry true", fakeopenai.StatusFault(400).WithHeader("X-Should-Retry", "true"), 0, true},
-		{"500 with x-should-retry false", fakeopenai.StatusFault(500).WithHeader("X-Should-Retry", "false"), 0, true},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			a := upstream(t, "a")
-			b := upstream(t, "b")
-			a.SetFault(tc.fault)
-			ea := ep(a, 0)
-			ea.Timeout = tc.timeout
-			tr, clk := newTestTransport(t, Config{Endpoints: []Endpoint{ea, ep(b, 1)}})
-			status, body := chat(t, tr)
-			if tc.wantFailed {
-				if status != 200 || !strings.Contains(body, fakeopenai.Reply("b")) {
-					t.Fatalf("got %d %q, want b's answer after failing over", status, body)
-				}
-				if s := clk.Sleeps(); len(s) != 0 {
-					t.Fatalf("slept %v before failing over to an untried endpoint", s)
-				}
-				return
-			}
-			if b.Hits() != 0 {
-				t.Fatalf("b got %d requests; a caller error must not fail over", b.Hits())
-			}
-			if want, _ := strconv.Atoi(tc.name); status != want {
-				t.Fatalf("status %d, want a's %s returned", status, tc.name)
-			}
-			if a.Hits() != 1 {
-				t.Fatalf("a hits %d, want 1", a.Hits())
-			}
-		})
-	}
-}
 
 func TestFailoverOrderSamePriorityFirst(t *testing.T) {
 	base := newScriptedBase(func(req *http.Request, n int) (*http.Response, error) {
@@ -457,81 +399,6 @@ func TestConcurrentRequests(t *testing.T) {
 	}
 }
 
-func TestMetricsCountAttempts(t *testing.T) {
-	a := upstream(t, "a")
-	b := upstream(t, "b")
-	a.SetFault(fakeopenai.StatusFault(500))
-	reg := prometheus.NewRegistry()
-	tr, _ := newTestTransport(t, Config{
-		Registerer: reg,
-		Endpoints:  []Endpoint{ep(a, 0), ep(b, 1)},
-		Breaker:    BreakerConfig{FailureThreshold: 100},
-		MaxRetries: 1,
-	})
-	for range 3 {
-		chatOK(t, tr, "b")
-	}
-	a.SetFault(fakeopenai.Healthy())
-	for range 2 {
-		chatOK(t, tr, "a")
-	}
-	a.SetFault(fakeopenai.StatusFault(503))
-	b.SetFault(fakeopenai.StatusFault(500))
-	if code, _ := chat(t, tr); code != 500 {
-		t.Fatalf("status %d, want b's 500 when both fail", code)
-	}
-
-	for _, c := range []struct {
-		name string
-		got  prometheus.Collector
-		want float64
-	}{
-		{`failover_attempts_total{endpoint="a",outcome="500"}`, tr.metrics.attempts.WithLabelValues("a", "500"), 3},
-		{`failover_attempts_total{endpoint="a",outcome="200"}`, tr.metrics.attempts.WithLabelValues("a", "200"), 2},
-		{`failover_attempts_total{endpoint="b",outcome="200"}`, tr.metrics.attempts.WithLabelValues("b", "200"), 3},
-		{`failover_attempts_total{endpoint="a",outcome="503"}`, tr.metrics.attempts.WithLabelValues("a", "503"), 1},
-		{`failover_attempts_total{endpoint="b",outcome="500"}`, tr.metrics.attempts.WithLabelValues("b", "500"), 1},
-		{`failover_requests_failed_over_total`, tr.metrics.failedOver, 3},
-		{`failover_requests_exhausted_total`, tr.metrics.exhausted, 1},
-	} {
-		if got := testutil.ToFloat64(c.got); got != c.want {
-			t.Errorf("%s = %v, want %v", c.name, got, c.want)
-		}
-	}
-
-	problems, err := testutil.GatherAndLint(reg)
-	if err != nil {
-		t.Fatalf("lint: %v", err)
-	}
-	for _, p := range problems {
-		t.Errorf("lint: %s: %s", p.Metric, p.Text)
-	}
-	families, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	names := map[string]bool{}
-	for _, f := range families {
-		names[f.GetName()] = true
-	}
-	for _, want := range []string{"failover_attempts_total", "failover_attempt_duration_seconds",
-		"failover_breaker_state", "failover_requests_failed_over_total"} {
-		if !names[want] {
-			t.Errorf("%s not registered on the given registry", want)
-		}
-	}
-
-	global, err := prometheus.DefaultGatherer.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range global {
-		if strings.HasPrefix(f.GetName(), "failover_") {
-			t.Errorf("%s registered on the default registry", f.GetName())
-		}
-	}
-}
-
 func TestHealthStates(t *testing.T) {
 	const secret = "sk-test-SECRET-health"
 	servers := map[string]fakeopenai.Fault{
@@ -739,35 +606,5 @@ func TestLogsNeverCarryKeys(t *testing.T) {
 	}
 	if strings.Contains(logs, "SECRET") {
 		t.Errorf("logs carry a key:\n%s", logs)
-	}
-}
-
-func TestClassifierReplaceable(t *testing.T) {
-	notFoundFails := func(resp *http.Response, body []byte, err error) Verdict {
-		v := DefaultClassifier(resp, body, err)
-		if resp != nil && resp.StatusCode == http.StatusNotFound {
-			v.Outcome = OutcomeFailure
-		}
-		return v
-	}
-	for _, tc := range []struct {
-		name       string
-		classifier Classifier
-		wantCode   int
-		wantBHits  int64
-	}{
-		{"default returns 404", nil, 404, 0},
-		{"custom fails over on 404", notFoundFails, 200, 1},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			a := upstream(t, "a")
-			b := upstream(t, "b")
-			a.SetFault(fakeopenai.StatusFault(404))
-			tr, _ := newTestTransport(t, Config{Endpoints: []Endpoint{ep(a, 0), ep(b, 1)}, Classifier: tc.classifier})
-			code, _ := chat(t, tr)
-			if code != tc.wantCode || a.Hits() != 1 || b.Hits() != tc.wantBHits {
-				t.Errorf("status %d, hits a=%d b=%d; want %d, 1, %d", code, a.Hits(), b.Hits(), tc.wantCode, tc.wantBHits)
-			}
-		})
 	}
 }
