@@ -186,7 +186,7 @@ func TestBodyGetBodyFailsOnSecondAttempt(t *testing.T) {
 	}
 }
 
-// TestBodyNoCopies checks the two promises issue 4 makes about
+// TestBodyNoCopies checks the two promises the package makes about
 // bodies: a request body with GetBody is handed to the first attempt
 // as it is (GetBody runs only for later attempts), and a successful
 // response body reaches the caller as the base returned it, unbuffered.
