@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/failover-go/failover/internal/fakeopenai"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -15,31 +14,32 @@ func TestBreakerOpensAfterConsecutiveFailures(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
 		threshold int
-		wantHits  int64
+		wantHits  int
 	}{
 		{"default threshold", 0, 5},
 		{"threshold 2", 2, 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			a := upstream(t, "a")
-			b := upstream(t, "b")
-			a.SetFault(fakeopenai.StatusFault(500))
+			hosts := newHostReplies()
+			hosts.set("a", 500, "down")
+			base := newScriptedBase(hosts.script)
 			reg := prometheus.NewRegistry()
 			tr, _ := newTestTransport(t, Config{
-				Endpoints:  []Endpoint{ep(a, 0), ep(b, 1)},
+				Base:       base,
+				Endpoints:  []Endpoint{hostEndpoint("a", 0), hostEndpoint("b", 1)},
 				Breaker:    BreakerConfig{FailureThreshold: tc.threshold},
 				Registerer: reg,
 			})
 			for range 10 {
-				chatOK(t, tr, "b")
+				answeredBy(t, tr, "b")
 			}
 			for name, want := range map[string]float64{"a": 2, "b": 0} {
 				if got := metricValue(t, reg, "failover_breaker_state", map[string]string{"endpoint": name}); got != want {
 					t.Errorf(`failover_breaker_state{endpoint=%q} = %v, want %v`, name, got, want)
 				}
 			}
-			if a.Hits() != tc.wantHits || b.Hits() != 10 {
-				t.Errorf("hits a=%d b=%d, want a=%d b=10", a.Hits(), b.Hits(), tc.wantHits)
+			if a, b := base.Hits("a.test"), base.Hits("b.test"); a != tc.wantHits || b != 10 {
+				t.Errorf("hits a=%d b=%d, want a=%d b=10", a, b, tc.wantHits)
 			}
 			if h := healthOf(t, tr, "a"); h.State != StateOpen {
 				t.Errorf("a is %v, want open", h.State)
@@ -51,50 +51,61 @@ func TestBreakerOpensAfterConsecutiveFailures(t *testing.T) {
 	}
 }
 
+// TestBreakerKeyRejectionOpensAtOnce: a rejected key (a 401, or a 429 whose
+// error says insufficient_quota) opens the endpoint's breaker at the first
+// rejection, without a cooldown, and the endpoint gets no more requests; a
+// plain 429 cools the endpoint down and leaves its breaker alone.
 func TestBreakerKeyRejectionOpensAtOnce(t *testing.T) {
 	for _, tc := range []struct {
-		name  string
-		fault fakeopenai.Fault
+		name string
+		code int
+		body string
 	}{
-		{"401", fakeopenai.StatusFault(401)},
-		{"429 insufficient_quota", fakeopenai.InsufficientQuota()},
+		{"401", 401, `{"error":{"message":"Incorrect API key provided","type":"invalid_request_error","code":"invalid_api_key"}}`},
+		{"429 insufficient_quota", 429, `{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			a := upstream(t, "a")
-			b := upstream(t, "b")
-			a.SetFault(tc.fault)
-			tr, _ := newTestTransport(t, Config{Endpoints: []Endpoint{ep(a, 0), ep(b, 1)}})
-			chatOK(t, tr, "b")
-			if s := healthOf(t, tr, "a").State; s != StateOpen {
-				t.Fatalf("a is %v after one rejection, want open", s)
+			hosts := newHostReplies()
+			hosts.set("a", tc.code, tc.body)
+			base := newScriptedBase(hosts.script)
+			tr, _ := newTestTransport(t, Config{Base: base, Endpoints: []Endpoint{hostEndpoint("a", 0), hostEndpoint("b", 1)}})
+			takenOut := func(after string) {
+				t.Helper()
+				if h := healthOf(t, tr, "a"); h.State != StateOpen || !h.CooldownUntil.IsZero() {
+					t.Fatalf("after %s a is %v, cooling down until %v; want open and no cooldown", after, h.State, h.CooldownUntil)
+				}
 			}
+			answeredBy(t, tr, "b")
+			takenOut("one rejection")
 			for range 3 {
-				chatOK(t, tr, "b")
+				answeredBy(t, tr, "b")
 			}
-			if a.Hits() != 1 {
-				t.Errorf("a got %d hits, want 1", a.Hits())
+			takenOut("four requests")
+			if got := base.Hits("a.test"); got != 1 {
+				t.Errorf("a got %d hits, want 1: a rejected key is taken out at once", got)
 			}
 		})
 	}
 
 	t.Run("plain 429 cools down, breaker untouched", func(t *testing.T) {
-		a := upstream(t, "a")
-		b := upstream(t, "b")
-		a.SetFault(fakeopenai.RateLimited("1"))
+		hosts := newHostReplies()
+		hosts.set("a", 429, `{"error":{"type":"requests","code":"rate_limit_exceeded"}}`, "Retry-After", "1")
+		base := newScriptedBase(hosts.script)
 		// A threshold of 1 would open the breaker at the first failure it
 		// counted.
 		tr, clk := newTestTransport(t, Config{
-			Endpoints: []Endpoint{ep(a, 0), ep(b, 1)},
+			Base:      base,
+			Endpoints: []Endpoint{hostEndpoint("a", 0), hostEndpoint("b", 1)},
 			Breaker:   BreakerConfig{FailureThreshold: 1},
 		})
 		for i := range 6 {
-			chatOK(t, tr, "b")
+			answeredBy(t, tr, "b")
 			if s := healthOf(t, tr, "a").State; s != StateCoolingDown {
 				t.Fatalf("after 429 #%d a is %v, want cooling-down", i+1, s)
 			}
-			chatOK(t, tr, "b")
-			if a.Hits() != int64(i+1) {
-				t.Fatalf("a got %d hits while cooling down, want %d", a.Hits(), i+1)
+			answeredBy(t, tr, "b")
+			if got := base.Hits("a.test"); got != i+1 {
+				t.Fatalf("a got %d hits while cooling down, want %d", got, i+1)
 			}
 			clk.Advance(2 * time.Second)
 			if s := healthOf(t, tr, "a").State; s != StateClosed {
@@ -102,26 +113,6 @@ func TestBreakerKeyRejectionOpensAtOnce(t *testing.T) {
 			}
 		}
 	})
-}
-
-func TestBreakerInsufficientQuotaOpensWithoutCooldown(t *testing.T) {
-	base := newScriptedBase(func(req *http.Request, n int) (*http.Response, error) {
-		if req.URL.Host == "a.test" {
-			return reply(429, `{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}`), nil
-		}
-		return reply(200, "ok"), nil
-	})
-	tr, _ := newTestTransport(t, Config{Base: base, Endpoints: []Endpoint{hostEndpoint("a", 0), hostEndpoint("b", 1)}})
-	for range 3 {
-		chat(t, tr)
-	}
-	h := tr.Health()[0]
-	if h.State != StateOpen || !h.CooldownUntil.IsZero() {
-		t.Fatalf("state %v cooldown %v, want the breaker open and no cooldown", h.State, h.CooldownUntil)
-	}
-	if base.Hits("a.test") != 1 {
-		t.Fatalf("a hits %d, want 1: a spent key is taken out at once", base.Hits("a.test"))
-	}
 }
 
 func TestBreakerCallerErrorsCountAsSuccess(t *testing.T) {
@@ -158,43 +149,44 @@ func TestBreakerCallerErrorsCountAsSuccess(t *testing.T) {
 
 func TestBreakerHalfOpenTrial(t *testing.T) {
 	for _, tc := range []struct {
-		name     string
-		halfOpen int
-		trial    fakeopenai.Fault
+		name       string
+		halfOpen   int
+		trialFails bool
 	}{
-		{"success closes", 0, fakeopenai.Healthy()},
-		{"two successes close", 2, fakeopenai.Healthy()},
-		{"failure reopens", 0, fakeopenai.StatusFault(500)},
+		{"success closes", 0, false},
+		{"two successes close", 2, false},
+		{"failure reopens", 0, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			a := upstream(t, "a")
-			b := upstream(t, "b")
-			a.SetFault(fakeopenai.StatusFault(500))
+			hosts := newHostReplies()
+			hosts.set("a", 500, "down")
+			base := newScriptedBase(hosts.script)
 			tr, clk := newTestTransport(t, Config{
-				Endpoints: []Endpoint{ep(a, 0), ep(b, 1)},
+				Base:      base,
+				Endpoints: []Endpoint{hostEndpoint("a", 0), hostEndpoint("b", 1)},
 				Breaker:   BreakerConfig{FailureThreshold: 1, OpenTimeout: time.Minute, HalfOpenRequests: tc.halfOpen},
 			})
-			chatOK(t, tr, "b") // a fails once: open
+			answeredBy(t, tr, "b") // a fails once: open
 			for range 3 {
-				chatOK(t, tr, "b")
+				answeredBy(t, tr, "b")
 			}
-			if a.Hits() != 1 {
-				t.Fatalf("open endpoint a got %d hits, want only the one that opened it", a.Hits())
+			if got := base.Hits("a.test"); got != 1 {
+				t.Fatalf("open endpoint a got %d hits, want only the one that opened it", got)
 			}
 
 			passOpenTimeout(t, tr, clk, "a", time.Minute)
-			a.SetFault(tc.trial)
-			if tc.trial.Kind != fakeopenai.KindHealthy {
-				chatOK(t, tr, "b")
-				if a.Hits() != 2 {
-					t.Fatalf("a got %d hits, want 2 (one trial)", a.Hits())
+			if tc.trialFails {
+				// a still answers 500: its trial fails.
+				answeredBy(t, tr, "b")
+				if got := base.Hits("a.test"); got != 2 {
+					t.Fatalf("a got %d hits, want 2 (one trial)", got)
 				}
 				if s := healthOf(t, tr, "a").State; s == StateClosed {
 					t.Fatalf("a is %v after a failed trial, want open again", s)
 				}
-				chatOK(t, tr, "b")
-				if a.Hits() != 2 {
-					t.Fatalf("a got %d hits after its failed trial, want none more", a.Hits())
+				answeredBy(t, tr, "b")
+				if got := base.Hits("a.test"); got != 2 {
+					t.Fatalf("a got %d hits after its failed trial, want none more", got)
 				}
 				// It opened again for a new OpenTimeout: it turns
 				// half-open again, and a good trial then closes it.
@@ -206,24 +198,24 @@ func TestBreakerHalfOpenTrial(t *testing.T) {
 				if s := healthOf(t, tr, "a").State; s != StateHalfOpen {
 					t.Fatalf("a is %v once its new open timeout passed, want half-open", s)
 				}
-				a.SetFault(fakeopenai.Healthy())
 			}
+			hosts.healthy("a")
 			trials := max(1, tc.halfOpen)
 			for i := range trials {
 				if s := healthOf(t, tr, "a").State; s != StateHalfOpen {
 					t.Fatalf("before trial %d a is %v, want half-open", i+1, s)
 				}
-				chatOK(t, tr, "a")
+				answeredBy(t, tr, "a")
 			}
 			if s := healthOf(t, tr, "a").State; s != StateClosed {
 				t.Fatalf("a is %v after %d good trial(s), want closed", s, trials)
 			}
-			bHits := b.Hits()
+			bHits := base.Hits("b.test")
 			for range 3 {
-				chatOK(t, tr, "a")
+				answeredBy(t, tr, "a")
 			}
-			if b.Hits() != bHits {
-				t.Errorf("b got %d more hits after a closed, want traffic back on a", b.Hits()-bHits)
+			if got := base.Hits("b.test"); got != bHits {
+				t.Errorf("b got %d more hits after a closed, want traffic back on a", got-bHits)
 			}
 		})
 	}
