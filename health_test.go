@@ -7,31 +7,24 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/failover-go/failover/internal/fakeopenai"
 )
 
 func TestHealthStates(t *testing.T) {
 	const secret = "sk-test-SECRET-health"
-	servers := map[string]fakeopenai.Fault{
-		"key":  fakeopenai.StatusFault(401),
-		"cool": fakeopenai.RateLimited("30"),
-		"ok":   fakeopenai.Healthy(),
-		"off":  fakeopenai.Healthy(),
-	}
+	hosts := newHostReplies()
+	hosts.set("key", 401, `{"error":{"code":"invalid_api_key"}}`)
+	hosts.set("cool", 429, `{"error":{"code":"rate_limit_exceeded"}}`, "Retry-After", "30")
 	var eps []Endpoint
 	for i, name := range []string{"key", "cool", "ok", "off"} {
-		s := upstream(t, name)
-		s.SetFault(servers[name])
-		e := ep(s, i)
+		e := hostEndpoint(name, i)
 		e.APIKey = secret
 		e.Disabled = name == "off"
 		eps = append(eps, e)
 	}
 
 	t.Run("closed open cooling-down disabled", func(t *testing.T) {
-		tr, clk := newTestTransport(t, Config{Endpoints: eps})
-		chatOK(t, tr, "ok")
+		tr, clk := newTestTransport(t, Config{Base: newScriptedBase(hosts.script), Endpoints: eps})
+		answeredBy(t, tr, "ok")
 		now := clk.Now()
 		for _, want := range []struct {
 			name                       string
@@ -69,8 +62,8 @@ func TestHealthStates(t *testing.T) {
 	})
 
 	t.Run("half-open", func(t *testing.T) {
-		tr, clk := newTestTransport(t, Config{Endpoints: eps, Breaker: BreakerConfig{OpenTimeout: time.Minute}})
-		chatOK(t, tr, "ok")
+		tr, clk := newTestTransport(t, Config{Base: newScriptedBase(hosts.script), Endpoints: eps, Breaker: BreakerConfig{OpenTimeout: time.Minute}})
+		answeredBy(t, tr, "ok")
 		passOpenTimeout(t, tr, clk, "key", time.Minute)
 	})
 }

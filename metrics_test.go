@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/failover-go/failover/internal/fakeopenai"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
@@ -124,25 +123,25 @@ func TestMetricsByNameAndValue(t *testing.T) {
 }
 
 func TestMetricsCountAttempts(t *testing.T) {
-	a := upstream(t, "a")
-	b := upstream(t, "b")
-	a.SetFault(fakeopenai.StatusFault(500))
+	hosts := newHostReplies()
+	hosts.set("a", 500, "down")
 	reg := prometheus.NewRegistry()
 	tr, _ := newTestTransport(t, Config{
+		Base:       newScriptedBase(hosts.script),
 		Registerer: reg,
-		Endpoints:  []Endpoint{ep(a, 0), ep(b, 1)},
+		Endpoints:  []Endpoint{hostEndpoint("a", 0), hostEndpoint("b", 1)},
 		Breaker:    BreakerConfig{FailureThreshold: 100},
 		MaxRetries: 1,
 	})
 	for range 3 {
-		chatOK(t, tr, "b")
+		answeredBy(t, tr, "b")
 	}
-	a.SetFault(fakeopenai.Healthy())
+	hosts.healthy("a")
 	for range 2 {
-		chatOK(t, tr, "a")
+		answeredBy(t, tr, "a")
 	}
-	a.SetFault(fakeopenai.StatusFault(503))
-	b.SetFault(fakeopenai.StatusFault(500))
+	hosts.set("a", 503, "overloaded")
+	hosts.set("b", 500, "down")
 	if code, _ := chat(t, tr); code != 500 {
 		t.Fatalf("status %d, want b's 500 when both fail", code)
 	}

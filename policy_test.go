@@ -144,19 +144,17 @@ func TestPolicyClassifierReplaceable(t *testing.T) {
 		name       string
 		classifier Classifier
 		wantCode   int
-		wantBHits  int64
+		wantBHits  int
 	}{
 		{"default returns 404", nil, 404, 0},
 		{"custom fails over on 404", notFoundFails, 200, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			a := upstream(t, "a")
-			b := upstream(t, "b")
-			a.SetFault(fakeopenai.StatusFault(404))
-			tr, _ := newTestTransport(t, Config{Endpoints: []Endpoint{ep(a, 0), ep(b, 1)}, Classifier: tc.classifier})
+			base := newScriptedBase(statusScript(map[string][]int{"a": {404}}))
+			tr, _ := newTestTransport(t, Config{Base: base, Endpoints: []Endpoint{hostEndpoint("a", 0), hostEndpoint("b", 1)}, Classifier: tc.classifier})
 			code, _ := chat(t, tr)
-			if code != tc.wantCode || a.Hits() != 1 || b.Hits() != tc.wantBHits {
-				t.Errorf("status %d, hits a=%d b=%d; want %d, 1, %d", code, a.Hits(), b.Hits(), tc.wantCode, tc.wantBHits)
+			if a, b := base.Hits("a.test"), base.Hits("b.test"); code != tc.wantCode || a != 1 || b != tc.wantBHits {
+				t.Errorf("status %d, hits a=%d b=%d; want %d, 1, %d", code, a, b, tc.wantCode, tc.wantBHits)
 			}
 		})
 	}
