@@ -2,11 +2,9 @@ package failover
 
 import (
 	"context"
+	"errors"
 	"net/http"
-	"strings"
 	"testing"
-
-	"github.com/failover-go/failover/internal/fakeopenai"
 )
 
 func TestRouteMatchesClientAndEndpointBases(t *testing.T) {
@@ -66,16 +64,23 @@ func TestRouteMatchesClientAndEndpointBases(t *testing.T) {
 func TestRouteEndpointOwnURLFailsOver(t *testing.T) {
 	// openai-go may read OPENAI_BASE_URL and send to an endpoint's own
 	// URL: such a request must still fail over.
-	a := upstream(t, "a")
-	b := upstream(t, "b")
-	a.SetFault(fakeopenai.Refuse())
-	tr, clk := newTestTransport(t, Config{Endpoints: []Endpoint{ep(a, 0), ep(b, 1)}})
-	status, body := roundTrip(t, tr, chatRequest(t, context.Background(), a.URL(), false))
-	if status != 200 || !strings.Contains(body, fakeopenai.Reply("b")) {
+	base := newScriptedBase(func(req *http.Request, _ int) (*http.Response, error) {
+		if req.URL.Host == "a.test" {
+			return nil, errors.New("connection refused")
+		}
+		return reply(200, "b"), nil
+	})
+	tr, clk := newTestTransport(t, Config{Base: base, Endpoints: []Endpoint{hostEndpoint("a", 0), hostEndpoint("b", 1)}})
+	status, body := roundTrip(t, tr, chatRequest(t, context.Background(), "https://a.test/v1", false))
+	if status != 200 || body != "b" {
 		t.Fatalf("got %d %q, want b's answer", status, body)
 	}
-	if got, _ := b.Last(); got.Header.Get("Authorization") != "Bearer key-b" {
-		t.Errorf("b saw Authorization %q, want its own key", got.Header.Get("Authorization"))
+	seen := base.Seen()
+	if len(seen) != 2 || seen[0].host != "a.test" || seen[1].host != "b.test" {
+		t.Fatalf("attempts %+v, want a (refused) then b", seen)
+	}
+	if got := seen[1].auth; got != "Bearer key-b" {
+		t.Errorf("b saw Authorization %q, want its own key", got)
 	}
 	if s := clk.Sleeps(); len(s) != 0 {
 		t.Errorf("slept %v before failing over, want no sleep", s)
