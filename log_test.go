@@ -15,6 +15,10 @@ import (
 	"github.com/failover-go/failover/internal/fakeopenai"
 )
 
+// TestLogsJSONRecordsCarryFieldsNotKeys: over real connections (refused,
+// failing, revoked, rate limited, hanging past its Timeout), slog's JSON
+// handler at Debug gets a breaker change and a cooldown at WARN and failed
+// attempts at DEBUG, each with its fields, and never an API key.
 func TestLogsJSONRecordsCarryFieldsNotKeys(t *testing.T) {
 	var buf syncBuffer
 	logger := slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
