@@ -146,9 +146,10 @@ func TestResponseRequestIsTheCallers(t *testing.T) {
 	}
 }
 
-// TestEndpointHeaderNamesTheEndpoint: with Config.EndpointHeader set, each response of a
-// routed request names the endpoint that sent it, whether it succeeded
-// or was the last failure; without it, responses are left as they are.
+// TestEndpointHeaderNamesTheEndpoint: with Config.EndpointHeader set, each
+// response of a routed request names the endpoint that sent it, whether it
+// succeeded or was the last failure; without it, responses are left as
+// they are.
 func TestEndpointHeaderNamesTheEndpoint(t *testing.T) {
 	script := func(codes map[string]int) func(*http.Request, int) (*http.Response, error) {
 		return func(req *http.Request, _ int) (*http.Response, error) {
