@@ -6,7 +6,67 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 )
+
+func TestHealthStates(t *testing.T) {
+	const secret = "sk-test-SECRET-health"
+	hosts := newHostReplies()
+	hosts.set("key", 401, `{"error":{"code":"invalid_api_key"}}`)
+	hosts.set("cool", 429, `{"error":{"code":"rate_limit_exceeded"}}`, "Retry-After", "30")
+	var eps []Endpoint
+	for i, name := range []string{"key", "cool", "ok", "off"} {
+		e := hostEndpoint(name, i)
+		e.APIKey = secret
+		e.Disabled = name == "off"
+		eps = append(eps, e)
+	}
+
+	t.Run("closed open cooling-down disabled", func(t *testing.T) {
+		tr, clk := newTestTransport(t, Config{Base: newScriptedBase(hosts.script), Endpoints: eps})
+		answeredBy(t, tr, "ok")
+		now := clk.Now()
+		for _, want := range []struct {
+			name                       string
+			state                      State
+			requests, failures, consec uint64
+			lastErr                    string
+		}{
+			{"key", StateOpen, 1, 1, 1, "401"},
+			{"cool", StateCoolingDown, 1, 1, 1, "429"},
+			{"ok", StateClosed, 1, 0, 0, ""},
+			{"off", StateDisabled, 0, 0, 0, ""},
+		} {
+			h := healthOf(t, tr, want.name)
+			if h.State != want.state || h.Requests != want.requests || h.Failures != want.failures || h.ConsecutiveFailures != want.consec {
+				t.Errorf("%s: %v, requests %d, failures %d, consecutive %d; want %v, %d, %d, %d", want.name,
+					h.State, h.Requests, h.Failures, h.ConsecutiveFailures, want.state, want.requests, want.failures, want.consec)
+			}
+			if (want.lastErr == "") != (h.LastError == "") || !strings.Contains(h.LastError, want.lastErr) {
+				t.Errorf("%s: last error %q, want one mentioning %q", want.name, h.LastError, want.lastErr)
+			}
+			if want.lastErr != "" && !h.LastErrorAt.Equal(now) {
+				t.Errorf("%s: last error at %v, want %v", want.name, h.LastErrorAt, now)
+			}
+			if strings.Contains(h.LastError, "SECRET") || strings.Contains(h.BaseURL, "SECRET") {
+				t.Errorf("%s: health carries the key: %+v", want.name, h)
+			}
+		}
+		if h := healthOf(t, tr, "cool"); !h.CooldownUntil.Equal(now.Add(30 * time.Second)) {
+			t.Errorf("cool: cooldown until %v, want %v", h.CooldownUntil, now.Add(30*time.Second))
+		}
+		clk.Advance(31 * time.Second)
+		if s := healthOf(t, tr, "cool").State; s != StateClosed {
+			t.Errorf("cool is %v after its cooldown, want closed", s)
+		}
+	})
+
+	t.Run("half-open", func(t *testing.T) {
+		tr, clk := newTestTransport(t, Config{Base: newScriptedBase(hosts.script), Endpoints: eps, Breaker: BreakerConfig{OpenTimeout: time.Minute}})
+		answeredBy(t, tr, "ok")
+		passOpenTimeout(t, tr, clk, "key", time.Minute)
+	})
+}
 
 func TestHealthHandler(t *testing.T) {
 	script := func(req *http.Request, n int) (*http.Response, error) {

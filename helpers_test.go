@@ -240,6 +240,7 @@ type countingBody struct {
 }
 
 func (b *countingBody) Read(p []byte) (int, error) { return b.r.Read(p) }
+
 func (b *countingBody) Close() error {
 	b.closes.Add(1)
 	return nil
@@ -386,8 +387,6 @@ func statusScript(codes map[string][]int) func(*http.Request, int) (*http.Respon
 	}
 }
 
-// 7. Circuit breaker.
-
 // newTestTransportOn is newTestTransport on the clock c.
 func newTestTransportOn(t testing.TB, cfg Config, c clock) *Transport {
 	t.Helper()
@@ -460,5 +459,72 @@ func passOpenTimeout(t testing.TB, tr *Transport, clk *fakeClock, name string, d
 	clk.Advance(d)
 	if st := healthOf(t, tr, name).State; st != StateHalfOpen {
 		t.Fatalf("%s is %v once its open timeout passed, want half-open", name, st)
+	}
+}
+
+// roundTripFunc adapts a function to http.RoundTripper.
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(req *http.Request) (*http.Response, error) { return f(req) }
+
+// recordingBase remembers the last request and answers 200.
+type recordingBase struct{ req *http.Request }
+
+func (r *recordingBase) RoundTrip(req *http.Request) (*http.Response, error) {
+	r.req = req
+	return reply(200, "ok"), nil
+}
+
+// hostReplies is the script of a scripted base whose answers a test
+// changes as it goes: each host answers 200 with its name (the host
+// without ".test") as the body, unless set gave it another reply. set and
+// healthy are safe to call while requests run.
+type hostReplies struct {
+	mu      sync.Mutex
+	replies map[string]cannedReply
+}
+
+// cannedReply is the status, body and header pairs of a reply.
+type cannedReply struct {
+	code int
+	body string
+	kv   []string
+}
+
+func newHostReplies() *hostReplies {
+	return &hostReplies{replies: map[string]cannedReply{}}
+}
+
+// set makes the host name answer with code, body and the header pairs kv.
+func (h *hostReplies) set(name string, code int, body string, kv ...string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.replies[name] = cannedReply{code, body, kv}
+}
+
+// healthy makes the host name answer 200 with its name again.
+func (h *hostReplies) healthy(name string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.replies, name)
+}
+
+func (h *hostReplies) script(req *http.Request, _ int) (*http.Response, error) {
+	name := strings.TrimSuffix(req.URL.Host, ".test")
+	h.mu.Lock()
+	r, ok := h.replies[name]
+	h.mu.Unlock()
+	if !ok {
+		return reply(200, name), nil
+	}
+	return reply(r.code, r.body, r.kv...), nil
+}
+
+// answeredBy sends one chat completion and fails unless it is answered 200
+// by the scripted host name, whose body hostReplies makes its name.
+func answeredBy(t testing.TB, tr *Transport, name string) {
+	t.Helper()
+	if code, body := chat(t, tr); code != 200 || body != name {
+		t.Fatalf("got %d %q, want 200 from %s", code, body, name)
 	}
 }

@@ -2,6 +2,7 @@ package failover
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -9,7 +10,82 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/failover-go/failover/internal/fakeopenai"
 )
+
+// TestLogsJSONRecordsCarryFieldsNotKeys: over real connections (refused,
+// failing, revoked, rate limited, hanging past its Timeout), slog's JSON
+// handler at Debug gets a breaker change and a cooldown at WARN and failed
+// attempts at DEBUG, each with its fields, and never an API key.
+func TestLogsJSONRecordsCarryFieldsNotKeys(t *testing.T) {
+	var buf syncBuffer
+	logger := slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	faults := []struct {
+		name  string
+		fault fakeopenai.Fault
+	}{
+		{"refused", fakeopenai.Refuse()},
+		{"failing", fakeopenai.StatusFault(500)},
+		{"revoked", fakeopenai.StatusFault(401)},
+		{"limited", fakeopenai.RateLimited("2")},
+		{"hanging", fakeopenai.Hang()},
+		{"healthy", fakeopenai.Healthy()},
+	}
+	var eps []Endpoint
+	for i, f := range faults {
+		s := upstream(t, f.name)
+		s.SetFault(f.fault)
+		e := Endpoint{Name: f.name, BaseURL: s.URL(), APIKey: fmt.Sprintf("sk-test-SECRET-%d", i+1), Priority: i}
+		if f.name == "hanging" {
+			e.Timeout = 100 * time.Millisecond
+		}
+		eps = append(eps, e)
+	}
+	tr, _ := newTestTransport(t, Config{Endpoints: eps, Logger: logger, MaxRetries: 10, Breaker: BreakerConfig{FailureThreshold: 1}})
+	chatOK(t, tr, "healthy")
+
+	// And a request that fails everywhere, for the error path.
+	eps[len(eps)-1].Disabled = true
+	tr2, _ := newTestTransport(t, Config{Endpoints: eps, Logger: logger, MaxRetries: 10})
+	if resp, err := tr2.RoundTrip(chatRequest(t, context.Background(), clientBase, false)); err == nil {
+		resp.Body.Close()
+	} else if strings.Contains(err.Error(), "SECRET") {
+		t.Errorf("error carries a key: %v", err)
+	}
+
+	logs := buf.String()
+	var breaker, cooldown, failed bool
+	for _, line := range strings.Split(strings.TrimSpace(logs), "\n") {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("log line is not JSON: %v: %s", err, line)
+		}
+		has := func(keys ...string) bool {
+			for _, k := range keys {
+				if _, ok := rec[k]; !ok {
+					return false
+				}
+			}
+			return true
+		}
+		switch rec["msg"] {
+		case "failover: circuit breaker state changed":
+			breaker = breaker || rec["level"] == "WARN" && has("endpoint", "from", "to")
+		case "failover: endpoint cooling down":
+			cooldown = cooldown || rec["level"] == "WARN" && has("endpoint", "status", "for")
+		case "failover: attempt failed":
+			failed = failed || rec["level"] == "DEBUG" && has("endpoint", "attempt", "outcome", "result")
+		}
+	}
+	if !breaker || !cooldown || !failed {
+		t.Errorf("logs lack a breaker change (%v), a cooldown (%v) or a debug line (%v):\n%s", breaker, cooldown, failed, logs)
+	}
+	if strings.Contains(logs, "SECRET") {
+		t.Errorf("logs carry a key:\n%s", logs)
+	}
+}
 
 // fmtHandler is a slog.Handler that writes each record with every
 // attribute's value printed by %v, %+v and %#v, as a careless handler

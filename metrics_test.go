@@ -7,10 +7,12 @@ import (
 	"maps"
 	"net/http"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 )
 
@@ -120,6 +122,81 @@ func TestMetricsByNameAndValue(t *testing.T) {
 	}
 }
 
+func TestMetricsCountAttempts(t *testing.T) {
+	hosts := newHostReplies()
+	hosts.set("a", 500, "down")
+	reg := prometheus.NewRegistry()
+	tr, _ := newTestTransport(t, Config{
+		Base:       newScriptedBase(hosts.script),
+		Registerer: reg,
+		Endpoints:  []Endpoint{hostEndpoint("a", 0), hostEndpoint("b", 1)},
+		Breaker:    BreakerConfig{FailureThreshold: 100},
+		MaxRetries: 1,
+	})
+	for range 3 {
+		answeredBy(t, tr, "b")
+	}
+	hosts.healthy("a")
+	for range 2 {
+		answeredBy(t, tr, "a")
+	}
+	hosts.set("a", 503, "overloaded")
+	hosts.set("b", 500, "down")
+	if code, _ := chat(t, tr); code != 500 {
+		t.Fatalf("status %d, want b's 500 when both fail", code)
+	}
+
+	for _, c := range []struct {
+		name string
+		got  prometheus.Collector
+		want float64
+	}{
+		{`failover_attempts_total{endpoint="a",outcome="500"}`, tr.metrics.attempts.WithLabelValues("a", "500"), 3},
+		{`failover_attempts_total{endpoint="a",outcome="200"}`, tr.metrics.attempts.WithLabelValues("a", "200"), 2},
+		{`failover_attempts_total{endpoint="b",outcome="200"}`, tr.metrics.attempts.WithLabelValues("b", "200"), 3},
+		{`failover_attempts_total{endpoint="a",outcome="503"}`, tr.metrics.attempts.WithLabelValues("a", "503"), 1},
+		{`failover_attempts_total{endpoint="b",outcome="500"}`, tr.metrics.attempts.WithLabelValues("b", "500"), 1},
+		{`failover_requests_failed_over_total`, tr.metrics.failedOver, 3},
+		{`failover_requests_exhausted_total`, tr.metrics.exhausted, 1},
+	} {
+		if got := testutil.ToFloat64(c.got); got != c.want {
+			t.Errorf("%s = %v, want %v", c.name, got, c.want)
+		}
+	}
+
+	problems, err := testutil.GatherAndLint(reg)
+	if err != nil {
+		t.Fatalf("lint: %v", err)
+	}
+	for _, p := range problems {
+		t.Errorf("lint: %s: %s", p.Metric, p.Text)
+	}
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := map[string]bool{}
+	for _, f := range families {
+		names[f.GetName()] = true
+	}
+	for _, want := range []string{"failover_attempts_total", "failover_attempt_duration_seconds",
+		"failover_breaker_state", "failover_requests_failed_over_total"} {
+		if !names[want] {
+			t.Errorf("%s not registered on the given registry", want)
+		}
+	}
+
+	global, err := prometheus.DefaultGatherer.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range global {
+		if strings.HasPrefix(f.GetName(), "failover_") {
+			t.Errorf("%s registered on the default registry", f.GetName())
+		}
+	}
+}
+
 func TestMetricsInFlightDuringAttempt(t *testing.T) {
 	release := make(chan struct{})
 	started := make(chan struct{})
@@ -151,11 +228,6 @@ func TestMetricsInFlightDuringAttempt(t *testing.T) {
 		t.Fatalf("in flight after the attempt = %v, want 0", got)
 	}
 }
-
-// roundTripFunc adapts a function to http.RoundTripper.
-type roundTripFunc func(*http.Request) (*http.Response, error)
-
-func (f roundTripFunc) RoundTrip(req *http.Request) (*http.Response, error) { return f(req) }
 
 func TestMetricsSecondTransportOnSameRegistry(t *testing.T) {
 	reg := prometheus.NewRegistry()

@@ -2,8 +2,68 @@ package failover
 
 import (
 	"net/http"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
+
+	"github.com/failover-go/failover/internal/fakeopenai"
 )
+
+func TestPolicyDefaultClassification(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		fault      fakeopenai.Fault
+		timeout    time.Duration
+		wantFailed bool // true: b answers; false: a's response returned at once
+	}{
+		{"500", fakeopenai.StatusFault(500), 0, true},
+		{"502", fakeopenai.StatusFault(502), 0, true},
+		{"503", fakeopenai.StatusFault(503), 0, true},
+		{"504", fakeopenai.StatusFault(504), 0, true},
+		{"408", fakeopenai.StatusFault(408), 0, true},
+		{"409", fakeopenai.StatusFault(409), 0, true},
+		{"429", fakeopenai.RateLimited("5"), 0, true},
+		{"401", fakeopenai.StatusFault(401), 0, true},
+		{"403", fakeopenai.StatusFault(403), 0, true},
+		{"connection refused", fakeopenai.Refuse(), 0, true},
+		{"connection reset", fakeopenai.Reset(), 0, true},
+		{"per-attempt timeout", fakeopenai.Hang(), 100 * time.Millisecond, true},
+		{"400", fakeopenai.StatusFault(400), 0, false},
+		{"404", fakeopenai.StatusFault(404), 0, false},
+		{"422", fakeopenai.StatusFault(422), 0, false},
+		{"400 with x-should-retry true", fakeopenai.StatusFault(400).WithHeader("X-Should-Retry", "true"), 0, true},
+		{"500 with x-should-retry false", fakeopenai.StatusFault(500).WithHeader("X-Should-Retry", "false"), 0, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := upstream(t, "a")
+			b := upstream(t, "b")
+			a.SetFault(tc.fault)
+			ea := ep(a, 0)
+			ea.Timeout = tc.timeout
+			tr, clk := newTestTransport(t, Config{Endpoints: []Endpoint{ea, ep(b, 1)}})
+			status, body := chat(t, tr)
+			if tc.wantFailed {
+				if status != 200 || !strings.Contains(body, fakeopenai.Reply("b")) {
+					t.Fatalf("got %d %q, want b's answer after failing over", status, body)
+				}
+				if s := clk.Sleeps(); len(s) != 0 {
+					t.Fatalf("slept %v before failing over to an untried endpoint", s)
+				}
+				return
+			}
+			if b.Hits() != 0 {
+				t.Fatalf("b got %d requests; a caller error must not fail over", b.Hits())
+			}
+			if want, _ := strconv.Atoi(tc.name); status != want {
+				t.Fatalf("status %d, want a's %s returned", status, tc.name)
+			}
+			if a.Hits() != 1 {
+				t.Fatalf("a hits %d, want 1", a.Hits())
+			}
+		})
+	}
+}
 
 // TestPolicyClassificationEndToEnd: through a Transport, a 408 and a
 // non-2xx response marked "x-should-retry: true" (a 400, a 3xx) fail over
@@ -67,6 +127,34 @@ func TestPolicyClassificationEndToEnd(t *testing.T) {
 			}
 			if s := clk.Sleeps(); len(s) != 0 {
 				t.Errorf("slept %v; a failover to an untried endpoint never waits", s)
+			}
+		})
+	}
+}
+
+func TestPolicyClassifierReplaceable(t *testing.T) {
+	notFoundFails := func(resp *http.Response, body []byte, err error) Verdict {
+		v := DefaultClassifier(resp, body, err)
+		if resp != nil && resp.StatusCode == http.StatusNotFound {
+			v.Outcome = OutcomeFailure
+		}
+		return v
+	}
+	for _, tc := range []struct {
+		name       string
+		classifier Classifier
+		wantCode   int
+		wantBHits  int
+	}{
+		{"default returns 404", nil, 404, 0},
+		{"custom fails over on 404", notFoundFails, 200, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			base := newScriptedBase(statusScript(map[string][]int{"a": {404}}))
+			tr, _ := newTestTransport(t, Config{Base: base, Endpoints: []Endpoint{hostEndpoint("a", 0), hostEndpoint("b", 1)}, Classifier: tc.classifier})
+			code, _ := chat(t, tr)
+			if a, b := base.Hits("a.test"), base.Hits("b.test"); code != tc.wantCode || a != 1 || b != tc.wantBHits {
+				t.Errorf("status %d, hits a=%d b=%d; want %d, 1, %d", code, a, b, tc.wantCode, tc.wantBHits)
 			}
 		})
 	}

@@ -3,9 +3,12 @@ package failover
 import (
 	"context"
 	"errors"
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/failover-go/failover/internal/fakeopenai"
@@ -35,7 +38,87 @@ func sendVia(t *testing.T, e Endpoint, rawURL string, h http.Header) *http.Reque
 	return rec.req
 }
 
-func TestRoutingKeepsEscaping(t *testing.T) {
+func TestRewriteOntoEndpoint(t *testing.T) {
+	a := upstream(t, "a", fakeopenai.WithPrefix("/openai/v1"))
+	e := ep(a, 0)
+	e.Header = http.Header{"x-extra": {"1"}}
+	tr, _ := newTestTransport(t, Config{Endpoints: []Endpoint{e}})
+
+	req := chatRequest(t, context.Background(), clientBase, false)
+	req.URL.RawQuery = "api-version=7&x=%2F"
+	before := reqSnapshot(req)
+	status, body := roundTrip(t, tr, req)
+	if status != 200 || !strings.Contains(body, fakeopenai.Reply("a")) {
+		t.Fatalf("got %d %q, want 200 from a", status, body)
+	}
+	got, ok := a.Last()
+	if !ok {
+		t.Fatal("upstream a saw no request")
+	}
+	if got.Path != "/openai/v1/chat/completions" {
+		t.Errorf("path = %q, want /openai/v1/chat/completions", got.Path)
+	}
+	if got.RawQuery != "api-version=7&x=%2F" {
+		t.Errorf("query = %q, want it kept", got.RawQuery)
+	}
+	if auth := got.Header.Get("Authorization"); auth != "Bearer key-a" {
+		t.Errorf("Authorization = %q, want the endpoint's key", auth)
+	}
+	if x := got.Header.Get("X-Extra"); x != "1" {
+		t.Errorf("X-Extra = %q, want the endpoint's extra header", x)
+	}
+	if string(got.Body) != chatBody(false) {
+		t.Errorf("body = %q, want %q", got.Body, chatBody(false))
+	}
+	if after := reqSnapshot(req); after != before {
+		t.Errorf("caller's request modified:\nbefore %s\nafter  %s", before, after)
+	}
+}
+
+func TestRewriteEndpointQueryAndNoKey(t *testing.T) {
+	base := newScriptedBase(alwaysOK)
+	tr, _ := newTestTransport(t, Config{Base: base, Endpoints: []Endpoint{
+		{Name: "azure", BaseURL: "https://azure.test/openai/deployments/d1?api-version=2024-10-21"},
+	}})
+	req := chatRequest(t, context.Background(), clientBase, false)
+	req.URL.RawQuery = "x=1"
+	roundTrip(t, tr, req)
+	seen := base.Seen()
+	if len(seen) != 1 {
+		t.Fatalf("base saw %d requests, want 1", len(seen))
+	}
+	s := seen[0]
+	if s.path != "/openai/deployments/d1/chat/completions" || s.query != "api-version=2024-10-21&x=1" {
+		t.Errorf("got %s?%s", s.path, s.query)
+	}
+	if s.auth != "" {
+		t.Errorf("Authorization = %q, want none: an endpoint without APIKey gets no caller credentials", s.auth)
+	}
+}
+
+func TestRewriteEndpointQueryKeepsCallersParametersVerbatim(t *testing.T) {
+	e := Endpoint{Name: "az", BaseURL: "https://az.test/openai/v1?api-version=1&b=%2F", APIKey: "k"}
+	for _, tc := range []struct{ query, want string }{
+		{"", "api-version=1&b=%2F"},
+		{"x=1", "api-version=1&b=%2F&x=1"},
+		// Pairs url.ParseQuery rejects are kept; the endpoint's
+		// parameters replace the caller's of the same name.
+		{"filter=a;b&x=%zz&ok=1&api-version=9&b=3&c=%2F", "api-version=1&b=%2F&filter=a;b&x=%zz&ok=1&c=%2F"},
+		{"a&&b=", "api-version=1&b=%2F&a"},
+	} {
+		t.Run(tc.query, func(t *testing.T) {
+			u := clientBase + "/models"
+			if tc.query != "" {
+				u += "?" + tc.query
+			}
+			if got := sendVia(t, e, u, nil).URL.RawQuery; got != tc.want {
+				t.Errorf("sent query %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestRewriteKeepsEscaping(t *testing.T) {
 	for _, tc := range []struct {
 		name, base, url, want string
 	}{
@@ -68,33 +151,61 @@ func TestRoutingKeepsEscaping(t *testing.T) {
 	}
 }
 
-func TestRoutingEndpointQueryKeepsCallersParametersVerbatim(t *testing.T) {
-	e := Endpoint{Name: "az", BaseURL: "https://az.test/openai/v1?api-version=1&b=%2F", APIKey: "k"}
-	for _, tc := range []struct{ query, want string }{
-		{"", "api-version=1&b=%2F"},
-		{"x=1", "api-version=1&b=%2F&x=1"},
-		// Pairs url.ParseQuery rejects are kept; the endpoint's
-		// parameters replace the caller's of the same name.
-		{"filter=a;b&x=%zz&ok=1&api-version=9&b=3&c=%2F", "api-version=1&b=%2F&filter=a;b&x=%zz&ok=1&c=%2F"},
-		{"a&&b=", "api-version=1&b=%2F&a"},
+// TestRewriteBaseURLWithoutPath: an endpoint whose BaseURL has no path
+// (http://host:port, with or without a trailing slash or a query) serves
+// the API at its root: the client's /v1 is replaced by the endpoint's
+// empty prefix, so /v1/chat/completions arrives as /chat/completions.
+func TestRewriteBaseURLWithoutPath(t *testing.T) {
+	for _, tc := range []struct {
+		name, suffix string // suffix follows http://<addr> in the BaseURL
+		callerQuery  string
+		wantQuery    string
+	}{
+		{"no path", "", "", ""},
+		{"trailing slash", "/", "", ""},
+		{"query", "?api-version=1", "", "api-version=1"},
+		{"trailing slash and query", "/?api-version=1", "x=2", "api-version=1&x=2"},
+		{"caller's query only", "", "x=2", "x=2"},
 	} {
-		t.Run(tc.query, func(t *testing.T) {
-			u := clientBase + "/models"
-			if tc.query != "" {
-				u += "?" + tc.query
+		t.Run(tc.name, func(t *testing.T) {
+			root := upstream(t, "root", fakeopenai.WithPrefix(""))
+			e := Endpoint{Name: "root", BaseURL: "http://" + root.Addr() + tc.suffix, APIKey: "key-root"}
+			tr, _ := newTestTransport(t, Config{Endpoints: []Endpoint{e}})
+			req := chatRequest(t, context.Background(), clientBase, false)
+			req.URL.RawQuery = tc.callerQuery
+			status, body := roundTrip(t, tr, req)
+			if status != 200 || !strings.Contains(body, fakeopenai.Reply("root")) {
+				t.Fatalf("got %d %q, want 200 from root", status, body)
 			}
-			if got := sendVia(t, e, u, nil).URL.RawQuery; got != tc.want {
-				t.Errorf("sent query %q, want %q", got, tc.want)
+			got, ok := root.Last()
+			if !ok {
+				t.Fatal("upstream saw no request")
+			}
+			if got.Path != "/chat/completions" || got.RawQuery != tc.wantQuery {
+				t.Errorf("upstream got %s?%s, want /chat/completions?%s", got.Path, got.RawQuery, tc.wantQuery)
+			}
+		})
+	}
+	// The rest keeps the caller's escaping; the base itself goes to the
+	// root.
+	for _, tc := range []struct{ name, url, want string }{
+		{"escaped rest", clientBase + "/files/a%2Fb", "/files/a%2Fb"},
+		{"plain rest", clientBase + "/models", "/models"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out := sendVia(t, Endpoint{Name: "gw", BaseURL: "http://gw.test:8080", APIKey: "k"}, tc.url, nil)
+			if got := out.URL.String(); got != "http://gw.test:8080"+tc.want {
+				t.Errorf("sent to %q, want http://gw.test:8080%s", got, tc.want)
 			}
 		})
 	}
 }
 
-// TestRoutingDropsCallersCredentials checks that a caller's Authorization
+// TestRewriteDropsCallersCredentials checks that a caller's Authorization
 // (in any spelling), OpenAI-Organization and OpenAI-Project never reach an
 // endpoint with its own key, and that an endpoint's extra header replaces
 // the caller's of any spelling.
-func TestRoutingDropsCallersCredentials(t *testing.T) {
+func TestRewriteDropsCallersCredentials(t *testing.T) {
 	const secret = "sk-caller-SECRET"
 	caller := func() http.Header {
 		return http.Header{
@@ -168,10 +279,10 @@ func headersEqual(a, b http.Header) bool {
 	return true
 }
 
-// TestRoutingRefusesDotSegments: a routed path with a . or .. segment,
+// TestRewriteRefusesDotSegments: a routed path with a . or .. segment,
 // escaped or not, is never sent; an upstream that cleans paths would serve
 // it from outside the endpoint's base path, with the endpoint's key.
-func TestRoutingRefusesDotSegments(t *testing.T) {
+func TestRewriteRefusesDotSegments(t *testing.T) {
 	base := newScriptedBase(alwaysOK)
 	tr, _ := newTestTransport(t, Config{Base: base, Endpoints: []Endpoint{{Name: "p", BaseURL: "https://p.test/openai/v1", APIKey: "k"}}})
 	for _, path := range []string{"/../../admin", "/%2e%2e/%2E%2E/admin", "/..%2f..%2fadmin", "/files/./x", "/files/.."} {
@@ -199,74 +310,78 @@ func TestRoutingRefusesDotSegments(t *testing.T) {
 	}
 }
 
-func TestCanonicalHost(t *testing.T) {
-	for _, tc := range []struct{ scheme, host, want string }{
-		{"https", "API.OpenAI.com", "api.openai.com"},
-		{"https", "api.openai.com:443", "api.openai.com"},
-		{"http", "LOCALHOST:80", "localhost"},
-		{"http", "localhost:443", "localhost:443"},
-		{"https", "[FE80::1%Eth0]:8443", "[fe80::1%Eth0]:8443"},
-		{"http", "[FE80::1%Eth0]:80", "[fe80::1%Eth0]"},
-	} {
-		if got := canonicalHost(tc.scheme, tc.host); got != tc.want {
-			t.Errorf("canonicalHost(%q, %q) = %q, want %q", tc.scheme, tc.host, got, tc.want)
-		}
-	}
-	// As an endpoint's BaseURL spells it, escaped.
-	p, err := prepare(Config{Endpoints: []Endpoint{{BaseURL: "http://[FE80::1%25Eth0]:8080/v1"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got, want := p.targets[0].host, "[fe80::1%Eth0]:8080"; got != want {
-		t.Errorf("endpoint host %q, want %q", got, want)
-	}
-}
+// TestRewriteKeyStaysWithEndpointOnRedirect: an endpoint that redirects to
+// another host does not send its key (nor its extra headers) there: the
+// client follows the redirect from the caller's request, and a URL under no
+// routed base passes to the base transport untouched.
+func TestRewriteKeyStaysWithEndpointOnRedirect(t *testing.T) {
+	const key, headerKey = "sk-edge-SECRET-redirect", "azure-SECRET-redirect"
+	for _, code := range []int{http.StatusFound, http.StatusTemporaryRedirect, http.StatusPermanentRedirect} {
+		t.Run(http.StatusText(code), func(t *testing.T) {
+			type seen struct {
+				method, path string
+				header       http.Header
+				body         string
+			}
+			var (
+				mu     sync.Mutex
+				atEp   []seen
+				atDest []seen
+			)
+			record := func(list *[]seen, r *http.Request) {
+				b, _ := io.ReadAll(r.Body)
+				mu.Lock()
+				*list = append(*list, seen{r.Method, r.URL.Path, r.Header.Clone(), string(b)})
+				mu.Unlock()
+			}
+			dest := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				record(&atDest, r)
+				_, _ = io.WriteString(w, "redirected")
+			}))
+			t.Cleanup(dest.Close)
+			epSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				record(&atEp, r)
+				http.Redirect(w, r, dest.URL+"/elsewhere?x=1", code)
+			}))
+			t.Cleanup(epSrv.Close)
+			tr, _ := newTestTransport(t, Config{Base: httpBase(t), Endpoints: []Endpoint{{
+				Name: "a", BaseURL: epSrv.URL + "/v1", APIKey: key, Header: http.Header{"Api-Key": {headerKey}},
+			}}})
+			client := &http.Client{Transport: tr}
 
-// TestRoutingBaseURLWithoutPath: an endpoint whose BaseURL has no path
-// (http://host:port, with or without a trailing slash or a query) serves
-// the API at its root: the client's /v1 is replaced by the endpoint's
-// empty prefix, so /v1/chat/completions arrives as /chat/completions.
-func TestRoutingBaseURLWithoutPath(t *testing.T) {
-	for _, tc := range []struct {
-		name, suffix string // suffix follows http://<addr> in the BaseURL
-		callerQuery  string
-		wantQuery    string
-	}{
-		{"no path", "", "", ""},
-		{"trailing slash", "/", "", ""},
-		{"query", "?api-version=1", "", "api-version=1"},
-		{"trailing slash and query", "/?api-version=1", "x=2", "api-version=1&x=2"},
-		{"caller's query only", "", "x=2", "x=2"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			root := upstream(t, "root", fakeopenai.WithPrefix(""))
-			e := Endpoint{Name: "root", BaseURL: "http://" + root.Addr() + tc.suffix, APIKey: "key-root"}
-			tr, _ := newTestTransport(t, Config{Endpoints: []Endpoint{e}})
-			req := chatRequest(t, context.Background(), clientBase, false)
-			req.URL.RawQuery = tc.callerQuery
-			status, body := roundTrip(t, tr, req)
-			if status != 200 || !strings.Contains(body, fakeopenai.Reply("root")) {
-				t.Fatalf("got %d %q, want 200 from root", status, body)
+			resp, err := client.Do(chatRequest(t, context.Background(), clientBase, false))
+			if err != nil {
+				t.Fatalf("Do: %v", err)
 			}
-			got, ok := root.Last()
-			if !ok {
-				t.Fatal("upstream saw no request")
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || string(body) != "redirected" {
+				t.Fatalf("got %d %q, want the redirect target's answer", resp.StatusCode, body)
 			}
-			if got.Path != "/chat/completions" || got.RawQuery != tc.wantQuery {
-				t.Errorf("upstream got %s?%s, want /chat/completions?%s", got.Path, got.RawQuery, tc.wantQuery)
+			mu.Lock()
+			defer mu.Unlock()
+			if len(atEp) != 1 || atEp[0].header.Get("Authorization") != "Bearer "+key || atEp[0].header.Get("Api-Key") != headerKey {
+				t.Fatalf("endpoint saw %d requests (%+v), want one with its key and header", len(atEp), atEp)
 			}
-		})
-	}
-	// The rest keeps the caller's escaping; the base itself goes to the
-	// root.
-	for _, tc := range []struct{ name, url, want string }{
-		{"escaped rest", clientBase + "/files/a%2Fb", "/files/a%2Fb"},
-		{"plain rest", clientBase + "/models", "/models"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			out := sendVia(t, Endpoint{Name: "gw", BaseURL: "http://gw.test:8080", APIKey: "k"}, tc.url, nil)
-			if got := out.URL.String(); got != "http://gw.test:8080"+tc.want {
-				t.Errorf("sent to %q, want http://gw.test:8080%s", got, tc.want)
+			if len(atDest) != 1 {
+				t.Fatalf("redirect target saw %d requests, want 1", len(atDest))
+			}
+			d := atDest[0]
+			for k, vs := range d.header {
+				for _, v := range vs {
+					if strings.Contains(v, "SECRET") {
+						t.Errorf("redirect target received the endpoint's secret in %s: %q", k, v)
+					}
+				}
+			}
+			if d.path != "/elsewhere" {
+				t.Errorf("redirect target saw path %q, want /elsewhere untouched", d.path)
+			}
+			if code != http.StatusFound && (d.method != http.MethodPost || d.body != chatBody(false)) {
+				t.Errorf("redirect target saw %s with body %q, want the POST replayed", d.method, d.body)
+			}
+			if h := healthOf(t, tr, "a"); h.Requests != 1 || h.Failures != 0 {
+				t.Errorf("a: %d attempts, %d failures; want 1 and none (a redirect is an answer)", h.Requests, h.Failures)
 			}
 		})
 	}

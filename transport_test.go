@@ -3,14 +3,13 @@ package failover
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
-	"math"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,335 +18,8 @@ import (
 	"time"
 
 	"github.com/failover-go/failover/internal/fakeopenai"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/goleak"
 )
-
-// 1. Routing.
-
-func TestRoutingRewritesOntoEndpoint(t *testing.T) {
-	a := upstream(t, "a", fakeopenai.WithPrefix("/openai/v1"))
-	e := ep(a, 0)
-	e.Header = http.Header{"x-extra": {"1"}}
-	tr, _ := newTestTransport(t, Config{Endpoints: []Endpoint{e}})
-
-	req := chatRequest(t, context.Background(), clientBase, false)
-	req.URL.RawQuery = "api-version=7&x=%2F"
-	before := reqSnapshot(req)
-	status, body := roundTrip(t, tr, req)
-	if status != 200 || !strings.Contains(body, fakeopenai.Reply("a")) {
-		t.Fatalf("got %d %q, want 200 from a", status, body)
-	}
-	got, ok := a.Last()
-	if !ok {
-		t.Fatal("upstream a saw no request")
-	}
-	if got.Path != "/openai/v1/chat/completions" {
-		t.Errorf("path = %q, want /openai/v1/chat/completions", got.Path)
-	}
-	if got.RawQuery != "api-version=7&x=%2F" {
-		t.Errorf("query = %q, want it kept", got.RawQuery)
-	}
-	if auth := got.Header.Get("Authorization"); auth != "Bearer key-a" {
-		t.Errorf("Authorization = %q, want the endpoint's key", auth)
-	}
-	if x := got.Header.Get("X-Extra"); x != "1" {
-		t.Errorf("X-Extra = %q, want the endpoint's extra header", x)
-	}
-	if string(got.Body) != chatBody(false) {
-		t.Errorf("body = %q, want %q", got.Body, chatBody(false))
-	}
-	if after := reqSnapshot(req); after != before {
-		t.Errorf("caller's request modified:\nbefore %s\nafter  %s", before, after)
-	}
-}
-
-func TestRoutingEndpointQueryAndNoKey(t *testing.T) {
-	base := newScriptedBase(alwaysOK)
-	tr, _ := newTestTransport(t, Config{Base: base, Endpoints: []Endpoint{
-		{Name: "azure", BaseURL: "https://azure.test/openai/deployments/d1?api-version=2024-10-21"},
-	}})
-	req := chatRequest(t, context.Background(), clientBase, false)
-	req.URL.RawQuery = "x=1"
-	roundTrip(t, tr, req)
-	seen := base.Seen()
-	if len(seen) != 1 {
-		t.Fatalf("base saw %d requests, want 1", len(seen))
-	}
-	s := seen[0]
-	if s.path != "/openai/deployments/d1/chat/completions" || s.query != "api-version=2024-10-21&x=1" {
-		t.Errorf("got %s?%s", s.path, s.query)
-	}
-	if s.auth != "" {
-		t.Errorf("Authorization = %q, want none: an endpoint without APIKey gets no caller credentials", s.auth)
-	}
-}
-
-func TestRoutingMatchesClientAndEndpointBases(t *testing.T) {
-	rec := &recordingBase{}
-	tr, _ := newTestTransport(t, Config{
-		Base:           rec,
-		ClientBaseURLs: []string{clientBase, "http://localhost:8080/proxy/v1"},
-		Endpoints:      []Endpoint{hostEndpoint("a", 0), hostEndpoint("b", 1)},
-	})
-	for _, tc := range []struct {
-		url      string
-		wantPath string // "" means passed through untouched
-	}{
-		{"https://api.openai.com/v1/chat/completions", "/v1/chat/completions"},
-		{"https://API.OpenAI.com:443/v1/models", "/v1/models"},
-		{"https://api.openai.com/v1", "/v1"},
-		{"http://localhost:8080/proxy/v1/embeddings", "/v1/embeddings"},
-		{"https://b.test/v1/chat/completions", "/v1/chat/completions"}, // an endpoint's own URL: routed, to the preferred a
-		{"https://a.test/v1/files/f-1?purpose=x", "/v1/files/f-1"},
-		{"https://api.openai.com/v10/chat/completions", ""}, // not at a segment boundary
-		{"https://api.openai.com/v2/chat/completions", ""},
-		{"http://api.openai.com/v1/chat/completions", ""}, // another scheme
-		{"https://example.com/v1/chat/completions", ""},
-		{"https://a.test/v2/x", ""},
-	} {
-		t.Run(tc.url, func(t *testing.T) {
-			req, _ := http.NewRequest(http.MethodGet, tc.url, nil)
-			req.Header.Set("Authorization", "Bearer caller-token")
-			before := reqSnapshot(req)
-			roundTrip(t, tr, req)
-			got := rec.req
-			if tc.wantPath == "" {
-				if got != req {
-					t.Fatalf("base got %v, want the caller's own request passed through", got.URL)
-				}
-				if auth := got.Header.Get("Authorization"); auth != "Bearer caller-token" {
-					t.Fatalf("Authorization = %q: an endpoint key was attached", auth)
-				}
-			} else {
-				if got == req {
-					t.Fatal("routed request passed through unrewritten")
-				}
-				if got.URL.Host != "a.test" || got.URL.Path != tc.wantPath || got.Header.Get("Authorization") != "Bearer key-a" {
-					t.Fatalf("sent to %s%s with %q, want a.test%s with key-a", got.URL.Host, got.URL.Path, got.Header.Get("Authorization"), tc.wantPath)
-				}
-				if got.Host != "" {
-					t.Fatalf("outgoing Host = %q, want empty so the URL's host is used", got.Host)
-				}
-			}
-			if after := reqSnapshot(req); after != before {
-				t.Fatalf("caller's request modified:\nbefore %s\nafter  %s", before, after)
-			}
-		})
-	}
-}
-
-// recordingBase remembers the last request and answers 200.
-type recordingBase struct{ req *http.Request }
-
-func (r *recordingBase) RoundTrip(req *http.Request) (*http.Response, error) {
-	r.req = req
-	return reply(200, "ok"), nil
-}
-
-func TestRoutingEndpointOwnURLFailsOver(t *testing.T) {
-	// openai-go may read OPENAI_BASE_URL and send to an endpoint's own
-	// URL: such a request must still fail over.
-	a := upstream(t, "a")
-	b := upstream(t, "b")
-	a.SetFault(fakeopenai.Refuse())
-	tr, clk := newTestTransport(t, Config{Endpoints: []Endpoint{ep(a, 0), ep(b, 1)}})
-	status, body := roundTrip(t, tr, chatRequest(t, context.Background(), a.URL(), false))
-	if status != 200 || !strings.Contains(body, fakeopenai.Reply("b")) {
-		t.Fatalf("got %d %q, want b's answer", status, body)
-	}
-	if got, _ := b.Last(); got.Header.Get("Authorization") != "Bearer key-b" {
-		t.Errorf("b saw Authorization %q, want its own key", got.Header.Get("Authorization"))
-	}
-	if s := clk.Sleeps(); len(s) != 0 {
-		t.Errorf("slept %v before failing over, want no sleep", s)
-	}
-}
-
-// 2. Priority.
-
-func TestPriorityPrefersLowestEligible(t *testing.T) {
-	eps := []Endpoint{hostEndpoint("p0", 0), hostEndpoint("p1", 1), hostEndpoint("p2", 2)}
-
-	t.Run("all healthy", func(t *testing.T) {
-		base := newScriptedBase(alwaysOK)
-		tr, _ := newTestTransport(t, Config{Base: base, Endpoints: eps})
-		for range 20 {
-			chat(t, tr)
-		}
-		if base.Hits("p0.test") != 20 || base.Hits("p1.test")+base.Hits("p2.test") != 0 {
-			t.Fatalf("hits %v, want all 20 on p0", base.hits)
-		}
-	})
-	t.Run("disabled", func(t *testing.T) {
-		base := newScriptedBase(alwaysOK)
-		eps := append([]Endpoint(nil), eps...)
-		eps[0].Disabled = true
-		tr, _ := newTestTransport(t, Config{Base: base, Endpoints: eps})
-		for range 5 {
-			chat(t, tr)
-		}
-		if base.Hits("p0.test") != 0 || base.Hits("p1.test") != 5 {
-			t.Fatalf("hits %v, want all 5 on p1", base.hits)
-		}
-	})
-	t.Run("breaker open", func(t *testing.T) {
-		base := newScriptedBase(func(req *http.Request, n int) (*http.Response, error) {
-			if req.URL.Host == "p0.test" {
-				return reply(401, `{"error":{"code":"invalid_api_key"}}`), nil
-			}
-			return reply(200, "ok"), nil
-		})
-		tr, _ := newTestTransport(t, Config{Base: base, Endpoints: eps})
-		for range 5 {
-			chat(t, tr)
-		}
-		if base.Hits("p0.test") != 1 || base.Hits("p1.test") != 5 {
-			t.Fatalf("hits %v, want p0 once (then open), p1 all 5", base.hits)
-		}
-	})
-	t.Run("cooling down", func(t *testing.T) {
-		base := newScriptedBase(func(req *http.Request, n int) (*http.Response, error) {
-			if req.URL.Host == "p0.test" && n == 1 {
-				return reply(429, "slow down", "Retry-After", "30"), nil
-			}
-			return reply(200, "ok"), nil
-		})
-		tr, clk := newTestTransport(t, Config{Base: base, Endpoints: eps})
-		for range 5 {
-			chat(t, tr)
-		}
-		if base.Hits("p0.test") != 1 || base.Hits("p1.test") != 5 {
-			t.Fatalf("hits %v, want p0 once then cooling, p1 all 5", base.hits)
-		}
-		clk.Advance(31 * time.Second)
-		chat(t, tr)
-		if base.Hits("p0.test") != 2 {
-			t.Fatalf("p0 hits %d after its cooldown, want traffic back", base.Hits("p0.test"))
-		}
-	})
-	t.Run("rate capacity", func(t *testing.T) {
-		base := newScriptedBase(alwaysOK)
-		eps := append([]Endpoint(nil), eps...)
-		eps[0].MaxRPS, eps[0].Burst = 1, 1
-		tr, _ := newTestTransport(t, Config{Base: base, Endpoints: eps})
-		for range 5 {
-			chat(t, tr)
-		}
-		if base.Hits("p0.test") != 1 || base.Hits("p1.test") != 4 {
-			t.Fatalf("hits %v, want p0 once (its burst), p1 the other 4", base.hits)
-		}
-	})
-}
-
-// 3. Weights.
-
-func TestWeightsSplitTraffic(t *testing.T) {
-	for _, weights := range [][]int{{1, 1}, {1, 2, 7}, {3, 0, 5}, {100, 1}} {
-		t.Run(fmt.Sprint(weights), func(t *testing.T) {
-			base := newScriptedBase(alwaysOK)
-			var eps []Endpoint
-			total := 0
-			for i, w := range weights {
-				e := hostEndpoint(fmt.Sprintf("w%d", i), 0)
-				e.Weight = w
-				eps = append(eps, e)
-				total += max(w, 1)
-			}
-			tr, _ := newTestTransport(t, Config{Base: base, Endpoints: eps})
-			const n = 2000
-			for range n {
-				req, _ := http.NewRequest(http.MethodGet, clientBase+"/models", nil)
-				roundTrip(t, tr, req)
-			}
-			for i, w := range weights {
-				want := float64(n) * float64(max(w, 1)) / float64(total)
-				got := float64(base.Hits(fmt.Sprintf("w%d.test", i)))
-				if math.Abs(got-want) > 0.02*n {
-					t.Errorf("endpoint %d (weight %d): %v requests, want %.0f ± 2%%", i, w, got, want)
-				}
-			}
-		})
-	}
-}
-
-func TestSWRRScheduleIsSmooth(t *testing.T) {
-	got := swrrSchedule([]int{5, 1, 1})
-	want := []uint16{0, 0, 1, 0, 2, 0, 0} // nginx's classic example: a a b a c a a
-	if fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Fatalf("schedule %v, want %v", got, want)
-	}
-	long := swrrSchedule([]int{1 << 20, 1})
-	if len(long) > maxSchedule {
-		t.Fatalf("schedule of %d entries, want at most %d", len(long), maxSchedule)
-	}
-	ones := 0
-	for _, i := range long {
-		if i == 1 {
-			ones++
-		}
-	}
-	if ones != 1 {
-		t.Fatalf("weight-1 endpoint appears %d times in the scaled schedule, want 1", ones)
-	}
-}
-
-// 4. Failover.
-
-func TestFailoverClassification(t *testing.T) {
-	for _, tc := range []struct {
-		name       string
-		fault      fakeopenai.Fault
-		timeout    time.Duration
-		wantFailed bool // true: b answers; false: a's response returned at once
-	}{
-		{"500", fakeopenai.StatusFault(500), 0, true},
-		{"502", fakeopenai.StatusFault(502), 0, true},
-		{"503", fakeopenai.StatusFault(503), 0, true},
-		{"504", fakeopenai.StatusFault(504), 0, true},
-		{"408", fakeopenai.StatusFault(408), 0, true},
-		{"409", fakeopenai.StatusFault(409), 0, true},
-		{"429", fakeopenai.RateLimited("5"), 0, true},
-		{"401", fakeopenai.StatusFault(401), 0, true},
-		{"403", fakeopenai.StatusFault(403), 0, true},
-		{"connection refused", fakeopenai.Refuse(), 0, true},
-		{"connection reset", fakeopenai.Reset(), 0, true},
-		{"per-attempt timeout", fakeopenai.Hang(), 100 * time.Millisecond, true},
-		{"400", fakeopenai.StatusFault(400), 0, false},
-		{"404", fakeopenai.StatusFault(404), 0, false},
-		{"422", fakeopenai.StatusFault(422), 0, false},
-		{"400 with x-should-retry true", fakeopenai.StatusFault(400).WithHeader("X-Should-Retry", "true"), 0, true},
-		{"500 with x-should-retry false", fakeopenai.StatusFault(500).WithHeader("X-Should-Retry", "false"), 0, true},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			a := upstream(t, "a")
-			b := upstream(t, "b")
-			a.SetFault(tc.fault)
-			ea := ep(a, 0)
-			ea.Timeout = tc.timeout
-			tr, clk := newTestTransport(t, Config{Endpoints: []Endpoint{ea, ep(b, 1)}})
-			status, body := chat(t, tr)
-			if tc.wantFailed {
-				if status != 200 || !strings.Contains(body, fakeopenai.Reply("b")) {
-					t.Fatalf("got %d %q, want b's answer after failing over", status, body)
-				}
-				if s := clk.Sleeps(); len(s) != 0 {
-					t.Fatalf("slept %v before failing over to an untried endpoint", s)
-				}
-				return
-			}
-			if b.Hits() != 0 {
-				t.Fatalf("b got %d requests; a caller error must not fail over", b.Hits())
-			}
-			if want, _ := strconv.Atoi(tc.name); status != want {
-				t.Fatalf("status %d, want a's %s returned", status, tc.name)
-			}
-			if a.Hits() != 1 {
-				t.Fatalf("a hits %d, want 1", a.Hits())
-			}
-		})
-	}
-}
 
 func TestFailoverOrderSamePriorityFirst(t *testing.T) {
 	base := newScriptedBase(func(req *http.Request, n int) (*http.Response, error) {
@@ -379,50 +51,6 @@ func TestFailoverOrderSamePriorityFirst(t *testing.T) {
 	}
 }
 
-func TestBackoffOnlyWhenRetryingSameEndpoint(t *testing.T) {
-	base := newScriptedBase(func(req *http.Request, n int) (*http.Response, error) {
-		if n <= 2 {
-			return reply(500, "down"), nil
-		}
-		return reply(200, "ok"), nil
-	})
-	var rounds []int
-	tr, clk := newTestTransport(t, Config{
-		Base:      base,
-		Endpoints: []Endpoint{hostEndpoint("only", 0)},
-		Backoff: func(min, max time.Duration, n int, _ *http.Response) time.Duration {
-			rounds = append(rounds, n)
-			return DefaultBackoff(min, max, n, nil)
-		},
-		BackoffMin: 100 * time.Millisecond,
-		BackoffMax: time.Second,
-	})
-	if status, _ := chat(t, tr); status != 200 {
-		t.Fatalf("status %d, want 200 on the third attempt", status)
-	}
-	sleeps := clk.Sleeps()
-	if len(sleeps) != 2 || fmt.Sprint(rounds) != "[0 1]" {
-		t.Fatalf("sleeps %v for rounds %v, want two backoffs for rounds 0 and 1", sleeps, rounds)
-	}
-	if sleeps[0] < 50*time.Millisecond || sleeps[0] > 100*time.Millisecond ||
-		sleeps[1] < 100*time.Millisecond || sleeps[1] > 200*time.Millisecond {
-		t.Fatalf("sleeps %v, want exponential with equal jitter: [50ms,100ms] then [100ms,200ms]", sleeps)
-	}
-}
-
-func TestShouldRetryFalseAvoidsSameEndpoint(t *testing.T) {
-	base := newScriptedBase(func(*http.Request, int) (*http.Response, error) {
-		return reply(500, "no", "X-Should-Retry", "false"), nil
-	})
-	tr, clk := newTestTransport(t, Config{Base: base, Endpoints: []Endpoint{hostEndpoint("only", 0)}})
-	if status, _ := chat(t, tr); status != 500 {
-		t.Fatalf("status %d, want the 500 back", status)
-	}
-	if base.Hits("only.test") != 1 || len(clk.Sleeps()) != 0 {
-		t.Fatalf("%d attempts and sleeps %v, want exactly one attempt", base.Hits("only.test"), clk.Sleeps())
-	}
-}
-
 func TestMaxRetriesBoundsAttempts(t *testing.T) {
 	down := func(*http.Request, int) (*http.Response, error) { return reply(503, "down"), nil }
 	for _, tc := range []struct {
@@ -441,535 +69,162 @@ func TestMaxRetriesBoundsAttempts(t *testing.T) {
 	}
 }
 
-// 5. Rate limits.
-
-func TestRateLimitSpillsOverWithoutWaiting(t *testing.T) {
-	base := newScriptedBase(alwaysOK)
-	a := hostEndpoint("a", 0)
-	a.MaxRPS, a.Burst = 2, 3
-	tr, clk := newTestTransport(t, Config{Base: base, Endpoints: []Endpoint{a, hostEndpoint("b", 5)}})
-	for range 10 {
-		chat(t, tr)
+func TestAllFailReturnsLastResponse(t *testing.T) {
+	var eps []Endpoint
+	for i, name := range []string{"a", "b", "c"} {
+		s := upstream(t, name)
+		s.SetFault(fakeopenai.StatusFault(503).WithBody(`{"error":{"message":"overloaded `+name+`"}}`).WithHeader("X-Which", name))
+		eps = append(eps, ep(s, i))
 	}
-	if base.Hits("a.test") != 3 || base.Hits("b.test") != 7 {
-		t.Fatalf("hits %v, want a its burst of 3 and b the other 7", base.hits)
+	tr, _ := newTestTransport(t, Config{Endpoints: eps, MaxRetries: 2})
+	resp, err := tr.RoundTrip(chatRequest(t, context.Background(), clientBase, false))
+	if err != nil {
+		t.Fatalf("RoundTrip: %v", err)
 	}
-	if len(clk.Sleeps()) != 0 {
-		t.Fatalf("slept %v while another endpoint could take the request", clk.Sleeps())
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("reading body: %v", err)
 	}
-	clk.Advance(time.Second) // two tokens back
-	for range 4 {
-		chat(t, tr)
+	if resp.StatusCode != 503 {
+		t.Errorf("status %d, want 503", resp.StatusCode)
 	}
-	if base.Hits("a.test") != 5 {
-		t.Fatalf("a hits %d after one second at 2 rps, want 5", base.Hits("a.test"))
+	if got := resp.Header.Get("X-Which"); got != "c" {
+		t.Errorf("X-Which %q, want the last endpoint's, c", got)
 	}
-}
-
-func TestRateLimitNeverExceeded(t *testing.T) {
-	base := newScriptedBase(alwaysOK)
-	a := hostEndpoint("a", 0)
-	a.MaxRPS, a.Burst = 10, 4
-	tr, clk := newTestTransport(t, Config{Base: base, Endpoints: []Endpoint{a, hostEndpoint("b", 1)}})
-	// 50 steps of 100ms, 5 requests each: 25 rps offered for 5 s.
-	for range 50 {
-		for range 5 {
-			chat(t, tr)
-		}
-		clk.Advance(100 * time.Millisecond)
+	if got := resp.Header.Get("Content-Type"); got != "application/json" {
+		t.Errorf("Content-Type %q, want application/json", got)
 	}
-	if got, limit := base.Hits("a.test"), 4+10*5; got > limit {
-		t.Fatalf("a got %d requests in 5s, more than its burst plus rate allow (%d)", got, limit)
-	} else if got < limit-2 {
-		t.Fatalf("a got %d requests in 5s, want close to its capacity %d", got, limit)
+	if want := `{"error":{"message":"overloaded c"}}`; string(body) != want {
+		t.Errorf("body %q, want %q", body, want)
 	}
 }
 
-func TestRateLimitWaitsWhenAllSaturated(t *testing.T) {
-	t.Run("waits for the soonest", func(t *testing.T) {
-		base := newScriptedBase(alwaysOK)
-		a, b := hostEndpoint("a", 0), hostEndpoint("b", 1)
-		a.MaxRPS, a.Burst = 1, 1
-		b.MaxRPS, b.Burst = 4, 1
-		tr, clk := newTestTransport(t, Config{Base: base, Endpoints: []Endpoint{a, b}})
-		chat(t, tr)
-		chat(t, tr)
-		chat(t, tr) // both empty: waits about 250ms for b's next token
-		s := clk.Sleeps()
-		if len(s) != 1 || s[0] < 200*time.Millisecond || s[0] > 300*time.Millisecond {
-			t.Fatalf("sleeps %v, want one wait of about 250ms for b", s)
-		}
-		if base.Hits("b.test") != 2 {
-			t.Fatalf("b hits %d, want 2", base.Hits("b.test"))
-		}
-	})
-	t.Run("bounded by MaxWait", func(t *testing.T) {
-		base := newScriptedBase(alwaysOK)
-		a := hostEndpoint("a", 0)
-		a.MaxRPS, a.Burst = 1, 1
-		tr, clk := newTestTransport(t, Config{Base: base, Endpoints: []Endpoint{a}, MaxWait: 100 * time.Millisecond})
-		chat(t, tr)
-		_, err := tr.RoundTrip(chatRequest(t, context.Background(), clientBase, false))
-		if !errors.Is(err, ErrNoEndpointAvailable) {
-			t.Fatalf("err = %v, want ErrNoEndpointAvailable", err)
-		}
-		if len(clk.Sleeps()) != 0 {
-			t.Fatalf("slept %v beyond MaxWait", clk.Sleeps())
-		}
-	})
-	t.Run("bounded by the context", func(t *testing.T) {
-		base := newScriptedBase(alwaysOK)
-		a := hostEndpoint("a", 0)
-		a.MaxRPS, a.Burst = 1, 1
-		clk := &fakeClock{}
-		// The deadline is on the real clock; sleeps are recorded.
-		tr := newTestTransportOn(t, Config{Base: base, Endpoints: []Endpoint{a}}, &funcClock{sleepFn: clk.Sleep})
-		chat(t, tr)
-		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-		defer cancel()
-		_, err := tr.RoundTrip(chatRequest(t, ctx, clientBase, false))
-		if !errors.Is(err, ErrNoEndpointAvailable) {
-			t.Fatalf("err = %v, want ErrNoEndpointAvailable without waiting past the deadline", err)
-		}
-		if len(clk.Sleeps()) != 0 {
-			t.Fatalf("slept %v past the context's deadline", clk.Sleeps())
-		}
-	})
+func TestCallerDeadlineAfterFailedAttempts(t *testing.T) {
+	alpha := upstream(t, "alpha")
+	beta := upstream(t, "beta")
+	alpha.SetFault(fakeopenai.Refuse())
+	beta.SetFault(fakeopenai.Hang())
+	tr, _ := newTestTransport(t, Config{Endpoints: []Endpoint{ep(alpha, 0), ep(beta, 1)}})
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	resp, err := tr.RoundTrip(chatRequest(t, ctx, clientBase, false))
+	if err == nil {
+		resp.Body.Close()
+		t.Fatalf("got status %d, want an error", resp.StatusCode)
+	}
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("error %v does not match context.DeadlineExceeded", err)
+	}
+	var fe *Error
+	if !errors.As(err, &fe) || len(fe.Attempts) != 2 {
+		t.Fatalf("error %v: want an *Error with the refused and the cut attempt", err)
+	}
+	var first *AttemptError
+	if !errors.As(fe.Attempts[0], &first) || first.Endpoint != "alpha" || errors.Is(first, context.DeadlineExceeded) {
+		t.Errorf("first attempt %v, want alpha's refusal", fe.Attempts[0])
+	}
 }
 
-// 6. 429 and Retry-After.
+// TestResponseRequestIsTheCallers: the returned response's Request is the
+// caller's, not the attempt's, which carries the endpoint's key.
+func TestResponseRequestIsTheCallers(t *testing.T) {
+	for _, code := range []int{200, 503} {
+		t.Run(strconv.Itoa(code), func(t *testing.T) {
+			base := newScriptedBase(func(*http.Request, int) (*http.Response, error) { return reply(code, "x"), nil })
+			tr, _ := newTestTransport(t, Config{Base: base, MaxRetries: -1, Endpoints: []Endpoint{hostEndpoint("a", 0)}})
+			req := chatRequest(t, context.Background(), clientBase, false)
+			resp, err := tr.RoundTrip(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			if resp.Request != req {
+				t.Errorf("resp.Request is %v %v, want the caller's request", resp.Request.URL, resp.Request.Header)
+			}
+		})
+	}
+}
 
-func TestCooldownFromHeaders(t *testing.T) {
-	now := time.Unix(1_800_000_000, 0)
+// TestEndpointHeaderNamesTheEndpoint: with Config.EndpointHeader set, each
+// response of a routed request names the endpoint that sent it, whether it
+// succeeded or was the last failure; without it, responses are left as
+// they are.
+func TestEndpointHeaderNamesTheEndpoint(t *testing.T) {
+	script := func(codes map[string]int) func(*http.Request, int) (*http.Response, error) {
+		return func(req *http.Request, _ int) (*http.Response, error) {
+			resp := reply(codes[req.URL.Host], "x")
+			resp.Header = nil // a base may leave it nil
+			return resp, nil
+		}
+	}
 	for _, tc := range []struct {
 		name   string
-		status int
-		kv     []string
-		want   time.Duration
+		header string
+		codes  map[string]int
+		want   []string
 	}{
-		{"retry-after-ms", 429, []string{"Retry-After-Ms", "1500"}, 1500 * time.Millisecond},
-		{"retry-after seconds", 429, []string{"Retry-After", "7"}, 7 * time.Second},
-		{"retry-after date", 429, []string{"Retry-After", now.Add(20 * time.Second).UTC().Format(http.TimeFormat)}, 20 * time.Second},
-		{"ms before seconds", 429, []string{"Retry-After", "9", "retry-after-ms", "250"}, 250 * time.Millisecond},
-		{"x-ratelimit-reset-requests", 429, []string{"X-Ratelimit-Reset-Requests", "6s"}, 6 * time.Second},
-		{"capped", 429, []string{"X-Ratelimit-Reset-Requests", "6m0s"}, time.Minute},
-		{"none: default", 429, nil, time.Second},
-		{"503 with retry-after", 503, []string{"Retry-After", "3"}, 3 * time.Second},
+		{"after a failover", "failover-endpoint", map[string]int{"a.test": 503, "b.test": 200}, []string{"b"}},
+		{"the last failure", "Failover-Endpoint", map[string]int{"a.test": 503, "b.test": 502}, []string{"b"}},
+		{"first try", "Failover-Endpoint", map[string]int{"a.test": 200}, []string{"a"}},
+		{"not asked for", "", map[string]int{"a.test": 200}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			base := newScriptedBase(func(req *http.Request, n int) (*http.Response, error) {
-				if req.URL.Host == "a.test" {
-					return reply(tc.status, "busy", tc.kv...), nil
-				}
-				return reply(200, "ok"), nil
-			})
-			tr, clk := newTestTransport(t, Config{Base: base, Endpoints: []Endpoint{hostEndpoint("a", 0), hostEndpoint("b", 1)}})
-			if status, body := chat(t, tr); status != 200 || body != "ok" {
-				t.Fatalf("got %d %q, want b's answer at once", status, body)
+			base := newScriptedBase(script(tc.codes))
+			tr, _ := newTestTransport(t, Config{Base: base, EndpointHeader: tc.header,
+				Endpoints: []Endpoint{hostEndpoint("a", 0), hostEndpoint("b", 1)}})
+			resp, err := tr.RoundTrip(chatRequest(t, context.Background(), clientBase, false))
+			if err != nil {
+				t.Fatal(err)
 			}
-			if len(clk.Sleeps()) != 0 {
-				t.Fatalf("slept %v instead of failing over", clk.Sleeps())
-			}
-			h := tr.Health()[0]
-			if got := h.CooldownUntil.Sub(clk.Now()); got != tc.want {
-				t.Fatalf("cooldown %v, want %v", got, tc.want)
-			}
-			if tc.status == 429 && h.State != StateCoolingDown {
-				t.Fatalf("state %v, want cooling-down (a 429 drives the cooldown, not the breaker)", h.State)
+			defer resp.Body.Close()
+			if got := resp.Header.Values("Failover-Endpoint"); !slices.Equal(got, tc.want) {
+				t.Errorf("Failover-Endpoint %q, want %q", got, tc.want)
 			}
 		})
 	}
 }
 
-func TestCooldownDefaultDoubles(t *testing.T) {
-	base := newScriptedBase(func(req *http.Request, n int) (*http.Response, error) {
-		if req.URL.Host == "a.test" {
-			return reply(429, "busy"), nil
-		}
-		return reply(200, "ok"), nil
-	})
-	tr, clk := newTestTransport(t, Config{Base: base, Cooldown: time.Second, MaxCooldown: 5 * time.Second,
-		Endpoints: []Endpoint{hostEndpoint("a", 0), hostEndpoint("b", 1)}})
-	var got []time.Duration
-	for range 5 {
-		chat(t, tr)
-		until := tr.Health()[0].CooldownUntil
-		got = append(got, until.Sub(clk.Now()))
-		clk.Advance(until.Sub(clk.Now()))
-	}
-	if fmt.Sprint(got) != "[1s 2s 4s 5s 5s]" {
-		t.Fatalf("cooldowns %v, want 1s 2s 4s then capped at 5s", got)
-	}
-	if st := tr.Health()[0].State; st == StateOpen {
-		t.Fatal("five 429s opened the breaker; a 429 must drive the cooldown only")
-	}
-}
-
-func TestAllCoolingDown(t *testing.T) {
-	script := func(req *http.Request, n int) (*http.Response, error) {
-		if n == 1 {
-			ra := map[string]string{"a.test": "2", "b.test": "3"}[req.URL.Host]
-			return reply(429, "busy "+req.URL.Host, "Retry-After", ra), nil
-		}
-		return reply(200, "ok "+req.URL.Host), nil
-	}
-	t.Run("waits for the earliest", func(t *testing.T) {
-		base := newScriptedBase(script)
-		tr, clk := newTestTransport(t, Config{Base: base, Endpoints: []Endpoint{hostEndpoint("a", 0), hostEndpoint("b", 1)}})
-		status, body := chat(t, tr)
-		if status != 200 || body != "ok a.test" {
-			t.Fatalf("got %d %q, want a's answer after its cooldown", status, body)
-		}
-		if s := clk.Sleeps(); len(s) != 1 || s[0] != 2*time.Second {
-			t.Fatalf("sleeps %v, want one wait of 2s for a's cooldown", s)
+// TestBrokenBaseContract: a base that returns a response without a body,
+// or neither a response nor an error, does not make RoundTrip panic.
+func TestBrokenBaseContract(t *testing.T) {
+	t.Run("nil body with a timeout", func(t *testing.T) {
+		base := roundTripFunc(func(*http.Request) (*http.Response, error) {
+			return &http.Response{StatusCode: 200, Header: http.Header{}}, nil
+		})
+		a := hostEndpoint("a", 0)
+		a.Timeout = time.Minute
+		tr, _ := newTestTransport(t, Config{Base: base, Endpoints: []Endpoint{a}})
+		if status, body := roundTrip(t, tr, chatRequest(t, context.Background(), clientBase, false)); status != 200 || body != "" {
+			t.Errorf("got %d %q, want 200 with an empty body", status, body)
 		}
 	})
-	t.Run("returns the last 429 when the wait does not fit", func(t *testing.T) {
-		base := newScriptedBase(script)
-		tr, clk := newTestTransport(t, Config{Base: base, MaxWait: time.Second,
-			Endpoints: []Endpoint{hostEndpoint("a", 0), hostEndpoint("b", 1)}})
+	t.Run("nil response and nil error", func(t *testing.T) {
+		base := roundTripFunc(func(*http.Request) (*http.Response, error) { return nil, nil })
+		tr, _ := newTestTransport(t, Config{Base: base, MaxRetries: -1, Endpoints: []Endpoint{hostEndpoint("a", 0)}})
 		resp, err := tr.RoundTrip(chatRequest(t, context.Background(), clientBase, false))
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != 429 || string(body) != "busy b.test" || resp.Header.Get("Retry-After") != "3" {
-			t.Fatalf("got %d %q %v, want b's 429 itself", resp.StatusCode, body, resp.Header)
-		}
-		if len(clk.Sleeps()) != 0 {
-			t.Fatalf("slept %v though no wait fits MaxWait", clk.Sleeps())
+		if resp != nil || !errors.Is(err, errNilResponse) {
+			t.Errorf("got %v, %v; want errNilResponse", resp, err)
 		}
 	})
 }
 
-func TestInsufficientQuotaTakesEndpointOut(t *testing.T) {
-	base := newScriptedBase(func(req *http.Request, n int) (*http.Response, error) {
-		if req.URL.Host == "a.test" {
-			return reply(429, `{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}`), nil
-		}
-		return reply(200, "ok"), nil
-	})
-	tr, _ := newTestTransport(t, Config{Base: base, Endpoints: []Endpoint{hostEndpoint("a", 0), hostEndpoint("b", 1)}})
-	for range 3 {
-		chat(t, tr)
-	}
-	h := tr.Health()[0]
-	if h.State != StateOpen || !h.CooldownUntil.IsZero() {
-		t.Fatalf("state %v cooldown %v, want the breaker open and no cooldown", h.State, h.CooldownUntil)
-	}
-	if base.Hits("a.test") != 1 {
-		t.Fatalf("a hits %d, want 1: a spent key is taken out at once", base.Hits("a.test"))
-	}
+// idleCloser is a base that counts CloseIdleConnections calls.
+type idleCloser struct {
+	http.RoundTripper
+	closed atomic.Int64
 }
 
-func TestRetryDelayParsing(t *testing.T) {
-	now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
-	for _, tc := range []struct {
-		kv     []string
-		want   time.Duration
-		wantOK bool
-	}{
-		{nil, 0, false},
-		{[]string{"Retry-After", "0"}, 0, true},
-		{[]string{"Retry-After", "-5"}, 0, false},
-		{[]string{"Retry-After", "soon"}, 0, false},
-		{[]string{"Retry-After", "99999999999999999999"}, 0, false},
-		{[]string{"Retry-After", "86401"}, time.Minute, true},
-		{[]string{"Retry-After", now.Add(-time.Hour).Format(http.TimeFormat)}, 0, true},
-		{[]string{"Retry-After-Ms", "20.5"}, 20500 * time.Microsecond, true},
-		{[]string{"Retry-After-Ms", "NaN"}, 0, false},
-		{[]string{"Retry-After-Ms", "1e300"}, time.Minute, true},
-		{[]string{"X-Ratelimit-Reset-Requests", "20ms"}, 20 * time.Millisecond, true},
-		{[]string{"X-Ratelimit-Reset-Requests", "1m30s"}, time.Minute, true},
-		{[]string{"X-Ratelimit-Reset-Requests", "-1s"}, 0, false},
-		{[]string{"X-Ratelimit-Reset-Tokens", "0.5"}, 500 * time.Millisecond, true},
-		// A 429 does not say which limit it hit: the later reset.
-		{[]string{"X-Ratelimit-Reset-Requests", "12ms", "X-Ratelimit-Reset-Tokens", "7.66s"}, 7660 * time.Millisecond, true},
-		{[]string{"X-Ratelimit-Reset-Requests", "2s", "X-Ratelimit-Reset-Tokens", "1s"}, 2 * time.Second, true},
-		{[]string{"X-Ratelimit-Reset-Requests", "bad", "X-Ratelimit-Reset-Tokens", "1s"}, time.Second, true},
-		{[]string{"Retry-After", "3", "X-Ratelimit-Reset-Tokens", "9s"}, 3 * time.Second, true},
-	} {
-		h := http.Header{}
-		for i := 0; i+1 < len(tc.kv); i += 2 {
-			h.Set(tc.kv[i], tc.kv[i+1])
-		}
-		got, ok := retryDelay(h, now, time.Minute, true)
-		if got != tc.want || ok != tc.wantOK {
-			t.Errorf("retryDelay(%v) = %v, %v; want %v, %v", tc.kv, got, ok, tc.want, tc.wantOK)
-		}
-	}
-	// Without resets (a 503), only Retry-After and retry-after-ms count.
-	h := http.Header{"X-Ratelimit-Reset-Requests": {"6m0s"}}
-	if got, ok := retryDelay(h, now, time.Minute, false); ok {
-		t.Errorf("retryDelay of rate limit resets for a 503 = %v, want none", got)
+func (c *idleCloser) CloseIdleConnections() { c.closed.Add(1) }
+
+func TestCloseIdleConnectionsReachesBase(t *testing.T) {
+	base := &idleCloser{RoundTripper: newScriptedBase(alwaysOK)}
+	tr, _ := newTestTransport(t, Config{Base: base, Endpoints: []Endpoint{hostEndpoint("a", 0)}})
+	(&http.Client{Transport: tr}).CloseIdleConnections()
+	if got := base.closed.Load(); got != 1 {
+		t.Fatalf("base's CloseIdleConnections called %d times, want 1", got)
 	}
 }
-
-func TestBreakerOpensAfterConsecutiveFailures(t *testing.T) {
-	for _, tc := range []struct {
-		name      string
-		threshold int
-		wantHits  int64
-	}{
-		{"default threshold", 0, 5},
-		{"threshold 2", 2, 2},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			a := upstream(t, "a")
-			b := upstream(t, "b")
-			a.SetFault(fakeopenai.StatusFault(500))
-			reg := prometheus.NewRegistry()
-			tr, _ := newTestTransport(t, Config{
-				Endpoints:  []Endpoint{ep(a, 0), ep(b, 1)},
-				Breaker:    BreakerConfig{FailureThreshold: tc.threshold},
-				Registerer: reg,
-			})
-			for range 10 {
-				chatOK(t, tr, "b")
-			}
-			for name, want := range map[string]float64{"a": 2, "b": 0} {
-				if got := metricValue(t, reg, "failover_breaker_state", map[string]string{"endpoint": name}); got != want {
-					t.Errorf(`failover_breaker_state{endpoint=%q} = %v, want %v`, name, got, want)
-				}
-			}
-			if a.Hits() != tc.wantHits || b.Hits() != 10 {
-				t.Errorf("hits a=%d b=%d, want a=%d b=10", a.Hits(), b.Hits(), tc.wantHits)
-			}
-			if h := healthOf(t, tr, "a"); h.State != StateOpen {
-				t.Errorf("a is %v, want open", h.State)
-			}
-			if h := healthOf(t, tr, "b"); h.State != StateClosed {
-				t.Errorf("b is %v, want closed", h.State)
-			}
-		})
-	}
-}
-
-// TestBreakerStaleSuccessOwesNothing: an attempt admitted before the
-// breaker opened, went half-open and closed again succeeds only after
-// failures were counted in the new generation. gobreaker ignores its
-// stale done, so it must not settle what the breaker owes either: a later
-// success does, and one more failure then does not open the breaker.
-func TestBreakerStaleSuccessOwesNothing(t *testing.T) {
-	entered := make(chan struct{})
-	release := make(chan struct{})
-	base := roundTripFunc(func(req *http.Request) (*http.Response, error) {
-		switch req.Header.Get("X-Mode") {
-		case "fail":
-			return reply(500, "down"), nil
-		case "block":
-			close(entered)
-			<-release
-		}
-		return reply(200, "ok"), nil
-	})
-	tr, clk := newTestTransport(t, Config{Base: base, MaxRetries: -1, MaxWait: -1,
-		Breaker:   BreakerConfig{FailureThreshold: 5, OpenTimeout: time.Minute},
-		Endpoints: []Endpoint{hostEndpoint("a", 0)}})
-	send := func(mode string) int {
-		req := chatRequest(t, context.Background(), clientBase, false)
-		req.Header.Set("X-Mode", mode)
-		resp, err := tr.RoundTrip(req)
-		if err != nil {
-			t.Errorf("%s: %v", mode, err)
-			return 0
-		}
-		resp.Body.Close()
-		return resp.StatusCode
-	}
-	send("fail") // the breaker counts 1: the next attempt takes the slow path
-	slow := make(chan int)
-	go func() { slow <- send("block") }()
-	<-entered
-	for range 4 {
-		send("fail") // the breaker opens: a new generation
-	}
-	clk.Advance(time.Minute)
-	if st := healthOf(t, tr, "a").State; st != StateHalfOpen {
-		t.Fatalf("a is %v after its open timeout, want half-open", st)
-	}
-	if code := send("ok"); code != 200 {
-		t.Fatalf("trial: status %d, want 200", code)
-	}
-	for range 4 {
-		send("fail") // counted in the closed breaker's new generation
-	}
-	close(release)
-	if code := <-slow; code != 200 {
-		t.Fatalf("the slow attempt: status %d, want 200", code)
-	}
-	for range 3 {
-		send("ok")
-	}
-	if got := endpointsOf(tr)[0].breaker.cb.Load().Counts().ConsecutiveFailures; got != 0 {
-		t.Errorf("after fresh successes the breaker counts %d consecutive failures", got)
-	}
-	send("fail")
-	if h := healthOf(t, tr, "a"); h.State != StateClosed {
-		t.Errorf("a is %v after one failure following successes (threshold 5), want closed", h.State)
-	}
-}
-
-func TestBreakerHalfOpenTrial(t *testing.T) {
-	for _, tc := range []struct {
-		name     string
-		halfOpen int
-		trial    fakeopenai.Fault
-	}{
-		{"success closes", 0, fakeopenai.Healthy()},
-		{"two successes close", 2, fakeopenai.Healthy()},
-		{"failure reopens", 0, fakeopenai.StatusFault(500)},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			a := upstream(t, "a")
-			b := upstream(t, "b")
-			a.SetFault(fakeopenai.StatusFault(500))
-			tr, clk := newTestTransport(t, Config{
-				Endpoints: []Endpoint{ep(a, 0), ep(b, 1)},
-				Breaker:   BreakerConfig{FailureThreshold: 1, OpenTimeout: time.Minute, HalfOpenRequests: tc.halfOpen},
-			})
-			chatOK(t, tr, "b") // a fails once: open
-			for range 3 {
-				chatOK(t, tr, "b")
-			}
-			if a.Hits() != 1 {
-				t.Fatalf("open endpoint a got %d hits, want only the one that opened it", a.Hits())
-			}
-
-			passOpenTimeout(t, tr, clk, "a", time.Minute)
-			a.SetFault(tc.trial)
-			if tc.trial.Kind != fakeopenai.KindHealthy {
-				chatOK(t, tr, "b")
-				if a.Hits() != 2 {
-					t.Fatalf("a got %d hits, want 2 (one trial)", a.Hits())
-				}
-				if s := healthOf(t, tr, "a").State; s == StateClosed {
-					t.Fatalf("a is %v after a failed trial, want open again", s)
-				}
-				chatOK(t, tr, "b")
-				if a.Hits() != 2 {
-					t.Fatalf("a got %d hits after its failed trial, want none more", a.Hits())
-				}
-				// It opened again for a new OpenTimeout: it turns
-				// half-open again, and a good trial then closes it.
-				clk.Advance(time.Minute - time.Nanosecond)
-				if s := healthOf(t, tr, "a").State; s != StateOpen {
-					t.Fatalf("a is %v before its new open timeout passed, want open", s)
-				}
-				clk.Advance(time.Nanosecond)
-				if s := healthOf(t, tr, "a").State; s != StateHalfOpen {
-					t.Fatalf("a is %v once its new open timeout passed, want half-open", s)
-				}
-				a.SetFault(fakeopenai.Healthy())
-			}
-			trials := max(1, tc.halfOpen)
-			for i := range trials {
-				if s := healthOf(t, tr, "a").State; s != StateHalfOpen {
-					t.Fatalf("before trial %d a is %v, want half-open", i+1, s)
-				}
-				chatOK(t, tr, "a")
-			}
-			if s := healthOf(t, tr, "a").State; s != StateClosed {
-				t.Fatalf("a is %v after %d good trial(s), want closed", s, trials)
-			}
-			bHits := b.Hits()
-			for range 3 {
-				chatOK(t, tr, "a")
-			}
-			if b.Hits() != bHits {
-				t.Errorf("b got %d more hits after a closed, want traffic back on a", b.Hits()-bHits)
-			}
-		})
-	}
-}
-
-func TestBreakerKeyRejectionOpensAtOnce(t *testing.T) {
-	for _, tc := range []struct {
-		name  string
-		fault fakeopenai.Fault
-	}{
-		{"401", fakeopenai.StatusFault(401)},
-		{"429 insufficient_quota", fakeopenai.InsufficientQuota()},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			a := upstream(t, "a")
-			b := upstream(t, "b")
-			a.SetFault(tc.fault)
-			tr, _ := newTestTransport(t, Config{Endpoints: []Endpoint{ep(a, 0), ep(b, 1)}})
-			chatOK(t, tr, "b")
-			if s := healthOf(t, tr, "a").State; s != StateOpen {
-				t.Fatalf("a is %v after one rejection, want open", s)
-			}
-			for range 3 {
-				chatOK(t, tr, "b")
-			}
-			if a.Hits() != 1 {
-				t.Errorf("a got %d hits, want 1", a.Hits())
-			}
-		})
-	}
-
-	t.Run("plain 429 cools down, breaker untouched", func(t *testing.T) {
-		a := upstream(t, "a")
-		b := upstream(t, "b")
-		a.SetFault(fakeopenai.RateLimited("1"))
-		// A threshold of 1 would open the breaker at the first failure it
-		// counted.
-		tr, clk := newTestTransport(t, Config{
-			Endpoints: []Endpoint{ep(a, 0), ep(b, 1)},
-			Breaker:   BreakerConfig{FailureThreshold: 1},
-		})
-		for i := range 6 {
-			chatOK(t, tr, "b")
-			if s := healthOf(t, tr, "a").State; s != StateCoolingDown {
-				t.Fatalf("after 429 #%d a is %v, want cooling-down", i+1, s)
-			}
-			chatOK(t, tr, "b")
-			if a.Hits() != int64(i+1) {
-				t.Fatalf("a got %d hits while cooling down, want %d", a.Hits(), i+1)
-			}
-			clk.Advance(2 * time.Second)
-			if s := healthOf(t, tr, "a").State; s != StateClosed {
-				t.Fatalf("after its cooldown a is %v, want closed", s)
-			}
-		}
-	})
-}
-
-func TestBreakerCallerErrorsCountAsSuccess(t *testing.T) {
-	base := newScriptedBase(statusScript(map[string][]int{
-		"a": {500, 500, 500, 500, 400, 500, 500, 500, 500, 500},
-	}))
-	tr, _ := newTestTransport(t, Config{Base: base, Endpoints: []Endpoint{hostEndpoint("a", 0), hostEndpoint("b", 1)}})
-	for i := 1; i <= 9; i++ {
-		code, _ := chat(t, tr)
-		want := 200
-		if i == 5 {
-			want = 400
-		}
-		if code != want {
-			t.Fatalf("request %d: status %d, want %d", i, code, want)
-		}
-	}
-	h := healthOf(t, tr, "a")
-	if h.State != StateClosed {
-		t.Fatalf("a is %v after 4 failures, a 400 and 4 failures, want closed", h.State)
-	}
-	if h.ConsecutiveFailures != 4 || h.Failures != 8 || h.Requests != 9 {
-		t.Errorf("a: consecutive %d, failures %d, requests %d; want 4, 8, 9", h.ConsecutiveFailures, h.Failures, h.Requests)
-	}
-	// The fifth failure in a row opens it: the 400 did reset the count.
-	chat(t, tr)
-	if s := healthOf(t, tr, "a").State; s != StateOpen {
-		t.Errorf("a is %v after a fifth consecutive failure, want open", s)
-	}
-	if base.Hits("a.test") != 10 || base.Hits("b.test") != 9 {
-		t.Errorf("hits a=%d b=%d, want 10 and 9", base.Hits("a.test"), base.Hits("b.test"))
-	}
-}
-
-// 8. Per-attempt timeout and the caller's context.
 
 func TestAttemptTimeoutFailsOver(t *testing.T) {
 	a := upstream(t, "a")
@@ -1016,6 +271,95 @@ func TestAttemptTimeoutAllHanging(t *testing.T) {
 		if !errors.As(ae, &a) || !errors.Is(a, ErrAttemptTimeout) || a.Endpoint != eps[i].Name {
 			t.Errorf("attempt %d: %v, want a timeout on %s", i+1, ae, eps[i].Name)
 		}
+	}
+}
+
+// TestAttemptTimeoutShorterThanDial: an endpoint whose connection cannot be
+// established within its Timeout fails over to the next.
+func TestAttemptTimeoutShorterThanDial(t *testing.T) {
+	b := upstream(t, "b")
+	const slowAddr = "slow.test:80"
+	dialing := make(chan struct{}, 1)
+	dialReturned := make(chan struct{})
+	var d net.Dialer
+	base := &http.Transport{
+		DisableCompression: true,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if addr != slowAddr {
+				return d.DialContext(ctx, network, addr)
+			}
+			// A dial that never completes on its own: it ends only
+			// when its context does.
+			defer close(dialReturned)
+			dialing <- struct{}{}
+			<-ctx.Done()
+			return nil, ctx.Err()
+		},
+	}
+	t.Cleanup(base.CloseIdleConnections)
+	const timeout = 100 * time.Millisecond
+	tr, _ := newTestTransport(t, Config{Base: base, Endpoints: []Endpoint{
+		{Name: "slow", BaseURL: "http://" + slowAddr + "/v1", APIKey: "key-slow", Timeout: timeout},
+		ep(b, 1),
+	}})
+	start := time.Now()
+	chatOK(t, tr, "b")
+	if elapsed := time.Since(start); elapsed < timeout {
+		t.Errorf("answered after %v, before the slow endpoint's timeout %v", elapsed, timeout)
+	}
+	select {
+	case <-dialing:
+	default:
+		t.Fatal("the slow endpoint was never dialled")
+	}
+	h := healthOf(t, tr, "slow")
+	if h.Requests != 1 || h.Failures != 1 || !strings.Contains(h.LastError, "timed out after "+timeout.String()) {
+		t.Errorf("slow: %d attempts, %d failures, last error %q; want one attempt timed out", h.Requests, h.Failures, h.LastError)
+	}
+	if b.Hits() != 1 {
+		t.Errorf("b hits %d, want 1", b.Hits())
+	}
+	// net/http lets a dial outlive the request that started it, for a
+	// later request to use; closing the idle connections ends it.
+	base.CloseIdleConnections()
+	select {
+	case <-dialReturned:
+	case <-time.After(waitBound):
+		t.Fatalf("the dial still runs %v after CloseIdleConnections", waitBound)
+	}
+	b.Close()
+	goleak.VerifyNone(t)
+}
+
+// TestAttemptTimeoutCoversSlowBodyOfFailedRedirect: a redirect that fails the attempt
+// (x-should-retry: true) but whose body never ends must not hold up the
+// failover beyond the endpoint's Timeout: its body is read for the
+// classifier within the attempt, like an error body.
+func TestAttemptTimeoutCoversSlowBodyOfFailedRedirect(t *testing.T) {
+	a := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Should-Retry", "true")
+		w.Header().Set("Location", "/elsewhere")
+		w.WriteHeader(http.StatusFound)
+		w.(http.Flusher).Flush()
+		<-r.Context().Done() // the body never ends
+	}))
+	defer a.Close()
+	b := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, `{"ok":true}`)
+	}))
+	defer b.Close()
+	tr, _ := newTestTransport(t, Config{MaxRetries: 1, Endpoints: []Endpoint{
+		{Name: "a", BaseURL: a.URL + "/v1", APIKey: "ka", Timeout: 100 * time.Millisecond},
+		{Name: "b", BaseURL: b.URL + "/v1", APIKey: "kb", Priority: 1},
+	}})
+	ctx, cancel := context.WithTimeout(context.Background(), waitBound)
+	defer cancel()
+	status, body := roundTrip(t, tr, chatRequest(t, ctx, clientBase, false))
+	if status != 200 || body != `{"ok":true}` {
+		t.Errorf("got %d %q, want b's answer", status, body)
+	}
+	if h := healthOf(t, tr, "a"); !strings.Contains(h.LastError, "timed out") {
+		t.Errorf("a's last error %q, want its timeout", h.LastError)
 	}
 }
 
@@ -1120,354 +464,6 @@ func TestCallerContextEndsHangingAttempt(t *testing.T) {
 	}
 }
 
-// 9. Request and response bodies.
-
-func TestBodyReplayedWithGetBody(t *testing.T) {
-	var srvs []*fakeopenai.Server
-	var eps []Endpoint
-	for i, name := range []string{"a", "b", "c"} {
-		s := upstream(t, name)
-		if i < 2 {
-			s.SetFault(fakeopenai.StatusFault(500))
-		}
-		srvs = append(srvs, s)
-		eps = append(eps, ep(s, i))
-	}
-	tr, _ := newTestTransport(t, Config{Endpoints: eps})
-	req := chatRequest(t, context.Background(), clientBase, false)
-	if req.GetBody == nil {
-		t.Fatal("test request has no GetBody")
-	}
-	code, body := roundTrip(t, tr, req)
-	if code != 200 || !strings.Contains(body, fakeopenai.Reply("c")) {
-		t.Fatalf("got %d %q, want c's answer", code, body)
-	}
-	for _, s := range srvs {
-		got, ok := s.Last()
-		if !ok || string(got.Body) != chatBody(false) {
-			t.Errorf("%s saw body %q, want %q", s.Name(), got.Body, chatBody(false))
-		}
-	}
-}
-
-func TestBodyWithoutGetBodyClosedOnce(t *testing.T) {
-	const payload = `{"model":"gpt-test","messages":[{"role":"user","content":"replay me"}]}`
-	for _, tc := range []struct {
-		name      string
-		getBody   bool  // set a GetBody on the request
-		codes     []int // per endpoint a, b, c; 0 means disabled
-		wantCode  int   // 0: want ErrNoEndpointAvailable
-		wantSeenN int
-	}{
-		{"fails over twice", false, []int{500, 500, 200}, 200, 3},
-		{"first succeeds", false, []int{200, 200, 200}, 200, 1},
-		{"no endpoint available", false, []int{0, 0, 0}, 0, 0},
-		{"all fail", false, []int{500, 502, 503}, 503, 3},
-		{"with GetBody, fails over", true, []int{500, 500, 200}, 200, 3},
-		{"with GetBody, no endpoint available", true, []int{0, 0, 0}, 0, 0},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			codes := map[string][]int{}
-			var eps []Endpoint
-			for i, name := range []string{"a", "b", "c"} {
-				e := hostEndpoint(name, i)
-				if tc.codes[i] == 0 {
-					// Never available: a rate that has no token yet.
-					e.MaxRPS, e.Burst = minRPS, 1
-				}
-				codes[name] = []int{tc.codes[i]}
-				eps = append(eps, e)
-			}
-			base := newScriptedBase(statusScript(codes))
-			tr, _ := newTestTransport(t, Config{Base: base, Endpoints: eps, MaxRetries: 2, MaxWait: -1})
-			for _, e := range endpointsOf(tr) {
-				if e.limiter != nil {
-					e.allowRate() // spend the only token
-				}
-			}
-			body := &countingBody{r: strings.NewReader(payload)}
-			req := post(t, clientBase+"/chat/completions", body)
-			if tc.getBody {
-				req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader(payload)), nil }
-			} else if req.GetBody != nil {
-				t.Fatal("test request has a GetBody")
-			}
-			resp, err := tr.RoundTrip(req)
-			switch {
-			case tc.wantCode == 0:
-				if !errors.Is(err, ErrNoEndpointAvailable) {
-					t.Errorf("error %v, want ErrNoEndpointAvailable", err)
-				}
-			case err != nil:
-				t.Fatalf("RoundTrip: %v", err)
-			default:
-				if resp.StatusCode != tc.wantCode {
-					t.Errorf("status %d, want %d", resp.StatusCode, tc.wantCode)
-				}
-				_, _ = io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-			}
-			seen := base.Seen()
-			if len(seen) != tc.wantSeenN {
-				t.Errorf("%d attempts, want %d", len(seen), tc.wantSeenN)
-			}
-			for _, s := range seen {
-				if s.body != payload {
-					t.Errorf("%s saw body %q, want %q", s.host, s.body, payload)
-				}
-			}
-			if n := body.closes.Load(); n != 1 {
-				t.Errorf("caller's body closed %d times, want once", n)
-			}
-		})
-	}
-}
-
-func TestBodyAboveMaxBodyBufferSentOnce(t *testing.T) {
-	base := newScriptedBase(statusScript(map[string][]int{"a": {500}}))
-	tr, _ := newTestTransport(t, Config{Base: base, MaxBodyBuffer: 16,
-		Endpoints: []Endpoint{hostEndpoint("a", 0), hostEndpoint("b", 1)}})
-	payload := strings.Repeat("x", 100)
-	body := &countingBody{r: strings.NewReader(payload)}
-	resp, err := tr.RoundTrip(post(t, clientBase+"/chat/completions", body))
-	if err != nil {
-		t.Fatalf("RoundTrip: %v", err)
-	}
-	got, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 500 || string(got) != `{"status":500}` {
-		t.Errorf("got %d %q, want a's 500", resp.StatusCode, got)
-	}
-	if base.Hits("a.test") != 1 || base.Hits("b.test") != 0 {
-		t.Errorf("hits a=%d b=%d, want exactly one attempt, on a", base.Hits("a.test"), base.Hits("b.test"))
-	}
-	if seen := base.Seen(); len(seen) != 1 || seen[0].body != payload {
-		t.Errorf("upstream saw %+v, want the whole 100-byte body once", seen)
-	}
-	if n := body.closes.Load(); n != 1 {
-		t.Errorf("caller's body closed %d times, want once", n)
-	}
-}
-
-func TestDiscardedResponsesClosed(t *testing.T) {
-	base := newScriptedBase(statusScript(map[string][]int{"a": {500}, "b": {502}, "c": {200}}))
-	tr, _ := newTestTransport(t, Config{Base: base,
-		Endpoints: []Endpoint{hostEndpoint("a", 0), hostEndpoint("b", 1), hostEndpoint("c", 2)}})
-	resp, err := tr.RoundTrip(chatRequest(t, context.Background(), clientBase, false))
-	if err != nil {
-		t.Fatalf("RoundTrip: %v", err)
-	}
-	if resp.StatusCode != 200 {
-		t.Fatalf("status %d, want 200", resp.StatusCode)
-	}
-	if n := base.closed.Load(); n != 2 {
-		t.Errorf("%d response bodies closed before the caller's, want the 2 discarded", n)
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	if n := base.closed.Load(); n != 3 {
-		t.Errorf("%d response bodies closed in all, want 3", n)
-	}
-}
-
-func TestGetBodyFailsOnSecondAttempt(t *testing.T) {
-	base := newScriptedBase(statusScript(map[string][]int{"a": {500}}))
-	tr, _ := newTestTransport(t, Config{Base: base, Endpoints: []Endpoint{hostEndpoint("a", 0), hostEndpoint("b", 1)}})
-	errGetBody := errors.New("test: GetBody exploded")
-	body := &countingBody{r: strings.NewReader(chatBody(false))}
-	req := post(t, clientBase+"/chat/completions", body)
-	req.GetBody = func() (io.ReadCloser, error) { return nil, errGetBody }
-
-	type result struct {
-		resp  *http.Response
-		err   error
-		panic any
-	}
-	done := make(chan result, 1)
-	go func() {
-		var r result
-		defer func() {
-			r.panic = recover()
-			done <- r
-		}()
-		r.resp, r.err = tr.RoundTrip(req)
-	}()
-	var r result
-	select {
-	case r = <-done:
-	case <-time.After(waitBound):
-		t.Fatalf("RoundTrip still running after %v", waitBound)
-	}
-	if r.panic != nil {
-		t.Fatalf("RoundTrip panicked: %v", r.panic)
-	}
-	switch {
-	case r.err != nil:
-		if !errors.Is(r.err, errGetBody) {
-			t.Errorf("error %v does not wrap the GetBody error", r.err)
-		}
-	case r.resp.StatusCode != 500:
-		t.Errorf("status %d, want the first attempt's 500", r.resp.StatusCode)
-	}
-	if r.resp != nil {
-		r.resp.Body.Close()
-	}
-	if base.Hits("b.test") != 0 {
-		t.Errorf("b got %d hits without a body to send, want 0", base.Hits("b.test"))
-	}
-	if n := body.closes.Load(); n != 1 {
-		t.Errorf("caller's body closed %d times, want once", n)
-	}
-}
-
-// 10. Final failure.
-
-func TestAllFailReturnsLastResponse(t *testing.T) {
-	var eps []Endpoint
-	for i, name := range []string{"a", "b", "c"} {
-		s := upstream(t, name)
-		s.SetFault(fakeopenai.StatusFault(503).WithBody(`{"error":{"message":"overloaded `+name+`"}}`).WithHeader("X-Which", name))
-		eps = append(eps, ep(s, i))
-	}
-	tr, _ := newTestTransport(t, Config{Endpoints: eps, MaxRetries: 2})
-	resp, err := tr.RoundTrip(chatRequest(t, context.Background(), clientBase, false))
-	if err != nil {
-		t.Fatalf("RoundTrip: %v", err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("reading body: %v", err)
-	}
-	if resp.StatusCode != 503 {
-		t.Errorf("status %d, want 503", resp.StatusCode)
-	}
-	if got := resp.Header.Get("X-Which"); got != "c" {
-		t.Errorf("X-Which %q, want the last endpoint's, c", got)
-	}
-	if got := resp.Header.Get("Content-Type"); got != "application/json" {
-		t.Errorf("Content-Type %q, want application/json", got)
-	}
-	if want := `{"error":{"message":"overloaded c"}}`; string(body) != want {
-		t.Errorf("body %q, want %q", body, want)
-	}
-}
-
-// TestFinalErrorBodyKeptWhole checks Config.MaxErrorBody's promise: an
-// error body longer than MaxErrorBody is cut only when a later attempt ran;
-// the response of the last attempt reaches the caller whole.
-func TestFinalErrorBodyKeptWhole(t *testing.T) {
-	long := `{"error":{"message":"` + strings.Repeat("x", 100) + `"}}`
-	for _, tc := range []struct {
-		name       string
-		codes      []int
-		maxRetries int
-		wantHits   []int64
-	}{
-		{"caller error", []int{400}, 0, []int64{1}},
-		{"only attempt fails", []int{500}, -1, []int64{1}},
-		{"last of two attempts fails", []int{503, 500}, 1, []int64{1, 1}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			var srvs []*fakeopenai.Server
-			var eps []Endpoint
-			for i, code := range tc.codes {
-				s := upstream(t, fmt.Sprintf("e%d", i))
-				s.SetFault(fakeopenai.StatusFault(code).WithBody(long))
-				srvs = append(srvs, s)
-				eps = append(eps, ep(s, i))
-			}
-			tr, _ := newTestTransport(t, Config{Endpoints: eps, MaxRetries: tc.maxRetries, MaxErrorBody: 16})
-			code, body := roundTrip(t, tr, chatRequest(t, context.Background(), clientBase, false))
-			if want := tc.codes[len(tc.codes)-1]; code != want || body != long {
-				t.Errorf("got %d with a %d-byte body %q, want %d with the whole %d-byte body", code, len(body), body, want, len(long))
-			}
-			for i, s := range srvs {
-				if s.Hits() != tc.wantHits[i] {
-					t.Errorf("%s got %d hits, want %d", s.Name(), s.Hits(), tc.wantHits[i])
-				}
-			}
-		})
-	}
-}
-
-func TestAllRefuseError(t *testing.T) {
-	keys := []string{"sk-test-SECRET-1", "sk-test-SECRET-2"}
-	var eps []Endpoint
-	for i, name := range []string{"alpha", "beta"} {
-		s := upstream(t, name)
-		s.SetFault(fakeopenai.Refuse())
-		eps = append(eps, Endpoint{Name: name, BaseURL: s.URL(), APIKey: keys[i], Priority: i})
-	}
-	tr, _ := newTestTransport(t, Config{Endpoints: eps})
-	resp, err := tr.RoundTrip(chatRequest(t, context.Background(), clientBase, false))
-	if err == nil {
-		resp.Body.Close()
-		t.Fatalf("got status %d, want an error", resp.StatusCode)
-	}
-	var fe *Error
-	if !errors.As(err, &fe) {
-		t.Fatalf("error %T %v, want an *Error", err, err)
-	}
-	if !errors.Is(err, ErrAttemptsExhausted) {
-		t.Errorf("error %v does not match ErrAttemptsExhausted", err)
-	}
-	tried := map[string]bool{}
-	for i, a := range fe.Attempts {
-		var ae *AttemptError
-		if !errors.As(a, &ae) {
-			t.Fatalf("attempt %d: %T %v, want an *AttemptError", i+1, a, a)
-		}
-		if ae.Attempt != i+1 || ae.Err == nil || ae.StatusCode != 0 {
-			t.Errorf("attempt %d: %+v, want number %d with a transport error", i+1, ae, i+1)
-		}
-		tried[ae.Endpoint] = true
-	}
-	if len(fe.Attempts) != 4 || !tried["alpha"] || !tried["beta"] || len(tried) != 2 {
-		t.Errorf("attempts %v, want 4 on alpha and beta", fe.Attempts)
-	}
-	msg := err.Error()
-	for _, name := range []string{"alpha", "beta"} {
-		if !strings.Contains(msg, `"`+name+`"`) {
-			t.Errorf("message %q does not name %s", msg, name)
-		}
-	}
-	for _, h := range tr.Health() {
-		msg += "\n" + h.LastError
-	}
-	if strings.Contains(msg, "SECRET") {
-		t.Errorf("an API key leaked into the error or health: %q", msg)
-	}
-}
-
-func TestCallerDeadlineAfterFailedAttempts(t *testing.T) {
-	alpha := upstream(t, "alpha")
-	beta := upstream(t, "beta")
-	alpha.SetFault(fakeopenai.Refuse())
-	beta.SetFault(fakeopenai.Hang())
-	tr, _ := newTestTransport(t, Config{Endpoints: []Endpoint{ep(alpha, 0), ep(beta, 1)}})
-	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
-	defer cancel()
-	resp, err := tr.RoundTrip(chatRequest(t, ctx, clientBase, false))
-	if err == nil {
-		resp.Body.Close()
-		t.Fatalf("got status %d, want an error", resp.StatusCode)
-	}
-	if !errors.Is(err, context.DeadlineExceeded) {
-		t.Errorf("error %v does not match context.DeadlineExceeded", err)
-	}
-	var fe *Error
-	if !errors.As(err, &fe) || len(fe.Attempts) != 2 {
-		t.Fatalf("error %v: want an *Error with the refused and the cut attempt", err)
-	}
-	var first *AttemptError
-	if !errors.As(fe.Attempts[0], &first) || first.Endpoint != "alpha" || errors.Is(first, context.DeadlineExceeded) {
-		t.Errorf("first attempt %v, want alpha's refusal", fe.Attempts[0])
-	}
-}
-
-// 11. Streaming.
-
 func TestStreamingFirstChunkUnbuffered(t *testing.T) {
 	a := upstream(t, "a")
 	a.SetFault(fakeopenai.Refuse())
@@ -1530,7 +526,171 @@ func TestStreamingFirstChunkUnbuffered(t *testing.T) {
 	}
 }
 
-// 12. Concurrency.
+// TestStreamingEarlyCloseReleasesUpstream: a caller that closes the body of a stream
+// part-way through releases the upstream connection, leaves no goroutine
+// behind, and the transport serves later requests.
+func TestStreamingEarlyCloseReleasesUpstream(t *testing.T) {
+	for _, timeout := range []time.Duration{0, 5 * time.Second} {
+		t.Run("timeout="+timeout.String(), func(t *testing.T) {
+			released := make(chan struct{})
+			var streams atomic.Int64
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				_, _ = io.Copy(io.Discard, r.Body)
+				if !strings.Contains(r.Header.Get("X-Test"), "stream-forever") {
+					_, _ = io.WriteString(w, `{"ok":true}`)
+					return
+				}
+				streams.Add(1)
+				w.Header().Set("Content-Type", "text/event-stream")
+				rc := http.NewResponseController(w)
+				tick := time.NewTicker(5 * time.Millisecond)
+				defer tick.Stop()
+				for {
+					// An endless stream: only the caller going away ends it.
+					if _, err := io.WriteString(w, "data: {\"chunk\":1}\n\n"); err != nil || rc.Flush() != nil {
+						close(released)
+						return
+					}
+					select {
+					case <-r.Context().Done():
+						close(released)
+						return
+					case <-tick.C:
+					}
+				}
+			}))
+			defer srv.Close()
+			base := &http.Transport{DisableCompression: true}
+			defer base.CloseIdleConnections()
+			tr, _ := newTestTransport(t, Config{Base: base, Endpoints: []Endpoint{
+				{Name: "s", BaseURL: srv.URL + "/v1", APIKey: "key-s", Timeout: timeout},
+			}})
+
+			req := chatRequest(t, context.Background(), clientBase, true)
+			req.Header.Set("X-Test", "stream-forever")
+			resp, err := tr.RoundTrip(req)
+			if err != nil {
+				t.Fatalf("RoundTrip: %v", err)
+			}
+			line, err := bufio.NewReader(resp.Body).ReadString('\n')
+			if err != nil || !strings.HasPrefix(line, "data: ") {
+				t.Fatalf("first line %q, %v", line, err)
+			}
+			if err := resp.Body.Close(); err != nil {
+				t.Errorf("closing the body early: %v", err)
+			}
+			select {
+			case <-released:
+			case <-time.After(waitBound):
+				t.Fatalf("the upstream still streams %v after the caller closed the body", waitBound)
+			}
+
+			// Later requests work, streaming or not.
+			code, body := roundTrip(t, tr, chatRequest(t, context.Background(), clientBase, false))
+			if code != 200 || body != `{"ok":true}` {
+				t.Errorf("later request: %d %q", code, body)
+			}
+			if h := healthOf(t, tr, "s"); h.InFlight != 0 || h.Failures != 0 || h.State != StateClosed {
+				t.Errorf("health after an early close: %+v, want nothing in flight and no failure", h)
+			}
+			if streams.Load() != 1 {
+				t.Errorf("upstream saw %d streams, want 1: a stream is never retried", streams.Load())
+			}
+
+			srv.Close()
+			base.CloseIdleConnections()
+			goleak.VerifyNone(t)
+		})
+	}
+}
+
+// TestHTTP2Upstreams runs a failover over HTTP/2 over TLS, as the OpenAI
+// API speaks it: the first endpoint answers 503, the second a chat
+// completion and then a stream, whose events must reach the caller one
+// at a time, each before the upstream writes the next.
+func TestHTTP2Upstreams(t *testing.T) {
+	newH2 := func(h http.HandlerFunc) *httptest.Server {
+		srv := httptest.NewUnstartedServer(h)
+		srv.EnableHTTP2 = true
+		srv.StartTLS()
+		t.Cleanup(srv.Close)
+		return srv
+	}
+	var aHits atomic.Int32
+	a := newH2(func(w http.ResponseWriter, r *http.Request) {
+		aHits.Add(1)
+		http.Error(w, `{"error":{"message":"overloaded"}}`, http.StatusServiceUnavailable)
+	})
+	next := make(chan struct{}) // the caller got the last event
+	type seen struct {
+		proto, auth, body string
+	}
+	bSaw := make(chan seen, 2)
+	b := newH2(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		bSaw <- seen{r.Proto, r.Header.Get("Authorization"), string(body)}
+		if !strings.Contains(string(body), `"stream":true`) {
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, `{"choices":[{"message":{"content":"hi"}}]}`)
+			return
+		}
+		w.Header().Set("Content-Type", "text/event-stream")
+		for i := range 3 {
+			fmt.Fprintf(w, "data: {\"n\":%d}\n\n", i)
+			w.(http.Flusher).Flush()
+			select {
+			case <-next:
+			case <-r.Context().Done():
+				return
+			}
+		}
+		_, _ = io.WriteString(w, "data: [DONE]\n\n")
+	})
+	// Both servers use httptest's certificate: one client trusts both.
+	base := b.Client().Transport.(*http.Transport)
+	t.Cleanup(base.CloseIdleConnections)
+	tr, _ := newTestTransport(t, Config{Base: base, Endpoints: []Endpoint{
+		{Name: "a", BaseURL: a.URL + "/v1", APIKey: "ka"},
+		{Name: "b", BaseURL: b.URL + "/v1", APIKey: "kb", Priority: 1},
+	}})
+
+	for _, stream := range []bool{false, true} {
+		resp, err := tr.RoundTrip(chatRequest(t, context.Background(), clientBase, stream))
+		if err != nil {
+			t.Fatalf("stream=%v: %v", stream, err)
+		}
+		if resp.StatusCode != 200 || resp.ProtoMajor != 2 {
+			t.Fatalf("stream=%v: %d over %s, want 200 over HTTP/2", stream, resp.StatusCode, resp.Proto)
+		}
+		s := <-bSaw
+		if s.proto != "HTTP/2.0" || s.auth != "Bearer kb" || s.body != chatBody(stream) {
+			t.Errorf("stream=%v: b saw %+v, want HTTP/2.0, its own key and the request's body", stream, s)
+		}
+		if !stream {
+			got, _ := io.ReadAll(resp.Body)
+			if !strings.Contains(string(got), `"hi"`) {
+				t.Errorf("body %q, want b's completion", got)
+			}
+			resp.Body.Close()
+			continue
+		}
+		events := bufio.NewScanner(resp.Body)
+		for i := range 3 {
+			line := ""
+			for line == "" && events.Scan() {
+				line = events.Text()
+			}
+			if want := fmt.Sprintf("data: {\"n\":%d}", i); line != want {
+				t.Fatalf("event %d: %q, want %q", i, line, want)
+			}
+			next <- struct{}{} // b writes the next event only now
+		}
+		resp.Body.Close()
+	}
+	if got := aHits.Load(); got != 2 {
+		t.Errorf("a got %d requests, want 2 (each request tried it first)", got)
+	}
+}
 
 func TestConcurrentRequests(t *testing.T) {
 	refusing := upstream(t, "refusing")
@@ -1593,521 +753,5 @@ func TestConcurrentRequests(t *testing.T) {
 	}
 	if attempts < goroutines*perG {
 		t.Errorf("health counts %d attempts, want at least %d", attempts, goroutines*perG)
-	}
-}
-
-// 13. Metrics.
-
-func TestMetricsCountAttempts(t *testing.T) {
-	a := upstream(t, "a")
-	b := upstream(t, "b")
-	a.SetFault(fakeopenai.StatusFault(500))
-	reg := prometheus.NewRegistry()
-	tr, _ := newTestTransport(t, Config{
-		Registerer: reg,
-		Endpoints:  []Endpoint{ep(a, 0), ep(b, 1)},
-		Breaker:    BreakerConfig{FailureThreshold: 100},
-		MaxRetries: 1,
-	})
-	for range 3 {
-		chatOK(t, tr, "b")
-	}
-	a.SetFault(fakeopenai.Healthy())
-	for range 2 {
-		chatOK(t, tr, "a")
-	}
-	a.SetFault(fakeopenai.StatusFault(503))
-	b.SetFault(fakeopenai.StatusFault(500))
-	if code, _ := chat(t, tr); code != 500 {
-		t.Fatalf("status %d, want b's 500 when both fail", code)
-	}
-
-	for _, c := range []struct {
-		name string
-		got  prometheus.Collector
-		want float64
-	}{
-		{`failover_attempts_total{endpoint="a",outcome="500"}`, tr.metrics.attempts.WithLabelValues("a", "500"), 3},
-		{`failover_attempts_total{endpoint="a",outcome="200"}`, tr.metrics.attempts.WithLabelValues("a", "200"), 2},
-		{`failover_attempts_total{endpoint="b",outcome="200"}`, tr.metrics.attempts.WithLabelValues("b", "200"), 3},
-		{`failover_attempts_total{endpoint="a",outcome="503"}`, tr.metrics.attempts.WithLabelValues("a", "503"), 1},
-		{`failover_attempts_total{endpoint="b",outcome="500"}`, tr.metrics.attempts.WithLabelValues("b", "500"), 1},
-		{`failover_requests_failed_over_total`, tr.metrics.failedOver, 3},
-		{`failover_requests_exhausted_total`, tr.metrics.exhausted, 1},
-	} {
-		if got := testutil.ToFloat64(c.got); got != c.want {
-			t.Errorf("%s = %v, want %v", c.name, got, c.want)
-		}
-	}
-
-	problems, err := testutil.GatherAndLint(reg)
-	if err != nil {
-		t.Fatalf("lint: %v", err)
-	}
-	for _, p := range problems {
-		t.Errorf("lint: %s: %s", p.Metric, p.Text)
-	}
-	families, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	names := map[string]bool{}
-	for _, f := range families {
-		names[f.GetName()] = true
-	}
-	for _, want := range []string{"failover_attempts_total", "failover_attempt_duration_seconds",
-		"failover_breaker_state", "failover_requests_failed_over_total"} {
-		if !names[want] {
-			t.Errorf("%s not registered on the given registry", want)
-		}
-	}
-
-	global, err := prometheus.DefaultGatherer.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range global {
-		if strings.HasPrefix(f.GetName(), "failover_") {
-			t.Errorf("%s registered on the default registry", f.GetName())
-		}
-	}
-}
-
-// Validation in New.
-
-func TestNewValidation(t *testing.T) {
-	const key = "sk-test-SECRET-validation"
-	good := func(name string) Endpoint {
-		return Endpoint{Name: name, BaseURL: "https://" + name + ".test/v1", APIKey: key}
-	}
-	with := func(name string, f func(*Endpoint)) Endpoint {
-		e := good(name)
-		f(&e)
-		return e
-	}
-	for _, tc := range []struct {
-		name    string
-		cfg     Config
-		wantIs  error
-		wantIn  []string // substrings of the error
-		wantOut []string // never in the error (the key always)
-	}{
-		{name: "no endpoints", cfg: Config{}, wantIs: ErrNoEndpoints},
-		{name: "empty BaseURL", cfg: Config{Endpoints: []Endpoint{with("e1", func(e *Endpoint) { e.BaseURL = "" })}},
-			wantIn: []string{"BaseURL", `"e1"`}},
-		{name: "relative BaseURL", cfg: Config{Endpoints: []Endpoint{with("e1", func(e *Endpoint) { e.BaseURL = "/v1" })}},
-			wantIn: []string{"BaseURL", `"e1"`}},
-		{name: "ftp BaseURL", cfg: Config{Endpoints: []Endpoint{with("e1", func(e *Endpoint) { e.BaseURL = "ftp://e1.test/v1" })}},
-			wantIn: []string{"BaseURL", `"e1"`}},
-		{name: "userinfo BaseURL", cfg: Config{Endpoints: []Endpoint{with("e1", func(e *Endpoint) { e.BaseURL = "https://user:hunter2@e1.test/v1" })}},
-			wantIn: []string{"BaseURL", `"e1"`}, wantOut: []string{"hunter2"}},
-		{name: "unnamed endpoint by position", cfg: Config{Endpoints: []Endpoint{good("ok"), with("", func(e *Endpoint) { e.BaseURL = "nope" })}},
-			wantIn: []string{"BaseURL", "endpoint 1"}},
-		{name: "negative Weight", cfg: Config{Endpoints: []Endpoint{with("e1", func(e *Endpoint) { e.Weight = -1 })}},
-			wantIn: []string{"Weight", `"e1"`}},
-		{name: "negative MaxRPS", cfg: Config{Endpoints: []Endpoint{with("e1", func(e *Endpoint) { e.MaxRPS = -1 })}},
-			wantIn: []string{"MaxRPS", `"e1"`}},
-		{name: "NaN MaxRPS", cfg: Config{Endpoints: []Endpoint{with("e1", func(e *Endpoint) { e.MaxRPS = math.NaN() })}},
-			wantIn: []string{"MaxRPS", `"e1"`}},
-		{name: "infinite MaxRPS", cfg: Config{Endpoints: []Endpoint{with("e1", func(e *Endpoint) { e.MaxRPS = math.Inf(1) })}},
-			wantIn: []string{"MaxRPS", `"e1"`}},
-		{name: "negative Burst", cfg: Config{Endpoints: []Endpoint{with("e1", func(e *Endpoint) { e.MaxRPS, e.Burst = 1, -1 })}},
-			wantIn: []string{"Burst", `"e1"`}},
-		{name: "negative Timeout", cfg: Config{Endpoints: []Endpoint{with("e1", func(e *Endpoint) { e.Timeout = -time.Second })}},
-			wantIn: []string{"Timeout", `"e1"`}},
-		{name: "duplicate names", cfg: Config{Endpoints: []Endpoint{good("dup"), with("dup", func(e *Endpoint) { e.BaseURL = "https://other.test/v1" })}},
-			wantIn: []string{`"dup"`, "endpoint 1"}},
-		{name: "bad ClientBaseURLs entry", cfg: Config{Endpoints: []Endpoint{good("e1")}, ClientBaseURLs: []string{"https://ok.test/v1", "mailto:x"}},
-			wantIn: []string{"ClientBaseURLs[1]"}},
-		{name: "bad header name", cfg: Config{Endpoints: []Endpoint{with("e1", func(e *Endpoint) { e.Header = http.Header{"Bad Header": {"1"}} })}},
-			wantIn: []string{"Header", `"e1"`}},
-		{name: "header value with line break", cfg: Config{Endpoints: []Endpoint{with("e1", func(e *Endpoint) { e.Header = http.Header{"X-A": {"1\r\nX-B: 2"}} })}},
-			wantIn: []string{"Header", `"e1"`}},
-		{name: "key with line break", cfg: Config{Endpoints: []Endpoint{with("e1", func(e *Endpoint) { e.APIKey = key + "\nX-Evil: 1" })}},
-			wantIn: []string{"APIKey", `"e1"`}, wantOut: []string{"Evil"}},
-		{name: "negative breaker threshold", cfg: Config{Endpoints: []Endpoint{good("e1")}, Breaker: BreakerConfig{FailureThreshold: -1}},
-			wantIn: []string{"Breaker.FailureThreshold"}},
-		{name: "negative Cooldown", cfg: Config{Endpoints: []Endpoint{good("e1")}, Cooldown: -time.Second},
-			wantIn: []string{"Cooldown"}},
-		{name: "BaseURL query does not parse", cfg: Config{Endpoints: []Endpoint{with("e1", func(e *Endpoint) { e.BaseURL = "https://e1.test/v1?key=SECRET;x" })}},
-			wantIn: []string{"BaseURL", `"e1"`, "query"}},
-		{name: "Name not UTF-8", cfg: Config{Endpoints: []Endpoint{good("caf\xe9")}},
-			wantIn: []string{"Name", "UTF-8"}},
-		{name: "MaxRetries that would overflow", cfg: Config{Endpoints: []Endpoint{good("e1")}, MaxRetries: math.MaxInt},
-			wantIn: []string{"MaxRetries"}},
-		{name: "MaxRetries above the limit", cfg: Config{Endpoints: []Endpoint{good("e1")}, MaxRetries: 1001},
-			wantIn: []string{"MaxRetries", "1000"}},
-		{name: "bad EndpointHeader", cfg: Config{Endpoints: []Endpoint{good("e1")}, EndpointHeader: "Failover Endpoint"},
-			wantIn: []string{"EndpointHeader"}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			tr, err := New(tc.cfg)
-			if err == nil {
-				t.Fatalf("New succeeded (%d endpoints), want an error", len(endpointsOf(tr)))
-			}
-			if tr != nil {
-				t.Errorf("New returned a Transport with its error")
-			}
-			if tc.wantIs != nil && !errors.Is(err, tc.wantIs) {
-				t.Errorf("error %v does not match %v", err, tc.wantIs)
-			}
-			msg := err.Error()
-			if !strings.HasPrefix(msg, "failover: ") {
-				t.Errorf("error %q lacks the failover: prefix", msg)
-			}
-			for _, s := range tc.wantIn {
-				if !strings.Contains(msg, s) {
-					t.Errorf("error %q does not mention %s", msg, s)
-				}
-			}
-			for _, s := range append([]string{"SECRET"}, tc.wantOut...) {
-				if strings.Contains(msg, s) {
-					t.Errorf("error %q contains %q", msg, s)
-				}
-			}
-		})
-	}
-}
-
-// TestNewReportsEveryProblem: one error names every problem of every
-// endpoint and of the rest of the Config, not just the first.
-func TestNewReportsEveryProblem(t *testing.T) {
-	_, err := New(Config{
-		Endpoints: []Endpoint{
-			{BaseURL: "ftp://x.test", Weight: -1},
-			{BaseURL: "https://y.test/v1", Timeout: -1, Burst: -2},
-		},
-		BackoffMin: -time.Second,
-		MaxRetries: 5000,
-	})
-	if err == nil {
-		t.Fatal("New accepted the config")
-	}
-	for _, want := range []string{"endpoint 0: BaseURL", "endpoint 0: Weight", "endpoint 1: Timeout", "endpoint 1: Burst", "BackoffMin", "MaxRetries"} {
-		if !strings.Contains(err.Error(), want) {
-			t.Errorf("the error does not name %q:\n%v", want, err)
-		}
-	}
-}
-
-func TestNewDefaultNamesUnique(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		eps  []Endpoint
-		want []string
-	}{
-		{"same host twice", []Endpoint{
-			{BaseURL: "https://h.test/v1"}, {BaseURL: "https://H.test:443/v2"},
-		}, []string{"h.test", "h.test-2"}},
-		{"explicit name taken", []Endpoint{
-			{BaseURL: "https://h.test/v1"}, {Name: "h.test-2", BaseURL: "https://x.test/v1"}, {BaseURL: "https://h.test/v2"},
-		}, []string{"h.test", "h.test-2", "h.test-3"}},
-		{"explicit name equal to a host", []Endpoint{
-			{BaseURL: "https://h.test/v1"}, {Name: "h.test", BaseURL: "https://x.test/v1"},
-		}, []string{"h.test-2", "h.test"}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			tr, err := New(Config{Endpoints: tc.eps})
-			if err != nil {
-				t.Fatalf("New: %v", err)
-			}
-			var got []string
-			for _, h := range tr.Health() {
-				got = append(got, h.Name)
-			}
-			if strings.Join(got, " ") != strings.Join(tc.want, " ") {
-				t.Errorf("names %q, want %q", got, tc.want)
-			}
-		})
-	}
-}
-
-// Health.
-
-func TestHealthStates(t *testing.T) {
-	const secret = "sk-test-SECRET-health"
-	servers := map[string]fakeopenai.Fault{
-		"key":  fakeopenai.StatusFault(401),
-		"cool": fakeopenai.RateLimited("30"),
-		"ok":   fakeopenai.Healthy(),
-		"off":  fakeopenai.Healthy(),
-	}
-	var eps []Endpoint
-	for i, name := range []string{"key", "cool", "ok", "off"} {
-		s := upstream(t, name)
-		s.SetFault(servers[name])
-		e := ep(s, i)
-		e.APIKey = secret
-		e.Disabled = name == "off"
-		eps = append(eps, e)
-	}
-
-	t.Run("closed open cooling-down disabled", func(t *testing.T) {
-		tr, clk := newTestTransport(t, Config{Endpoints: eps})
-		chatOK(t, tr, "ok")
-		now := clk.Now()
-		for _, want := range []struct {
-			name                       string
-			state                      State
-			requests, failures, consec uint64
-			lastErr                    string
-		}{
-			{"key", StateOpen, 1, 1, 1, "401"},
-			{"cool", StateCoolingDown, 1, 1, 1, "429"},
-			{"ok", StateClosed, 1, 0, 0, ""},
-			{"off", StateDisabled, 0, 0, 0, ""},
-		} {
-			h := healthOf(t, tr, want.name)
-			if h.State != want.state || h.Requests != want.requests || h.Failures != want.failures || h.ConsecutiveFailures != want.consec {
-				t.Errorf("%s: %v, requests %d, failures %d, consecutive %d; want %v, %d, %d, %d", want.name,
-					h.State, h.Requests, h.Failures, h.ConsecutiveFailures, want.state, want.requests, want.failures, want.consec)
-			}
-			if (want.lastErr == "") != (h.LastError == "") || !strings.Contains(h.LastError, want.lastErr) {
-				t.Errorf("%s: last error %q, want one mentioning %q", want.name, h.LastError, want.lastErr)
-			}
-			if want.lastErr != "" && !h.LastErrorAt.Equal(now) {
-				t.Errorf("%s: last error at %v, want %v", want.name, h.LastErrorAt, now)
-			}
-			if strings.Contains(h.LastError, "SECRET") || strings.Contains(h.BaseURL, "SECRET") {
-				t.Errorf("%s: health carries the key: %+v", want.name, h)
-			}
-		}
-		if h := healthOf(t, tr, "cool"); !h.CooldownUntil.Equal(now.Add(30 * time.Second)) {
-			t.Errorf("cool: cooldown until %v, want %v", h.CooldownUntil, now.Add(30*time.Second))
-		}
-		clk.Advance(31 * time.Second)
-		if s := healthOf(t, tr, "cool").State; s != StateClosed {
-			t.Errorf("cool is %v after its cooldown, want closed", s)
-		}
-	})
-
-	t.Run("half-open", func(t *testing.T) {
-		tr, clk := newTestTransport(t, Config{Endpoints: eps, Breaker: BreakerConfig{OpenTimeout: time.Minute}})
-		chatOK(t, tr, "ok")
-		passOpenTimeout(t, tr, clk, "key", time.Minute)
-	})
-}
-
-// WrapClient.
-
-func TestWrapClient(t *testing.T) {
-	cfg := func() Config { return Config{Endpoints: []Endpoint{hostEndpoint("up", 0)}} }
-
-	t.Run("client transport becomes Base", func(t *testing.T) {
-		rec := &recorder{}
-		orig := &http.Client{Transport: rec, Timeout: 7 * time.Second}
-		c, err := WrapClient(orig, cfg())
-		if err != nil {
-			t.Fatalf("WrapClient: %v", err)
-		}
-		if c == orig || orig.Transport != rec || orig.Timeout != 7*time.Second {
-			t.Fatalf("the original client was modified: %+v", orig)
-		}
-		if c.Timeout != 7*time.Second {
-			t.Errorf("timeout %v, want the original's 7s", c.Timeout)
-		}
-		if _, ok := c.Transport.(*Transport); !ok {
-			t.Fatalf("wrapped transport is %T, want *Transport", c.Transport)
-		}
-		resp, err := c.Get(clientBase + "/models")
-		if err != nil {
-			t.Fatalf("Get: %v", err)
-		}
-		resp.Body.Close()
-		reqs := rec.Requests()
-		if len(reqs) != 1 {
-			t.Fatalf("base saw %d requests, want 1", len(reqs))
-		}
-		if got := reqs[0]; got.URL.String() != "https://up.test/v1/models" || got.Header.Get("Authorization") != "Bearer key-up" {
-			t.Errorf("base saw %s with Authorization %q, want the rewritten request", got.URL, got.Header.Get("Authorization"))
-		}
-	})
-
-	t.Run("explicit Base wins", func(t *testing.T) {
-		own, explicit := &recorder{}, &recorder{}
-		conf := cfg()
-		conf.Base = explicit
-		c, err := WrapClient(&http.Client{Transport: own}, conf)
-		if err != nil {
-			t.Fatalf("WrapClient: %v", err)
-		}
-		resp, err := c.Get(clientBase + "/models")
-		if err != nil {
-			t.Fatalf("Get: %v", err)
-		}
-		resp.Body.Close()
-		if len(own.Requests()) != 0 || len(explicit.Requests()) != 1 {
-			t.Errorf("client's transport saw %d, cfg.Base %d; want 0 and 1", len(own.Requests()), len(explicit.Requests()))
-		}
-	})
-
-	t.Run("nil client", func(t *testing.T) {
-		s := upstream(t, "a")
-		t.Cleanup(http.DefaultTransport.(*http.Transport).CloseIdleConnections)
-		before := *http.DefaultClient
-		c, err := WrapClient(nil, Config{Endpoints: []Endpoint{ep(s, 0)}})
-		if err != nil {
-			t.Fatalf("WrapClient(nil): %v", err)
-		}
-		if c == http.DefaultClient || http.DefaultClient.Transport != before.Transport {
-			t.Fatal("http.DefaultClient was modified")
-		}
-		tr, ok := c.Transport.(*Transport)
-		if !ok || tr.base != http.DefaultTransport {
-			t.Fatalf("transport %T, want a *Transport over http.DefaultTransport", c.Transport)
-		}
-		resp, err := c.Post(clientBase+"/chat/completions", "application/json", strings.NewReader(chatBody(false)))
-		if err != nil {
-			t.Fatalf("Post: %v", err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != 200 || !strings.Contains(string(body), fakeopenai.Reply("a")) {
-			t.Errorf("got %d %q, want a's answer", resp.StatusCode, body)
-		}
-	})
-}
-
-// Logs.
-
-func TestLogsNeverCarryKeys(t *testing.T) {
-	var buf syncBuffer
-	logger := slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	faults := []struct {
-		name  string
-		fault fakeopenai.Fault
-	}{
-		{"refused", fakeopenai.Refuse()},
-		{"failing", fakeopenai.StatusFault(500)},
-		{"revoked", fakeopenai.StatusFault(401)},
-		{"limited", fakeopenai.RateLimited("2")},
-		{"hanging", fakeopenai.Hang()},
-		{"healthy", fakeopenai.Healthy()},
-	}
-	var eps []Endpoint
-	for i, f := range faults {
-		s := upstream(t, f.name)
-		s.SetFault(f.fault)
-		e := Endpoint{Name: f.name, BaseURL: s.URL(), APIKey: fmt.Sprintf("sk-test-SECRET-%d", i+1), Priority: i}
-		if f.name == "hanging" {
-			e.Timeout = 100 * time.Millisecond
-		}
-		eps = append(eps, e)
-	}
-	tr, _ := newTestTransport(t, Config{Endpoints: eps, Logger: logger, MaxRetries: 10, Breaker: BreakerConfig{FailureThreshold: 1}})
-	chatOK(t, tr, "healthy")
-
-	// And a request that fails everywhere, for the error path.
-	eps[len(eps)-1].Disabled = true
-	tr2, _ := newTestTransport(t, Config{Endpoints: eps, Logger: logger, MaxRetries: 10})
-	if resp, err := tr2.RoundTrip(chatRequest(t, context.Background(), clientBase, false)); err == nil {
-		resp.Body.Close()
-	} else if strings.Contains(err.Error(), "SECRET") {
-		t.Errorf("error carries a key: %v", err)
-	}
-
-	logs := buf.String()
-	var breaker, cooldown, failed bool
-	for _, line := range strings.Split(strings.TrimSpace(logs), "\n") {
-		var rec map[string]any
-		if err := json.Unmarshal([]byte(line), &rec); err != nil {
-			t.Fatalf("log line is not JSON: %v: %s", err, line)
-		}
-		has := func(keys ...string) bool {
-			for _, k := range keys {
-				if _, ok := rec[k]; !ok {
-					return false
-				}
-			}
-			return true
-		}
-		switch rec["msg"] {
-		case "failover: circuit breaker state changed":
-			breaker = breaker || rec["level"] == "WARN" && has("endpoint", "from", "to")
-		case "failover: endpoint cooling down":
-			cooldown = cooldown || rec["level"] == "WARN" && has("endpoint", "status", "for")
-		case "failover: attempt failed":
-			failed = failed || rec["level"] == "DEBUG" && has("endpoint", "attempt", "outcome", "result")
-		}
-	}
-	if !breaker || !cooldown || !failed {
-		t.Errorf("logs lack a breaker change (%v), a cooldown (%v) or a debug line (%v):\n%s", breaker, cooldown, failed, logs)
-	}
-	if strings.Contains(logs, "SECRET") {
-		t.Errorf("logs carry a key:\n%s", logs)
-	}
-}
-
-// Classifier.
-
-func TestClassifierReplaceable(t *testing.T) {
-	notFoundFails := func(resp *http.Response, body []byte, err error) Verdict {
-		v := DefaultClassifier(resp, body, err)
-		if resp != nil && resp.StatusCode == http.StatusNotFound {
-			v.Outcome = OutcomeFailure
-		}
-		return v
-	}
-	for _, tc := range []struct {
-		name       string
-		classifier Classifier
-		wantCode   int
-		wantBHits  int64
-	}{
-		{"default returns 404", nil, 404, 0},
-		{"custom fails over on 404", notFoundFails, 200, 1},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			a := upstream(t, "a")
-			b := upstream(t, "b")
-			a.SetFault(fakeopenai.StatusFault(404))
-			tr, _ := newTestTransport(t, Config{Endpoints: []Endpoint{ep(a, 0), ep(b, 1)}, Classifier: tc.classifier})
-			code, _ := chat(t, tr)
-			if code != tc.wantCode || a.Hits() != 1 || b.Hits() != tc.wantBHits {
-				t.Errorf("status %d, hits a=%d b=%d; want %d, 1, %d", code, a.Hits(), b.Hits(), tc.wantCode, tc.wantBHits)
-			}
-		})
-	}
-}
-
-func TestAllOpenWaitsForTrial(t *testing.T) {
-	// A 100ms open timeout, well inside MaxWait: the request waits it on
-	// the fake clock.
-	base := newScriptedBase(func(req *http.Request, n int) (*http.Response, error) {
-		if n == 1 {
-			return reply(401, "revoked"), nil
-		}
-		return reply(200, "ok"), nil
-	})
-	reg := prometheus.NewRegistry()
-	tr, clk := newTestTransport(t, Config{Base: base, Registerer: reg, MaxRetries: -1,
-		Breaker:   BreakerConfig{OpenTimeout: 100 * time.Millisecond},
-		Endpoints: []Endpoint{hostEndpoint("a", 0)}})
-	if code, _ := chat(t, tr); code != 401 {
-		t.Fatalf("status %d, want the 401 that opens the breaker", code)
-	}
-	if code, body := chat(t, tr); code != 200 || body != "ok" {
-		t.Fatalf("got %d %q, want the trial request to succeed after the open timeout", code, body)
-	}
-	if got := metricValue(t, reg, "failover_wait_seconds", map[string]string{"reason": "breaker_open"}); got != 1 {
-		t.Fatalf("breaker_open waits = %v, want 1", got)
-	}
-	if got := clk.Sleeps(); len(got) != 1 || got[0] != 100*time.Millisecond {
-		t.Fatalf("slept %v, want the open timeout, 100ms", got)
-	}
-	if st := healthOf(t, tr, "a").State; st != StateClosed {
-		t.Fatalf("state %v after a successful trial, want closed", st)
-	}
-
-	// With MaxWait shorter than the open timeout, no wait: the request
-	// ends at once.
-	tr2, _ := newTestTransport(t, Config{Base: newScriptedBase(func(*http.Request, int) (*http.Response, error) {
-		return reply(401, "revoked"), nil
-	}), MaxRetries: -1, MaxWait: 10 * time.Millisecond, Breaker: BreakerConfig{OpenTimeout: time.Hour},
-		Endpoints: []Endpoint{hostEndpoint("a", 0)}})
-	chat(t, tr2)
-	_, err := tr2.RoundTrip(chatRequest(t, context.Background(), clientBase, false))
-	if !errors.Is(err, ErrNoEndpointAvailable) || !strings.Contains(err.Error(), "breaker open") {
-		t.Fatalf("err = %v, want ErrNoEndpointAvailable naming the open breaker", err)
 	}
 }

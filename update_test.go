@@ -334,27 +334,3 @@ func TestUpdateConcurrentWithRoundTrip(t *testing.T) {
 		t.Errorf("%d requests reached the endpoints, want 800", total)
 	}
 }
-
-func TestWrapReturnsTheTransport(t *testing.T) {
-	rec := &recorder{}
-	orig := &http.Client{Transport: rec, Timeout: 7 * time.Second}
-	c, tr, err := Wrap(orig, Config{Endpoints: []Endpoint{hostEndpoint("a", 0)}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if c.Transport != tr || c.Timeout != 7*time.Second || orig.Transport != rec {
-		t.Fatalf("Wrap gave client %+v and transport %p; want the transport in a copy of orig", c, tr)
-	}
-	if err := tr.Update(Config{Endpoints: []Endpoint{hostEndpoint("b", 0)}}); err != nil {
-		t.Fatalf("Update through Wrap's transport: %v", err)
-	}
-	resp, err := c.Post(clientBase+"/chat/completions", "application/json", strings.NewReader(chatBody(false)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	reqs := rec.Requests()
-	if len(reqs) != 1 || reqs[0].URL.Host != "b.test" {
-		t.Fatalf("requests reached %v, want one to b.test (the updated endpoint) through the client's own transport", reqs)
-	}
-}

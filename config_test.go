@@ -1,0 +1,216 @@
+package failover
+
+import (
+	"context"
+	"errors"
+	"math"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestNewValidation(t *testing.T) {
+	const key = "sk-test-SECRET-validation"
+	good := func(name string) Endpoint {
+		return Endpoint{Name: name, BaseURL: "https://" + name + ".test/v1", APIKey: key}
+	}
+	with := func(name string, f func(*Endpoint)) Endpoint {
+		e := good(name)
+		f(&e)
+		return e
+	}
+	for _, tc := range []struct {
+		name    string
+		cfg     Config
+		wantIs  error
+		wantIn  []string // substrings of the error
+		wantOut []string // never in the error (the key always)
+	}{
+		{name: "no endpoints", cfg: Config{}, wantIs: ErrNoEndpoints},
+		{name: "empty BaseURL", cfg: Config{Endpoints: []Endpoint{with("e1", func(e *Endpoint) { e.BaseURL = "" })}},
+			wantIn: []string{"BaseURL", `"e1"`}},
+		{name: "relative BaseURL", cfg: Config{Endpoints: []Endpoint{with("e1", func(e *Endpoint) { e.BaseURL = "/v1" })}},
+			wantIn: []string{"BaseURL", `"e1"`}},
+		{name: "ftp BaseURL", cfg: Config{Endpoints: []Endpoint{with("e1", func(e *Endpoint) { e.BaseURL = "ftp://e1.test/v1" })}},
+			wantIn: []string{"BaseURL", `"e1"`}},
+		{name: "userinfo BaseURL", cfg: Config{Endpoints: []Endpoint{with("e1", func(e *Endpoint) { e.BaseURL = "https://user:hunter2@e1.test/v1" })}},
+			wantIn: []string{"BaseURL", `"e1"`}, wantOut: []string{"hunter2"}},
+		{name: "unnamed endpoint by position", cfg: Config{Endpoints: []Endpoint{good("ok"), with("", func(e *Endpoint) { e.BaseURL = "nope" })}},
+			wantIn: []string{"BaseURL", "endpoint 1"}},
+		{name: "negative Weight", cfg: Config{Endpoints: []Endpoint{with("e1", func(e *Endpoint) { e.Weight = -1 })}},
+			wantIn: []string{"Weight", `"e1"`}},
+		{name: "negative MaxRPS", cfg: Config{Endpoints: []Endpoint{with("e1", func(e *Endpoint) { e.MaxRPS = -1 })}},
+			wantIn: []string{"MaxRPS", `"e1"`}},
+		{name: "NaN MaxRPS", cfg: Config{Endpoints: []Endpoint{with("e1", func(e *Endpoint) { e.MaxRPS = math.NaN() })}},
+			wantIn: []string{"MaxRPS", `"e1"`}},
+		{name: "infinite MaxRPS", cfg: Config{Endpoints: []Endpoint{with("e1", func(e *Endpoint) { e.MaxRPS = math.Inf(1) })}},
+			wantIn: []string{"MaxRPS", `"e1"`}},
+		{name: "negative Burst", cfg: Config{Endpoints: []Endpoint{with("e1", func(e *Endpoint) { e.MaxRPS, e.Burst = 1, -1 })}},
+			wantIn: []string{"Burst", `"e1"`}},
+		{name: "negative Timeout", cfg: Config{Endpoints: []Endpoint{with("e1", func(e *Endpoint) { e.Timeout = -time.Second })}},
+			wantIn: []string{"Timeout", `"e1"`}},
+		{name: "duplicate names", cfg: Config{Endpoints: []Endpoint{good("dup"), with("dup", func(e *Endpoint) { e.BaseURL = "https://other.test/v1" })}},
+			wantIn: []string{`"dup"`, "endpoint 1"}},
+		{name: "bad ClientBaseURLs entry", cfg: Config{Endpoints: []Endpoint{good("e1")}, ClientBaseURLs: []string{"https://ok.test/v1", "mailto:x"}},
+			wantIn: []string{"ClientBaseURLs[1]"}},
+		{name: "bad header name", cfg: Config{Endpoints: []Endpoint{with("e1", func(e *Endpoint) { e.Header = http.Header{"Bad Header": {"1"}} })}},
+			wantIn: []string{"Header", `"e1"`}},
+		{name: "header value with line break", cfg: Config{Endpoints: []Endpoint{with("e1", func(e *Endpoint) { e.Header = http.Header{"X-A": {"1\r\nX-B: 2"}} })}},
+			wantIn: []string{"Header", `"e1"`}},
+		{name: "key with line break", cfg: Config{Endpoints: []Endpoint{with("e1", func(e *Endpoint) { e.APIKey = key + "\nX-Evil: 1" })}},
+			wantIn: []string{"APIKey", `"e1"`}, wantOut: []string{"Evil"}},
+		{name: "negative breaker threshold", cfg: Config{Endpoints: []Endpoint{good("e1")}, Breaker: BreakerConfig{FailureThreshold: -1}},
+			wantIn: []string{"Breaker.FailureThreshold"}},
+		{name: "negative Cooldown", cfg: Config{Endpoints: []Endpoint{good("e1")}, Cooldown: -time.Second},
+			wantIn: []string{"Cooldown"}},
+		{name: "BaseURL query does not parse", cfg: Config{Endpoints: []Endpoint{with("e1", func(e *Endpoint) { e.BaseURL = "https://e1.test/v1?key=SECRET;x" })}},
+			wantIn: []string{"BaseURL", `"e1"`, "query"}},
+		{name: "Name not UTF-8", cfg: Config{Endpoints: []Endpoint{good("caf\xe9")}},
+			wantIn: []string{"Name", "UTF-8"}},
+		{name: "MaxRetries that would overflow", cfg: Config{Endpoints: []Endpoint{good("e1")}, MaxRetries: math.MaxInt},
+			wantIn: []string{"MaxRetries"}},
+		{name: "MaxRetries above the limit", cfg: Config{Endpoints: []Endpoint{good("e1")}, MaxRetries: 1001},
+			wantIn: []string{"MaxRetries", "1000"}},
+		{name: "bad EndpointHeader", cfg: Config{Endpoints: []Endpoint{good("e1")}, EndpointHeader: "Failover Endpoint"},
+			wantIn: []string{"EndpointHeader"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tr, err := New(tc.cfg)
+			if err == nil {
+				t.Fatalf("New succeeded (%d endpoints), want an error", len(endpointsOf(tr)))
+			}
+			if tr != nil {
+				t.Errorf("New returned a Transport with its error")
+			}
+			if tc.wantIs != nil && !errors.Is(err, tc.wantIs) {
+				t.Errorf("error %v does not match %v", err, tc.wantIs)
+			}
+			msg := err.Error()
+			if !strings.HasPrefix(msg, "failover: ") {
+				t.Errorf("error %q lacks the failover: prefix", msg)
+			}
+			for _, s := range tc.wantIn {
+				if !strings.Contains(msg, s) {
+					t.Errorf("error %q does not mention %s", msg, s)
+				}
+			}
+			for _, s := range append([]string{"SECRET"}, tc.wantOut...) {
+				if strings.Contains(msg, s) {
+					t.Errorf("error %q contains %q", msg, s)
+				}
+			}
+		})
+	}
+}
+
+// TestNewReportsEveryProblem: one error names every problem of every
+// endpoint and of the rest of the Config, not just the first.
+func TestNewReportsEveryProblem(t *testing.T) {
+	_, err := New(Config{
+		Endpoints: []Endpoint{
+			{BaseURL: "ftp://x.test", Weight: -1},
+			{BaseURL: "https://y.test/v1", Timeout: -1, Burst: -2},
+		},
+		BackoffMin: -time.Second,
+		MaxRetries: 5000,
+	})
+	if err == nil {
+		t.Fatal("New accepted the config")
+	}
+	for _, want := range []string{"endpoint 0: BaseURL", "endpoint 0: Weight", "endpoint 1: Timeout", "endpoint 1: Burst", "BackoffMin", "MaxRetries"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("the error does not name %q:\n%v", want, err)
+		}
+	}
+}
+
+func TestNewDefaultNamesUnique(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		eps  []Endpoint
+		want []string
+	}{
+		{"same host twice", []Endpoint{
+			{BaseURL: "https://h.test/v1"}, {BaseURL: "https://H.test:443/v2"},
+		}, []string{"h.test", "h.test-2"}},
+		{"explicit name taken", []Endpoint{
+			{BaseURL: "https://h.test/v1"}, {Name: "h.test-2", BaseURL: "https://x.test/v1"}, {BaseURL: "https://h.test/v2"},
+		}, []string{"h.test", "h.test-2", "h.test-3"}},
+		{"explicit name equal to a host", []Endpoint{
+			{BaseURL: "https://h.test/v1"}, {Name: "h.test", BaseURL: "https://x.test/v1"},
+		}, []string{"h.test-2", "h.test"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tr, err := New(Config{Endpoints: tc.eps})
+			if err != nil {
+				t.Fatalf("New: %v", err)
+			}
+			var got []string
+			for _, h := range tr.Health() {
+				got = append(got, h.Name)
+			}
+			if strings.Join(got, " ") != strings.Join(tc.want, " ") {
+				t.Errorf("names %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestNewUnaffectedByLaterConfigChanges: changing the Config, its Endpoints, an
+// endpoint's Header map and the ClientBaseURLs slice after New changes
+// nothing the Transport does.
+func TestNewUnaffectedByLaterConfigChanges(t *testing.T) {
+	rec := &recorder{}
+	cfg := Config{
+		Base:           rec,
+		ClientBaseURLs: []string{"https://client.example/v1"},
+		Endpoints: []Endpoint{{
+			Name: "a", BaseURL: "https://a.test/v1?api-version=1", APIKey: "key-a",
+			Header: http.Header{"X-Extra": {"one"}}, MaxRPS: 1000,
+		}},
+	}
+	tr, _ := newTestTransport(t, cfg)
+
+	e := &cfg.Endpoints[0]
+	e.Name = "mutated"
+	e.APIKey = "key-mutated"
+	e.BaseURL = "https://mutated.test/v9?api-version=9"
+	e.Header["X-Extra"][0] = "mutated"
+	e.Header.Set("X-Added", "1")
+	delete(e.Header, "X-Extra")
+	e.Disabled = true
+	e.MaxRPS = 0.001
+	cfg.ClientBaseURLs[0] = "https://mutated-client.example/v1"
+	cfg.ClientBaseURLs = append(cfg.ClientBaseURLs, "https://other.example/v1")
+	cfg.Endpoints = append(cfg.Endpoints, hostEndpoint("b", 0))
+
+	for range 3 {
+		code, _ := roundTrip(t, tr, chatRequest(t, context.Background(), "https://client.example/v1", false))
+		if code != 200 {
+			t.Fatalf("status %d", code)
+		}
+	}
+	code, _ := roundTrip(t, tr, chatRequest(t, context.Background(), "https://mutated-client.example/v1", false))
+	if code != 200 {
+		t.Fatalf("status %d", code)
+	}
+	reqs := rec.Requests()
+	if len(reqs) != 4 {
+		t.Fatalf("base saw %d requests, want 4", len(reqs))
+	}
+	for i, r := range reqs[:3] {
+		got := r.URL.String() + " auth=" + r.Header.Get("Authorization") + " extra=" + r.Header.Get("X-Extra") + " added=" + r.Header.Get("X-Added")
+		if want := "https://a.test/v1/chat/completions?api-version=1 auth=Bearer key-a extra=one added="; got != want {
+			t.Errorf("request %d went out as %q, want %q", i, got, want)
+		}
+	}
+	// The mutated client base was never configured: untouched, no key.
+	if r := reqs[3]; r.URL.String() != "https://mutated-client.example/v1/chat/completions" || r.Header.Get("Authorization") != "Bearer caller-token" {
+		t.Errorf("unrouted request went out as %s with Authorization %q, want it untouched", r.URL, r.Header.Get("Authorization"))
+	}
+	hs := tr.Health()
+	if len(hs) != 1 || hs[0].Name != "a" || hs[0].BaseURL != "https://a.test/v1" || hs[0].State != StateClosed || hs[0].Requests != 3 {
+		t.Errorf("health %+v, want endpoint a as configured, with 3 attempts", hs)
+	}
+}
