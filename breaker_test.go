@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/failover-go/failover/internal/fakeopenai"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -327,5 +328,81 @@ func TestBreakerTrialFreedAfterPanic(t *testing.T) {
 	}
 	if got := base.Hits("a.test"); got != 3 {
 		t.Errorf("a got %d requests, want 3", got)
+	}
+}
+
+// TestRequestScopedRefusalsOpenNoBreaker: a request every endpoint
+// refuses (a scope, a permission, a size over the token limit) fails over
+// through them all, opens no breaker and cools nothing; other requests are
+// served as before.
+func TestRequestScopedRefusalsOpenNoBreaker(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		fault fakeopenai.Fault
+		code  int
+	}{
+		{"401 missing scope", fakeopenai.MissingScope(), 401},
+		{"403 forbidden", fakeopenai.StatusFault(403), 403},
+		{"429 too large", fakeopenai.RequestTooLarge(), 429},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var eps []Endpoint
+			var ups []*fakeopenai.Server
+			for i, name := range []string{"a", "b", "c"} {
+				s := upstream(t, name)
+				s.SetFault(tc.fault)
+				ups = append(ups, s)
+				eps = append(eps, ep(s, i))
+			}
+			tr, _ := newTestTransport(t, Config{Endpoints: eps, Breaker: BreakerConfig{FailureThreshold: 3}})
+			for range 5 {
+				code, _ := roundTrip(t, tr, mustRequest(t, http.MethodGet, clientBase+"/models"))
+				if code != tc.code {
+					t.Fatalf("status %d, want the last endpoint's %d", code, tc.code)
+				}
+			}
+			for _, s := range ups {
+				if s.Hits() != 5 {
+					t.Errorf("%s got %d requests, want 5: every request fails over through every endpoint", s.Name(), s.Hits())
+				}
+				s.SetFault(fakeopenai.Healthy())
+			}
+			for _, h := range tr.Health() {
+				if h.State != StateClosed || !h.CooldownUntil.IsZero() {
+					t.Errorf("%s is %v (cooldown until %v) after request-scoped refusals, want closed and not cooling", h.Name, h.State, h.CooldownUntil)
+				}
+			}
+			chatOK(t, tr, "a")
+		})
+	}
+}
+
+// TestRegionRefusalOpensAtOnce: a 403 that names the key's account opens
+// the breaker at once, as a revoked key does.
+func TestRegionRefusalOpensAtOnce(t *testing.T) {
+	a, b := upstream(t, "a"), upstream(t, "b")
+	a.SetFault(fakeopenai.RegionRefused())
+	tr, _ := newTestTransport(t, Config{Endpoints: []Endpoint{ep(a, 0), ep(b, 1)}})
+	chatOK(t, tr, "b")
+	if st := healthOf(t, tr, "a").State; st != StateOpen {
+		t.Fatalf("a is %v after a region refusal, want open", st)
+	}
+}
+
+// TestOneRequestOpensAtMostOneBreaker: every key refused, yet one request
+// opens only the first endpoint's breaker at once; the others count an
+// ordinary failure each.
+func TestOneRequestOpensAtMostOneBreaker(t *testing.T) {
+	base := newScriptedBase(statusScript(map[string][]int{"a": {401}, "b": {401}, "c": {401}}))
+	tr, _ := newTestTransport(t, Config{Base: base, MaxWait: -1, Breaker: BreakerConfig{FailureThreshold: 5},
+		Endpoints: []Endpoint{hostEndpoint("a", 0), hostEndpoint("b", 1), hostEndpoint("c", 2)}})
+	if code, _ := chat(t, tr); code != 401 {
+		t.Fatalf("status %d, want the last 401", code)
+	}
+	want := map[string]State{"a": StateOpen, "b": StateClosed, "c": StateClosed}
+	for _, h := range tr.Health() {
+		if h.State != want[h.Name] || h.Failures != 1 {
+			t.Errorf("%s: %v with %d failures, want %v with 1", h.Name, h.State, h.Failures, want[h.Name])
+		}
 	}
 }

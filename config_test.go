@@ -3,6 +3,7 @@ package failover
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"net/http"
 	"strings"
@@ -212,5 +213,57 @@ func TestNewUnaffectedByLaterConfigChanges(t *testing.T) {
 	hs := tr.Health()
 	if len(hs) != 1 || hs[0].Name != "a" || hs[0].BaseURL != "https://a.test/v1" || hs[0].State != StateClosed || hs[0].Requests != 3 {
 		t.Errorf("health %+v, want endpoint a as configured, with 3 attempts", hs)
+	}
+}
+
+// TestNewRejectsUnusableConfigs: every endpoint disabled, or a rate below
+// one request an hour.
+func TestNewRejectsUnusableConfigs(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		eps  []Endpoint
+		want string
+	}{
+		{"all disabled", []Endpoint{{BaseURL: "https://a.test/v1", Disabled: true}, {BaseURL: "https://b.test/v1", Disabled: true}}, "every endpoint is Disabled"},
+		{"rate below one an hour", []Endpoint{{BaseURL: "https://a.test/v1", MaxRPS: 1e-9}}, "below one request an hour"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := New(Config{Endpoints: tc.eps})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("New error = %v, want one saying %q", err, tc.want)
+			}
+		})
+	}
+	if _, err := New(Config{Endpoints: []Endpoint{{BaseURL: "https://a.test/v1", MaxRPS: minRPS}}}); err != nil {
+		t.Errorf("New with one request an hour: %v", err)
+	}
+}
+
+// TestNewIsNotQuadratic: New over many endpoints (same host, distinct
+// paths, default names, equal weights) takes time about linear in their
+// number: 16 times the endpoints must not take 64 times as long (a
+// quadratic New takes 256 times).
+func TestNewIsNotQuadratic(t *testing.T) {
+	if testing.Short() {
+		t.Skip("times New over 16,384 endpoints; skipped in -short mode")
+	}
+	build := func(n int) time.Duration {
+		eps := make([]Endpoint, n)
+		for i := range eps {
+			eps[i] = Endpoint{BaseURL: fmt.Sprintf("https://api.test/p%d/v1", i)}
+		}
+		best := time.Duration(1<<63 - 1)
+		for range 3 {
+			start := time.Now()
+			if _, err := New(Config{Endpoints: eps}); err != nil {
+				t.Fatal(err)
+			}
+			best = min(best, time.Since(start))
+		}
+		return best
+	}
+	small, large := build(1024), build(16384)
+	if large > 64*small && large > 200*time.Millisecond {
+		t.Fatalf("New: %v for 1,024 endpoints, %v for 16,384: %.0fx for 16x the endpoints", small, large, float64(large)/float64(small))
 	}
 }

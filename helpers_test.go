@@ -528,3 +528,12 @@ func answeredBy(t testing.TB, tr *Transport, name string) {
 		t.Fatalf("got %d %q, want 200 from %s", code, body, name)
 	}
 }
+
+func mustRequest(t *testing.T, method, url string) *http.Request {
+	t.Helper()
+	req, err := http.NewRequest(method, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return req
+}

@@ -1,6 +1,7 @@
 package failover
 
 import (
+	"encoding/json"
 	"net/http"
 	"strconv"
 	"strings"
@@ -155,6 +156,51 @@ func TestPolicyClassifierReplaceable(t *testing.T) {
 			code, _ := chat(t, tr)
 			if a, b := base.Hits("a.test"), base.Hits("b.test"); code != tc.wantCode || a != 1 || b != tc.wantBHits {
 				t.Errorf("status %d, hits a=%d b=%d; want %d, 1, %d", code, a, b, tc.wantCode, tc.wantBHits)
+			}
+		})
+	}
+}
+
+// TestClassifierRequestScopedRefusals: the default classifier tells a
+// refusal of the request from a refusal of the key, by status and the
+// error body's code, type and message.
+func TestClassifierRequestScopedRefusals(t *testing.T) {
+	body := func(code, typ, msg string) string {
+		e := map[string]any{"message": msg, "type": typ, "code": nil}
+		if code != "" {
+			e["code"] = code
+		}
+		b, _ := json.Marshal(map[string]any{"error": e})
+		return string(b)
+	}
+	for _, tc := range []struct {
+		name   string
+		status int
+		body   string
+		want   Outcome
+	}{
+		{"401 invalid key", 401, body("invalid_api_key", "invalid_request_error", "Incorrect API key provided"), OutcomeKeyRejected},
+		{"401 no body", 401, "", OutcomeKeyRejected},
+		{"401 plain text", 401, "Unauthorized", OutcomeKeyRejected},
+		{"401 missing scope by message", 401, body("", "invalid_request_error",
+			"You have insufficient permissions for this operation. Missing scopes: api.model.read."), OutcomeRequestRefused},
+		{"401 missing_scope code", 401, body("missing_scope", "invalid_request_error", "nope"), OutcomeRequestRefused},
+		{"401 string error", 401, `{"error":"insufficient permissions for this route"}`, OutcomeRequestRefused},
+		{"403 plain", 403, body("", "permission_error", "You are not allowed to sample from this model"), OutcomeRequestRefused},
+		{"403 no body", 403, "", OutcomeRequestRefused},
+		{"403 region", 403, body("unsupported_country_region_territory", "request_forbidden", "Country, region, or territory not supported"), OutcomeKeyRejected},
+		{"403 account deactivated", 403, body("account_deactivated", "invalid_request_error", "Your account is not active"), OutcomeKeyRejected},
+		{"429 quota", 429, body("insufficient_quota", "insufficient_quota", "You exceeded your current quota"), OutcomeKeyRejected},
+		{"429 too large", 429, body("rate_limit_exceeded", "tokens",
+			"Request too large for gpt-4o in organization org-x on tokens per min (TPM): Limit 30000, Requested 50000."), OutcomeRequestRefused},
+		{"429 rate", 429, body("rate_limit_exceeded", "requests", "Rate limit reached for requests"), OutcomeThrottled},
+		{"429 top-level fields", 429, `{"code":"insufficient_quota","message":"out of credit"}`, OutcomeKeyRejected},
+		{"429 numeric code", 429, `{"error":{"code":429,"message":"slow down"}}`, OutcomeThrottled},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v := DefaultClassifier(reply(tc.status, tc.body), []byte(tc.body), nil)
+			if v.Outcome != tc.want {
+				t.Errorf("outcome %v, want %v", v.Outcome, tc.want)
 			}
 		})
 	}

@@ -3,7 +3,9 @@ package failover
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net/http"
+	"strings"
 	"testing"
 )
 
@@ -107,5 +109,84 @@ func TestRouteCanonicalHost(t *testing.T) {
 	}
 	if got, want := p.targets[0].host, "[fe80::1%Eth0]:8080"; got != want {
 		t.Errorf("endpoint host %q, want %q", got, want)
+	}
+}
+
+// TestUnsafePathsRefused: routed paths an upstream could resolve outside
+// the endpoint's base path are refused before any attempt; ordinary API
+// paths pass.
+func TestUnsafePathsRefused(t *testing.T) {
+	base := newScriptedBase(alwaysOK)
+	tr, _ := newTestTransport(t, Config{Base: base, Endpoints: []Endpoint{hostEndpoint("p", 0)}})
+	for _, path := range []string{
+		"/%252e%252e/admin", "/files/%252E%252e", "/..%252fadmin", "/files\\..\\admin", "/files%5c..%5cadmin",
+		"/files;/../admin", "/models%3b.json", "/files/%00", "/files/%c0%ae%c0%ae/admin", "/files/%25c0%25ae",
+		"/files/a%0d%0ab",
+	} {
+		t.Run(path, func(t *testing.T) {
+			req := mustRequest(t, http.MethodGet, clientBase+path)
+			_, err := tr.RoundTrip(req)
+			if !errors.Is(err, ErrUnsafePath) {
+				t.Errorf("error %v, want ErrUnsafePath", err)
+			}
+		})
+	}
+	if n := len(base.Seen()); n != 0 {
+		t.Fatalf("%d unsafe request(s) sent", n)
+	}
+	for _, path := range []string{"/chat/completions", "/files/file-abc123/content", "/models/ft:gpt-4o:org:x:1", "/files/a.b.c", "/responses/resp_1?include=x"} {
+		if code, _ := roundTrip(t, tr, mustRequest(t, http.MethodGet, clientBase+path)); code != 200 {
+			t.Errorf("%s: status %d, want 200", path, code)
+		}
+	}
+}
+
+// TestOpaqueURLRefused: an opaque URL would bypass the base path rewrite
+// and the path checks; a routed one is refused, an unrouted one passes.
+func TestOpaqueURLRefused(t *testing.T) {
+	base := newScriptedBase(alwaysOK)
+	tr, _ := newTestTransport(t, Config{Base: base, Endpoints: []Endpoint{hostEndpoint("p", 0)}})
+	req := mustRequest(t, http.MethodGet, clientBase+"/models")
+	req.URL.Opaque = "//api.openai.com/admin/keys"
+	if _, err := tr.RoundTrip(req); !errors.Is(err, ErrUnsafePath) {
+		t.Fatalf("error %v, want ErrUnsafePath", err)
+	}
+	other := mustRequest(t, http.MethodGet, "https://elsewhere.test/x")
+	other.URL.Opaque = "//elsewhere.test/x"
+	if code, _ := roundTrip(t, tr, other); code != 200 {
+		t.Fatalf("an unrouted opaque request: status %d, want 200 from the base", code)
+	}
+	if seen := base.Seen(); len(seen) != 1 || seen[0].host != "elsewhere.test" || seen[0].auth != "" {
+		t.Fatalf("base saw %+v, want only the unrouted request, without a key", seen)
+	}
+}
+
+// TestUnroutedAPIRequestWarnsOncePerHost: a request to an OpenAI API route
+// under a base URL that is not routed (openai-go sends to OPENAI_BASE_URL)
+// passes untouched, and the logger hears of it once per host.
+func TestUnroutedAPIRequestWarnsOncePerHost(t *testing.T) {
+	var buf syncBuffer
+	logger := slog.New(slog.NewTextHandler(&buf, nil))
+	base := newScriptedBase(alwaysOK)
+	tr, _ := newTestTransport(t, Config{Base: base, Logger: logger, Endpoints: []Endpoint{hostEndpoint("p", 0)}})
+	for range 2 {
+		roundTrip(t, tr, chatRequest(t, context.Background(), "https://gateway.test/v1", false))
+	}
+	roundTrip(t, tr, mustRequest(t, http.MethodGet, "https://static.test/logo.png"))
+	roundTrip(t, tr, chatRequest(t, context.Background(), "https://other.test/openai", false))
+	out := buf.String()
+	if n := strings.Count(out, "not routed"); n != 2 {
+		t.Errorf("%d warnings, want one for gateway.test and one for other.test:\n%s", n, out)
+	}
+	for _, want := range []string{"host=gateway.test", "host=other.test", "client_base_urls=[https://api.openai.com/v1]"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the warnings do not say %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "static.test") {
+		t.Errorf("a request outside the API warned:\n%s", out)
+	}
+	if got := base.Hits("gateway.test"); got != 2 {
+		t.Errorf("gateway.test got %d requests, want both, untouched", got)
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/failover-go/failover/internal/fakeopenai"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 )
 
@@ -753,5 +754,27 @@ func TestConcurrentRequests(t *testing.T) {
 	}
 	if attempts < goroutines*perG {
 		t.Errorf("health counts %d attempts, want at least %d", attempts, goroutines*perG)
+	}
+}
+
+// TestPanickingBaseLeavesNothingInFlight: a panic in the base ends the
+// attempt's in-flight count.
+func TestPanickingBaseLeavesNothingInFlight(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	base := roundTripFunc(func(*http.Request) (*http.Response, error) { panic("base bug") })
+	tr, _ := newTestTransport(t, Config{Base: base, Registerer: reg, Endpoints: []Endpoint{hostEndpoint("a", 0)}})
+	func() {
+		defer func() {
+			if r := recover(); r != "base bug" {
+				t.Fatalf("recovered %v, want the base's panic", r)
+			}
+		}()
+		_, _ = tr.RoundTrip(chatRequest(t, context.Background(), clientBase, false))
+	}()
+	if h := healthOf(t, tr, "a"); h.InFlight != 0 {
+		t.Errorf("in flight %d after the panic, want 0", h.InFlight)
+	}
+	if got := metricValue(t, reg, "failover_attempts_in_flight", map[string]string{"endpoint": "a"}); got != 0 {
+		t.Errorf("failover_attempts_in_flight = %v after the panic, want 0", got)
 	}
 }
