@@ -11,8 +11,9 @@
 // it; nor are the OpenAI-Organization and OpenAI-Project headers that
 // qualify it. A path with a "." or ".." segment gets a 400 and goes
 // nowhere. With a proxy key set, a client must present that key as its
-// bearer token. /metrics (Prometheus) and /healthz ([failover.Transport.HealthHandler])
-// are served beside the API or on a listener of their own.
+// bearer token. /metrics (Prometheus), /healthz ([failover.Transport.HealthHandler])
+// and /status ([failover.Transport.StatusHandler]) are served beside the
+// API or on a listener of their own.
 //
 // The package lives under internal/ so that the command and the SDK tests
 // of the nested integration module share one proxy.
@@ -57,6 +58,7 @@ const (
 const (
 	MetricsPath = "/metrics"
 	HealthPath  = "/healthz"
+	StatusPath  = "/status"
 )
 
 // Config configures a [Proxy]. Only Failover.Endpoints is required; every
@@ -90,9 +92,11 @@ type Config struct {
 	ShutdownTimeout time.Duration
 
 	// Logger receives the proxy's logs: one line per request at Info
-	// (method, path, status, bytes, duration, and aborted=true for a
-	// response cut short; never a header, a query or a body), shutdown
-	// progress, and the transport's own logs. Nil means silent.
+	// (method, path, status, bytes, duration, the endpoint that answered,
+	// the number of attempts, and aborted=true for a response cut short;
+	// never a header, a query or a body), one line per failed attempt at
+	// Debug (its endpoint and outcome), shutdown progress, and the
+	// transport's own logs. Nil means silent.
 	Logger *slog.Logger
 }
 
@@ -111,6 +115,7 @@ type Proxy struct {
 	rp              *httputil.ReverseProxy
 	metrics         http.Handler
 	health          http.Handler
+	status          http.Handler
 	endpoints       []EndpointInfo
 	logger          *slog.Logger
 }
@@ -158,6 +163,11 @@ func New(cfg Config) (*Proxy, error) {
 		p.base.MaxIdleConnsPerHost = 64
 		fc.Base = p.base
 	}
+	// The base transport and the classifier record each attempt for the
+	// access log.
+	fc.Base = attemptCounter{next: fc.Base}
+	fc.Endpoints = markEndpoints(fc.Endpoints)
+	fc.Classifier = recordVerdicts(fc.Classifier)
 	if p.transport, err = failover.New(fc); err != nil {
 		p.Close()
 		return nil, err
@@ -168,6 +178,7 @@ func New(cfg Config) (*Proxy, error) {
 	)
 	p.metrics = promhttp.HandlerFor(p.registry, promhttp.HandlerOpts{})
 	p.health = p.transport.HealthHandler()
+	p.status = p.transport.StatusHandler()
 	p.endpoints = describeEndpoints(p.transport.Health(), fc.Endpoints)
 	p.rp = &httputil.ReverseProxy{
 		Rewrite:       p.rewrite,
@@ -220,17 +231,17 @@ func (p *Proxy) BasePath() string {
 }
 
 // Handler returns the proxy's handler for a single listener: the API under
-// the base path, and /metrics and /healthz. Use [Proxy.APIHandler] and
+// the base path, and /metrics, /healthz and /status. Use [Proxy.APIHandler] and
 // [Proxy.AdminHandler] to serve them on separate listeners.
 func (p *Proxy) Handler() http.Handler { return p.handler(true, true) }
 
 // APIHandler returns the handler of the API alone; every path outside the
-// base path, /metrics and /healthz included, gets a 404, except a path with
+// base path, /metrics, /healthz and /status included, gets a 404, except a path with
 // a "." or ".." segment, which gets a 400.
 func (p *Proxy) APIHandler() http.Handler { return p.handler(true, false) }
 
-// AdminHandler returns the handler of /metrics and /healthz alone; every
-// other path gets a 404.
+// AdminHandler returns the handler of /metrics, /healthz and /status
+// alone; every other path gets a 404.
 func (p *Proxy) AdminHandler() http.Handler { return p.handler(false, true) }
 
 func (p *Proxy) handler(api, admin bool) http.Handler {
@@ -240,6 +251,8 @@ func (p *Proxy) handler(api, admin bool) http.Handler {
 			p.metrics.ServeHTTP(w, r)
 		case admin && r.URL.Path == HealthPath:
 			p.health.ServeHTTP(w, r)
+		case admin && r.URL.Path == StatusPath:
+			p.status.ServeHTTP(w, r)
 		case api && (urlpath.Under(r.URL.Path, p.basePath) || urlpath.HasDotSegment(r.URL.Path)):
 			// A path with dot segments gets its 400 from serveAPI, in or
 			// out of the base path.
@@ -255,6 +268,7 @@ func (p *Proxy) handler(api, admin bool) http.Handler {
 // the request, logging it.
 func (p *Proxy) serveAPI(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
+	r, attempts := withAttemptLog(r)
 	rec := &recorder{ResponseWriter: w}
 	completed := false
 	// Deferred, so that a request whose handler panics gets its line too:
@@ -270,6 +284,7 @@ func (p *Proxy) serveAPI(w http.ResponseWriter, r *http.Request) {
 			slog.Int64("bytes", rec.written),
 			slog.Duration("duration", time.Since(start)),
 		}
+		attrs = append(attrs, p.logAttempts(r, attempts)...)
 		if !completed {
 			attrs = append(attrs, slog.Bool("aborted", true))
 		}
