@@ -41,9 +41,9 @@ func parseProxyFlags(args []string, stderr io.Writer) (proxyFlags, error) {
 	fs.StringVar(&f.basePath, "base-path", proxy.DefaultBasePath,
 		"`path` clients send the API under: their base URL is http://<listen><path>")
 	fs.StringVar(&f.adminListen, "admin-listen", "",
-		"`address` to serve /metrics and /healthz on; empty: on -listen")
+		"`address` to serve /metrics, /healthz and /status on; empty: on -listen")
 	fs.BoolVar(&f.allowRemote, "allow-remote", false,
-		"listen on non-loopback addresses without "+envProxyKey+", and serve /metrics and /healthz on one")
+		"listen on non-loopback addresses without "+envProxyKey+", and serve /metrics, /healthz and /status on one")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", proxy.DefaultShutdownTimeout,
 		"how long requests in flight (streams and upgraded connections too) may run on after SIGINT or SIGTERM")
 	fs.TextVar(&f.logLevel, "log-level", slog.LevelInfo, "log `level`: debug, info, warn or error")
@@ -58,7 +58,7 @@ the README). Point an SDK's base URL at http://<listen>/v1.
 
 `+envProxyKey+`, when set, is the key clients must send as their API key
 (Authorization: Bearer <key>). Without it the proxy listens on loopback only,
-unless -allow-remote is given. /metrics and /healthz never ask for the key:
+unless -allow-remote is given. /metrics, /healthz and /status never ask for the key:
 they are served on -admin-listen, or on -listen without it, and that address
 must be loopback unless -allow-remote is given. The client's own
 Authorization header is never forwarded: each endpoint's key replaces it.
@@ -194,7 +194,7 @@ type remotePolicy struct {
 
 // check returns an error wrapping errRemote when a listener for flagName
 // (asked for as addr, bound to bound) would serve to other machines, without
-// -allow-remote, the API with no proxy key (api) or /metrics and /healthz
+// -allow-remote, the API with no proxy key (api) or /metrics, /healthz and /status
 // (admin), which never ask for the key; otherwise nil.
 func (pol remotePolicy) check(flagName, addr string, bound net.Addr, api, admin bool) error {
 	if pol.allowRemote || proxy.IsLoopback(bound) {
@@ -205,15 +205,15 @@ func (pol remotePolicy) check(flagName, addr string, bound net.Addr, api, admin 
 		err := fmt.Errorf("refusing %s %s (bound to %s): %w, and %s is not set, so anyone who reaches it could spend the endpoints' keys; set %s (clients then send it as their API key), or pass -allow-remote",
 			flagName, addr, bound, errRemote, envProxyKey, envProxyKey)
 		if admin {
-			err = fmt.Errorf("%w (/metrics and /healthz, served there too, need no key: with %s set, also pass -admin-listen on a loopback address such as 127.0.0.1:9090)",
+			err = fmt.Errorf("%w (/metrics, /healthz and /status, served there too, need no key: with %s set, also pass -admin-listen on a loopback address such as 127.0.0.1:9090)",
 				err, envProxyKey)
 		}
 		return err
 	case admin && api:
-		return fmt.Errorf("refusing %s %s (bound to %s): %w, and /metrics and /healthz, served there too without -admin-listen, need no key; pass -admin-listen on a loopback address (such as 127.0.0.1:9090) to serve them apart, or -allow-remote to serve them to other machines",
+		return fmt.Errorf("refusing %s %s (bound to %s): %w, and /metrics, /healthz and /status, served there too without -admin-listen, need no key; pass -admin-listen on a loopback address (such as 127.0.0.1:9090) to serve them apart, or -allow-remote to serve them to other machines",
 			flagName, addr, bound, errRemote)
 	case admin:
-		return fmt.Errorf("refusing %s %s (bound to %s): %w; /metrics and /healthz need no key, so pass -admin-listen on a loopback address, or -allow-remote to serve them to other machines",
+		return fmt.Errorf("refusing %s %s (bound to %s): %w; /metrics, /healthz and /status need no key, so pass -admin-listen on a loopback address, or -allow-remote to serve them to other machines",
 			flagName, addr, bound, errRemote)
 	}
 	return nil
@@ -277,5 +277,6 @@ func logStartup(logger *slog.Logger, p *proxy.Proxy, ln, admin net.Listener, hav
 	// Last: the line that says the proxy is ready.
 	base := strings.TrimSuffix(p.BasePath(), "/")
 	logger.Info("listening", "addr", addr, "base_url", "http://"+addr+base,
-		"metrics", "http://"+adminAddr+proxy.MetricsPath, "healthz", "http://"+adminAddr+proxy.HealthPath)
+		"metrics", "http://"+adminAddr+proxy.MetricsPath, "healthz", "http://"+adminAddr+proxy.HealthPath,
+		"status", "http://"+adminAddr+proxy.StatusPath)
 }
