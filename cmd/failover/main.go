@@ -5,6 +5,8 @@
 //	failover proxy [-listen 127.0.0.1:8080] [-base-path /v1] [-admin-listen addr]
 //	               [-allow-remote] [-shutdown-timeout 30s] [-log-level info]
 //	               [-endpoint-header Failover-Endpoint]
+//	failover check [-timeout 10s] [-model NAME] [-json]
+//	failover version
 //
 // The demo starts three fake OpenAI-compatible upstreams on loopback that
 // fail in turn (one dies, one throws 5xx bursts, one throttles with 429),
@@ -15,6 +17,14 @@
 // environment variables as failover.ConfigFromEnv (OPENAI_BASE_URL_1,
 // OPENAI_API_KEY_1, ...); point an SDK's base URL at http://<listen>/v1.
 // FAILOVER_PROXY_KEY, when set, is the key clients must present.
+//
+// Check probes each endpoint of the same environment variables (DNS and
+// connection, TLS, GET /models with its key, and with -model a one-token
+// chat completion), prints a row per endpoint and the variables that look
+// like failover's but are not read, and exits 0 when every enabled
+// endpoint passed, 1 when any failed, 2 for a bad configuration.
+//
+// Version prints the module version and VCS revision of the build.
 package main
 
 import (

@@ -9,7 +9,7 @@ import (
 // Exit codes of the command.
 const (
 	exitOK      = 0
-	exitFailure = 1 // the demo saw failed requests, or the proxy failed while serving
+	exitFailure = 1 // the demo saw failed requests, the proxy failed while serving, or an endpoint failed its check
 	exitUsage   = 2 // bad flags, bad configuration, refused listen address
 )
 
@@ -22,8 +22,14 @@ const usageText = `Usage:
                  [-endpoint-header Failover-Endpoint]
       An OpenAI-compatible reverse proxy with failover, configured by the
       OPENAI_* environment variables; FAILOVER_PROXY_KEY guards it.
+  failover check [-timeout 10s] [-model NAME] [-json]
+      Probes each endpoint of the environment (connection, TLS, key,
+      GET /models) before a deploy; exits 1 when one fails.
+  failover version
+      The module version and VCS revision of this build (also -version).
 
-Run "failover demo -h" or "failover proxy -h" for each command's flags.
+Run "failover demo -h", "failover proxy -h" or "failover check -h" for each
+command's flags.
 `
 
 // run is the whole command: args are the arguments after the program name,
@@ -39,6 +45,10 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 		return runDemoCommand(ctx, args[1:], environ, stdout, stderr)
 	case "proxy":
 		return runProxyCommand(ctx, args[1:], environ, stderr)
+	case "check":
+		return runCheckCommand(ctx, args[1:], environ, stdout, stderr)
+	case "version", "-version", "--version":
+		return runVersionCommand(args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usageText)
 		return exitOK

@@ -284,10 +284,10 @@ func (p *Proxy) serveAPI(w http.ResponseWriter, r *http.Request) {
 			slog.Int64("bytes", rec.written),
 			slog.Duration("duration", time.Since(start)),
 		}
-		attrs = append(attrs, p.logAttempts(r, attempts)...)
 		if !completed {
 			attrs = append(attrs, slog.Bool("aborted", true))
 		}
+		attrs = append(attrs, p.logAttempts(r, attempts)...)
 		p.logger.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
 	}()
 	switch {
