@@ -353,7 +353,8 @@ func (p prober) reason(code int, body []byte) string {
 		if c, ok := e.Error.Code.(string); ok && c != "" {
 			out += " " + c
 		}
-		return p.scrub(cutText(out+": "+e.Error.Message, 120))
+		// Scrub first: a cut could leave part of a key unrecognisable.
+		return cutText(p.scrub(out+": "+e.Error.Message), 120)
 	}
 	return out + " " + http.StatusText(code)
 }
