@@ -214,6 +214,9 @@ func TestCheckFailures(t *testing.T) {
 			if got := rep.Endpoints[0].Error; !strings.Contains(got, tc.want) {
 				t.Errorf("error %q, want %q", got, tc.want)
 			}
+			if !strings.Contains(stdout, `"warnings": []`) {
+				t.Errorf("no empty list of warnings for scripts in:\n%s", stdout)
+			}
 		})
 	}
 }

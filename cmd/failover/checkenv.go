@@ -51,7 +51,7 @@ type lookAlike struct {
 // the endpoint number or with one they do not take. Only names are
 // looked at, never values.
 func lookAlikes(environ []string) []lookAlike {
-	var out []lookAlike
+	out := []lookAlike{} // [] in JSON when there is none
 	seen := make(map[string]bool)
 	for _, kv := range environ {
 		name, _, ok := strings.Cut(kv, "=")

@@ -68,7 +68,10 @@ type Config struct {
 	// returns it. New replaces its ClientBaseURLs with {InternalBaseURL}
 	// and its Registerer with the proxy's own registry; a nil Base means a
 	// transport of the proxy's own, released by [Proxy.Close]; a nil
-	// Logger means Config.Logger.
+	// Logger means Config.Logger. To log each request's attempts, New
+	// wraps Base and Classifier (nil: [failover.DefaultClassifier]) and
+	// gives each endpoint a header that the wrapped Base removes before
+	// the attempt leaves the process.
 	Failover failover.Config
 
 	// BasePath is the path under which clients send API requests: a client
