@@ -8,10 +8,12 @@
 //	failover check [-timeout 10s] [-model NAME] [-json]
 //	failover version
 //
-// The demo starts three fake OpenAI-compatible upstreams on loopback that
-// fail in turn (one dies, one throws 5xx bursts, one throttles with 429),
-// sends a steady stream of chat requests through one failover transport,
-// and shows per-endpoint health as it goes. It needs no API key.
+// The demo starts three fake OpenAI-compatible upstreams on loopback, a
+// primary, a backup and a third of priorities 1, 2 and 3, that fail in
+// turn (the primary dies, then throws 500s; the backup throws 503s, then
+// throttles with 429), sends a steady stream of chat requests through one
+// failover transport, and shows per-endpoint health as it goes. It needs
+// no API key.
 //
 // The proxy is an OpenAI-compatible reverse proxy configured by the same
 // environment variables as failover.ConfigFromEnv (OPENAI_BASE_URL_1,

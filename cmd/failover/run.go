@@ -15,8 +15,8 @@ const (
 
 const usageText = `Usage:
   failover demo  [-duration 15s]
-      Three fake upstreams on loopback fail in turn while chat requests
-      flow through one failover transport; no API key needed.
+      Three fake upstreams on loopback (a primary, a backup, a third) fail
+      in turn while chat requests fail over between them; no API key needed.
   failover proxy [-listen 127.0.0.1:8080] [-base-path /v1] [-admin-listen addr]
                  [-allow-remote] [-shutdown-timeout 30s] [-log-level info]
                  [-endpoint-header Failover-Endpoint]
