@@ -3,7 +3,6 @@ package failover
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -303,36 +302,4 @@ func TestHumanDuration(t *testing.T) {
 			t.Errorf("humanLatency(%v) = %q, want %q", tc.d, got, tc.want)
 		}
 	}
-}
-
-// ExampleTransport_StatusHandler serves the status page beside the health
-// JSON; a person opens /status in a browser.
-func ExampleTransport_StatusHandler() {
-	upstream := fakeopenai.New(fakeopenai.WithName("primary"))
-	defer upstream.Close()
-	transport, err := New(Config{Endpoints: []Endpoint{
-		{Name: "primary", BaseURL: upstream.URL(), Priority: 1, Timeout: 30 * time.Second},
-	}})
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	mux := http.NewServeMux()
-	mux.Handle("/healthz", transport.HealthHandler())
-	mux.Handle("/status", transport.StatusHandler())
-	srv := httptest.NewServer(mux)
-	defer srv.Close()
-
-	resp, err := http.Get(srv.URL + "/status")
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	defer resp.Body.Close()
-	page, _ := io.ReadAll(resp.Body)
-	fmt.Println(resp.StatusCode, resp.Header.Get("Content-Type"))
-	fmt.Println(regexp.MustCompile(`<tr data-endpoint="[^"]*" data-state="[^"]*"`).FindString(string(page)))
-	// Output:
-	// 200 text/html; charset=utf-8
-	// <tr data-endpoint="primary" data-state="closed"
 }
