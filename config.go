@@ -2,6 +2,7 @@ package failover
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -139,6 +140,15 @@ type Config struct {
 	// endpoint, and counts a failure for the endpoint: a proxy that
 	// dropped the tail must not pass a truncated answer as whole.
 	AllowTruncatedStreams bool
+
+	// OnAttempt, when set, is called after each attempt of a routed
+	// request, in the goroutine of the request's RoundTrip, with the
+	// request's context: which endpoint was tried, what the classifier
+	// said, the status or error, and how long it took. A proxy or a
+	// tracer can log or record each attempt with it (the request's
+	// context carries the caller's own values). It must return quickly
+	// and be safe for concurrent use. Nil means none.
+	OnAttempt func(ctx context.Context, a AttemptInfo)
 
 	// EndpointHeader, when set, names a response header that every
 	// response of a routed request carries, set to the Name of the
@@ -365,7 +375,8 @@ type snapshot struct {
 	// endpointHeader is Config.EndpointHeader, canonical; "" for none.
 	endpointHeader string
 	breakerCfg     BreakerConfig
-	strictStreams  bool      // !AllowTruncatedStreams
+	strictStreams  bool // !AllowTruncatedStreams
+	onAttempt      func(ctx context.Context, a AttemptInfo)
 	redact         *redactor // removes every secret of this configuration from error texts
 	clientBases    []string  // ClientBaseURLs, for a warning
 
@@ -391,6 +402,7 @@ func (t *Transport) build(p *prepared, old *snapshot) *snapshot {
 		endpointHeader: cfg.EndpointHeader,
 		breakerCfg:     cfg.Breaker,
 		strictStreams:  !cfg.AllowTruncatedStreams,
+		onAttempt:      cfg.OnAttempt,
 		redact:         newRedactor(p.endpoints),
 		clientBases:    p.clientBases,
 		base:           t.base,

@@ -11,4 +11,33 @@
 // host, path prefix and Authorization. When an attempt fails (connection
 // error, timeout, 5xx, 429, 401, ...) the request goes at once to the next
 // eligible endpoint; the calling code does not change.
+//
+//	transport, err := failover.New(failover.Config{
+//		Endpoints: []failover.Endpoint{
+//			// Timeout bounds each attempt until the response headers, so
+//			// that a hanging endpoint fails over instead of holding the
+//			// request until the caller's own deadline.
+//			{Name: "primary", BaseURL: "https://api.openai.com/v1", APIKey: os.Getenv("OPENAI_API_KEY"), Priority: 1, Timeout: 20 * time.Second},
+//			{Name: "backup", BaseURL: "https://proxy.example/openai/v1", APIKey: os.Getenv("BACKUP_KEY"), Priority: 2, Timeout: 20 * time.Second},
+//		},
+//	})
+//	if err != nil {
+//		log.Fatal(err)
+//	}
+//	client := &http.Client{Transport: transport} // for the SDK, or as is
+//
+// [ConfigFromEnv] builds the same Config from numbered environment
+// variables (OPENAI_BASE_URL_1, OPENAI_API_KEY_1, OPENAI_TIMEOUT_1,
+// OPENAI_BASE_URL_2, ...), so that a deployment changes its endpoints
+// without a rebuild.
+//
+// [Transport.Health], [Transport.HealthHandler] (JSON) and
+// [Transport.StatusHandler] (a page for people) show each endpoint's
+// state; [Config].Registerer adds Prometheus metrics.
+//
+// Services in other languages get the same failover from the command
+// github.com/failover-go/failover/cmd/failover: "failover proxy" is an
+// OpenAI-compatible reverse proxy configured by the same environment
+// variables, "failover check" probes each configured endpoint before a
+// deploy, and "failover demo" shows failover at work with no API key.
 package failover

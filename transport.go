@@ -125,6 +125,7 @@ func (r *request) attempt(n int, e *endpoint, done func(error)) *http.Response {
 	}
 	v := r.s.classify(resp, decodedPrefix(resp, errBody, r.s.maxErrBody), err)
 	e.record(n, v, resp, err)
+	r.s.observe(r.ctx, e, n, v, resp, err, false, r.sent)
 	result = v.breakerResult()
 	if result == errKeyRejected {
 		// One request opens at most one breaker at once: a second
@@ -158,6 +159,7 @@ func (r *request) canceled(n int, e *endpoint, resp *http.Response) {
 	closeBody(resp)
 	r.cause = context.Cause(r.ctx)
 	r.failed.errs = append(r.failed.errs, &AttemptError{Endpoint: e.name, Attempt: n, Err: r.cause})
+	r.s.observe(r.ctx, e, n, Verdict{}, resp, r.cause, true, r.sent)
 }
 
 // keep records failed attempt n on e for the attempts that follow: e is

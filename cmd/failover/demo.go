@@ -43,12 +43,14 @@ func runDemoCommand(ctx context.Context, args, environ []string, stdout, stderr 
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: failover demo [-duration 15s]
 
-Starts three fake OpenAI-compatible upstreams on loopback that fail in turn
-(one dies mid-run, one throws 5xx bursts, one throttles with 429 and
-Retry-After), sends chat requests (some streaming) through one failover
-transport, and shows each endpoint's health about once a second. Needs no
-API key. Exits 0 when every request succeeded (or was cut mid-stream, which
-no failover can mend), 1 otherwise.
+Starts three fake OpenAI-compatible upstreams on loopback, configured as the
+README teaches: a primary (priority 1), a backup (priority 2) and a third
+(priority 3). The primary dies mid-run and comes back, then throws 500s; the
+backup throws 503s, then throttles with 429 and Retry-After. Chat requests
+(some streaming) flow through one failover transport, from the primary to
+the next priority whenever it fails, and each endpoint's health shows about
+once a second. Needs no API key. Exits 0 when every request succeeded (or
+was cut mid-stream, which no failover can mend), 1 otherwise.
 
 Flags:
 `)
@@ -133,6 +135,7 @@ type demoEndpointSummary struct {
 // demoUpstream is one fake upstream of the demo.
 type demoUpstream struct {
 	name     string
+	priority int
 	trouble  string        // its kind of trouble, for the header
 	latency  time.Duration // added to every answer
 	srv      *fakeopenai.Server
@@ -149,11 +152,12 @@ type demoEvent struct {
 }
 
 // demoSchedule is the run's script, as fractions of its duration, so that
-// even a short run shows every kind of trouble. At every moment at least
-// one upstream is healthy and not held off by an open breaker, counting
-// each breaker's open timeout (at most duration/6) after its trouble.
+// even a short run shows every kind of trouble. The primary takes the
+// traffic while it is up; when it fails, the backup takes it; when both
+// are out, the third, which stays healthy, so that at every moment one
+// upstream is healthy and not held off by an open breaker.
 func demoSchedule(ups []*demoUpstream) []demoEvent {
-	const alpha, bravo, charlie = 0, 1, 2
+	const primary, backup = 0, 1
 	healthy := func(i int) fakeopenai.Fault { return fakeopenai.Fault{Delay: ups[i].latency} }
 	status := func(i, code int) fakeopenai.Fault {
 		return fakeopenai.StatusFault(code).WithDelay(ups[i].latency / 2)
@@ -162,16 +166,14 @@ func demoSchedule(ups []*demoUpstream) []demoEvent {
 		return fakeopenai.RateLimited("1").WithDelay(ups[i].latency / 2)
 	}
 	return []demoEvent{
-		{0.05, bravo, status(bravo, 500), "HTTP 500"},
-		{0.12, bravo, healthy(bravo), "healthy"},
-		{0.30, alpha, fakeopenai.Refuse(), "DOWN"},
-		{0.35, charlie, throttle(charlie), "HTTP 429"},
-		{0.45, charlie, healthy(charlie), "healthy"},
-		{0.50, alpha, healthy(alpha), "back up"},
-		{0.70, bravo, status(bravo, 503), "HTTP 503"},
-		{0.77, bravo, healthy(bravo), "healthy"},
-		{0.85, charlie, throttle(charlie), "HTTP 429"},
-		{0.92, charlie, healthy(charlie), "healthy"},
+		{0.10, primary, fakeopenai.Refuse(), "DOWN"},      // the backup takes over
+		{0.25, backup, status(backup, 503), "HTTP 503"},   // and fails too: the third
+		{0.35, backup, healthy(backup), "healthy"},        // back after its breaker's trial
+		{0.40, primary, healthy(primary), "back up"},      // back after its breaker's trial
+		{0.60, primary, status(primary, 500), "HTTP 500"}, // the backup takes over
+		{0.62, backup, throttle(backup), "HTTP 429"},      // and cools down: the third
+		{0.68, primary, healthy(primary), "healthy"},
+		{0.70, backup, healthy(backup), "healthy"},
 	}
 }
 
@@ -193,17 +195,19 @@ type demo struct {
 // returns its summary. It starts and stops everything it needs.
 func runDemo(ctx context.Context, opts demoOptions) (demoSummary, error) {
 	d := &demo{opts: opts, registry: prometheus.NewRegistry()}
+	// The shape the README teaches: a primary, a backup of the next
+	// priority, and a third.
 	specs := []struct {
 		name, trouble string
 		latency       time.Duration
 	}{
-		{"alpha", "dies mid-run (refuses connections), then comes back", 20 * time.Millisecond},
-		{"bravo", "throws 5xx bursts", 40 * time.Millisecond},
-		{"charlie", "throttles: 429 with Retry-After: 1", 30 * time.Millisecond},
+		{"primary", "dies (refuses connections), comes back, then throws 500s", 20 * time.Millisecond},
+		{"backup", "throws 503s, later throttles (429, Retry-After: 1)", 40 * time.Millisecond},
+		{"third", "stays healthy: takes what the other two cannot", 30 * time.Millisecond},
 	}
 	endpoints := make([]failover.Endpoint, len(specs))
 	for i, s := range specs {
-		u := &demoUpstream{name: s.name, trouble: s.trouble, latency: s.latency,
+		u := &demoUpstream{name: s.name, priority: i + 1, trouble: s.trouble, latency: s.latency,
 			srv: fakeopenai.New(fakeopenai.WithName(s.name), fakeopenai.WithSeed(uint64(i+1)))}
 		defer u.srv.Close()
 		u.srv.SetFault(fakeopenai.Fault{Delay: s.latency})
@@ -214,8 +218,10 @@ func runDemo(ctx context.Context, opts demoOptions) (demoSummary, error) {
 			Name:     s.name,
 			BaseURL:  u.srv.URL(),
 			APIKey:   "sk-demo-" + s.name,
-			Priority: 1,
-			Timeout:  5 * time.Second,
+			Priority: u.priority,
+			// A hanging upstream fails over after 5s instead of holding
+			// the request until its deadline.
+			Timeout: 5 * time.Second,
 		}
 	}
 	d.events = demoSchedule(d.ups)

@@ -30,10 +30,20 @@ func TestDemo(t *testing.T) {
 	if strings.Contains(out, "\x1b[") {
 		t.Error("the output to a non-terminal holds escape codes")
 	}
-	for _, want := range []string{"ENDPOINT", "alpha", "bravo", "charlie", "client:", "Summary after"} {
+	for _, want := range []string{"ENDPOINT  PRIO", "client:", "Summary after"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("the output lacks %q:\n%s", want, out)
 		}
+	}
+	// The shape the README teaches: a primary, a backup of the next
+	// priority, and a third.
+	for _, want := range []string{"primary", "backup", "third"} {
+		if !regexp.MustCompile(`(?m)^  ` + want + ` +priority \d`).MatchString(out) {
+			t.Errorf("the header does not list %s with its priority:\n%s", want, out)
+		}
+	}
+	if !regexp.MustCompile(`(?m)^  primary +priority 1 .*\n  backup +priority 2 .*\n  third +priority 3 `).MatchString(out) {
+		t.Errorf("the header does not list primary, backup and third at priorities 1, 2 and 3:\n%s", out)
 	}
 	sent := summaryFigure(t, out, "requests sent")
 	succeeded := summaryFigure(t, out, "succeeded")
@@ -43,15 +53,16 @@ func TestDemo(t *testing.T) {
 	if n := summaryFigure(t, out, "failovers"); n < 1 {
 		t.Errorf("%d failovers, want at least one:\n%s", n, out)
 	}
-	reached := regexp.MustCompile(`(?m)^    (\w+)\s+(\d+) reached it`).FindAllStringSubmatch(out, -1)
-	busy := 0
-	for _, m := range reached {
-		if n, _ := strconv.Atoi(m[2]); n > 0 {
-			busy++
-		}
+	// The script takes out the primary, then the backup as well: each of
+	// the three answers some of the requests.
+	answered := regexp.MustCompile(`(?m)^    (\w+)\s+\d+ reached it,\s+(\d+) answered by it$`).FindAllStringSubmatch(out, -1)
+	if len(answered) != 3 {
+		t.Fatalf("%d endpoints in the summary, want 3:\n%s", len(answered), out)
 	}
-	if len(reached) != 3 || busy < 2 {
-		t.Errorf("hits on %d of %d endpoints, want more than one:\n%s", busy, len(reached), out)
+	for _, m := range answered {
+		if n, _ := strconv.Atoi(m[2]); n == 0 {
+			t.Errorf("%s answered no request:\n%s", m[1], out)
+		}
 	}
 }
 

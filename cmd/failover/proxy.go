@@ -47,9 +47,9 @@ func parseProxyFlags(args []string, stderr io.Writer) (proxyFlags, error) {
 	fs.StringVar(&f.basePath, "base-path", proxy.DefaultBasePath,
 		"`path` clients send the API under: their base URL is http://<listen><path>")
 	fs.StringVar(&f.adminListen, "admin-listen", "",
-		"`address` to serve /metrics and /healthz on; empty: on -listen")
+		"`address` to serve /metrics, /healthz and /status on; empty: on -listen")
 	fs.BoolVar(&f.allowRemote, "allow-remote", false,
-		"listen on non-loopback addresses without "+envProxyKey+", serve /metrics and /healthz on one, and accept any Host name")
+		"listen on non-loopback addresses without "+envProxyKey+", serve /metrics, /healthz and /status on one, and accept any Host name")
 	fs.Func("allow-origin", "comma-separated web `origins` (https://app.example.com) whose pages may call the API from a browser; * for any, with "+envProxyKey+" only; default: none",
 		func(s string) error {
 			for o := range strings.SplitSeq(s, ",") {
@@ -89,7 +89,8 @@ if the file has an error, the running ones stay.
 (Authorization: Bearer <key>). Without it the proxy listens on loopback only,
 unless -allow-remote is given, and answers only requests for a loopback host
 name (localhost, 127.0.0.1, [::1]): another one may come from a web page
-through DNS rebinding. /metrics and /healthz never ask for the key: they are
+through DNS rebinding. /metrics, /healthz and /status never ask for
+the key: they are
 served on -admin-listen, or on -listen without it, and that address must be
 loopback unless -allow-remote is given. The client's own Authorization
 header is never forwarded: each endpoint's key replaces it.
@@ -348,7 +349,7 @@ type remotePolicy struct {
 
 // check returns an error wrapping errRemote when a listener for flagName
 // (asked for as addr, bound to bound) would serve to other machines, without
-// -allow-remote, the API with no proxy key (api) or /metrics and /healthz
+// -allow-remote, the API with no proxy key (api) or /metrics, /healthz and /status
 // (admin), which never ask for the key; otherwise nil.
 func (pol remotePolicy) check(flagName, addr string, bound net.Addr, api, admin bool) error {
 	if pol.allowRemote || proxy.IsLoopback(bound) {
@@ -359,15 +360,15 @@ func (pol remotePolicy) check(flagName, addr string, bound net.Addr, api, admin 
 		err := fmt.Errorf("refusing %s %s (bound to %s): %w, and %s is not set, so anyone who reaches it could spend the endpoints' keys; set %s (clients then send it as their API key), or pass -allow-remote",
 			flagName, addr, bound, errRemote, envProxyKey, envProxyKey)
 		if admin {
-			err = fmt.Errorf("%w (/metrics and /healthz, served there too, need no key: with %s set, also pass -admin-listen on a loopback address such as 127.0.0.1:9090)",
+			err = fmt.Errorf("%w (/metrics, /healthz and /status, served there too, need no key: with %s set, also pass -admin-listen on a loopback address such as 127.0.0.1:9090)",
 				err, envProxyKey)
 		}
 		return err
 	case admin && api:
-		return fmt.Errorf("refusing %s %s (bound to %s): %w, and /metrics and /healthz, served there too without -admin-listen, need no key; pass -admin-listen on a loopback address (such as 127.0.0.1:9090) to serve them apart, or -allow-remote to serve them to other machines",
+		return fmt.Errorf("refusing %s %s (bound to %s): %w, and /metrics, /healthz and /status, served there too without -admin-listen, need no key; pass -admin-listen on a loopback address (such as 127.0.0.1:9090) to serve them apart, or -allow-remote to serve them to other machines",
 			flagName, addr, bound, errRemote)
 	case admin:
-		return fmt.Errorf("refusing %s %s (bound to %s): %w; /metrics and /healthz need no key, so pass -admin-listen on a loopback address, or -allow-remote to serve them to other machines",
+		return fmt.Errorf("refusing %s %s (bound to %s): %w; /metrics, /healthz and /status need no key, so pass -admin-listen on a loopback address, or -allow-remote to serve them to other machines",
 			flagName, addr, bound, errRemote)
 	}
 	return nil
@@ -395,5 +396,6 @@ func logStartup(logger *slog.Logger, p *proxy.Proxy, ln, admin net.Listener, hav
 	// Last: the line that says the proxy is ready.
 	base := strings.TrimSuffix(p.BasePath(), "/")
 	logger.Info("listening", "addr", addr, "base_url", "http://"+addr+base,
-		"metrics", "http://"+adminAddr+proxy.MetricsPath, "healthz", "http://"+adminAddr+proxy.HealthPath)
+		"metrics", "http://"+adminAddr+proxy.MetricsPath, "healthz", "http://"+adminAddr+proxy.HealthPath,
+		"status", "http://"+adminAddr+proxy.StatusPath)
 }

@@ -12,14 +12,14 @@ import (
 // Exit codes of the command.
 const (
 	exitOK      = 0
-	exitFailure = 1 // the demo saw failed requests, or the proxy failed while serving
+	exitFailure = 1 // the demo saw failed requests, the proxy failed while serving, or an endpoint failed its check
 	exitUsage   = 2 // bad flags, bad configuration, refused listen address
 )
 
 const usageText = `Usage:
   failover demo  [-duration 15s]
-      Three fake upstreams on loopback fail in turn while chat requests
-      flow through one failover transport; no API key needed.
+      Three fake upstreams on loopback (a primary, a backup, a third) fail
+      in turn while chat requests fail over between them; no API key needed.
   failover proxy [-listen 127.0.0.1:8080] [-base-path /v1] [-admin-listen addr]
                  [-allow-remote] [-allow-origin origins] [-read-timeout 60s]
                  [-max-body 32MiB] [-shutdown-timeout 30s] [-log-level info]
@@ -27,8 +27,14 @@ const usageText = `Usage:
       An OpenAI-compatible reverse proxy with failover, configured by the
       OPENAI_* environment variables (and -env-file, reloaded on SIGHUP and
       when it changes); FAILOVER_PROXY_KEY guards it.
+  failover check [-timeout 10s] [-model NAME] [-json] [-env-file file]
+      Probes each endpoint of the environment (connection, TLS, key,
+      GET /models) before a deploy; exits 1 when one fails.
+  failover version
+      The module version and VCS revision of this build (also -version).
 
-Run "failover demo -h" or "failover proxy -h" for each command's flags.
+Run "failover demo -h", "failover proxy -h" or "failover check -h" for each
+command's flags.
 `
 
 // hangupFunc subscribes to SIGHUP: it returns a channel that receives the
@@ -61,6 +67,10 @@ func runWith(ctx context.Context, args, environ []string, hangup hangupFunc, std
 		return runDemoCommand(ctx, args[1:], environ, stdout, stderr)
 	case "proxy":
 		return runProxyCommand(ctx, args[1:], environ, hangup, stderr)
+	case "check":
+		return runCheckCommand(ctx, args[1:], environ, stdout, stderr)
+	case "version", "-version", "--version":
+		return runVersionCommand(args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usageText)
 		return exitOK

@@ -18,15 +18,20 @@ func (d *demo) header() {
 		len(d.ups), d.opts.Duration)
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
 	for i, u := range d.ups {
-		fmt.Fprintf(tw, "  %s\t%s: %s\n", u.name, u.trouble, strings.Join(d.windows(i), ", "))
+		when := ""
+		if w := d.windows(i); len(w) > 0 {
+			when = ": " + strings.Join(w, ", ")
+		}
+		fmt.Fprintf(tw, "  %s\tpriority %d\t%s%s\n", u.name, u.priority, u.trouble, when)
 	}
 	_ = tw.Flush()
 	fmt.Fprintf(&b, "%d workers send about %d chat requests a second (every %s one streaming)\n"+
 		"to %s, as an SDK does by default; the failover transport\n"+
-		"sends each to an upstream, and on to the next at once when one fails. After\n"+
-		"%d failures in a row an endpoint's breaker opens; %v later it lets a trial\n"+
-		"request through (BREAKER \"open 1.2s\": a trial in 1.2s). SENT and FAILED count\n"+
-		"attempts; OK counts the client's requests each endpoint answered.\n\n",
+		"sends each to the lowest priority that is up, and on to the next priority at\n"+
+		"once when one fails. After %d failures in a row an endpoint's breaker opens;\n"+
+		"%v later it lets a trial request through (BREAKER \"open 1.2s\": a trial in\n"+
+		"1.2s). SENT and FAILED count attempts; OK counts the client's requests each\n"+
+		"endpoint answered.\n\n",
 		demoWorkers, demoRate, ordinal(demoStreamEvery), failover.DefaultClientBaseURL,
 		demoFailureThreshold, roundDuration(d.openTimeout))
 	_, _ = d.opts.Out.Write(b.Bytes())
@@ -124,7 +129,7 @@ func (d *demo) frame(now time.Time) []byte {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "t=%v of %v\n", roundDuration(now.Sub(d.start)).Truncate(100*time.Millisecond), d.opts.Duration)
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ENDPOINT\tUPSTREAM\tBREAKER\tCOOLDOWN\tSENT\tFAILED\tLATENCY\tOK\tSHARE")
+	fmt.Fprintln(tw, "ENDPOINT\tPRIO\tUPSTREAM\tBREAKER\tCOOLDOWN\tSENT\tFAILED\tLATENCY\tOK\tSHARE")
 	var total int64
 	for _, u := range d.ups {
 		total += u.answered.Load()
@@ -144,8 +149,8 @@ func (d *demo) frame(now time.Time) []byte {
 		if h.Latency > 0 {
 			latency = h.Latency.Round(time.Millisecond).String()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%d\t%s\n",
-			h.Name, *u.now.Load(), d.breaker(h, now), cooldown, h.Requests, h.Failures, latency, answered, share)
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\t%d\t%s\t%d\t%s\n",
+			h.Name, h.Priority, *u.now.Load(), d.breaker(h, now), cooldown, h.Requests, h.Failures, latency, answered, share)
 	}
 	_ = tw.Flush()
 	fmt.Fprintf(&b, "client: %d sent, %d ok, %d after a failover, %d cut mid-stream, %d failed\n",

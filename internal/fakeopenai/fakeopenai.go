@@ -15,8 +15,11 @@
 //	POST /embeddings            a list with one 3-dimensional embedding
 //	POST /audio/transcriptions  multipart with a "file" part; {"text": ...}
 //	POST /files                 multipart with a "file" part; a file object
-//	GET  /models                a list with the model ModelID
+//	GET  /models                a list with the model ModelID (404 with
+//	                            WithoutModels, as on servers without that route)
 //
+// With WithAPIKey, a request that does not present that key as its bearer
+// token gets a 401 invalid_api_key, as OpenAI answers a wrong key.
 // Anything else gets a 404 and a body that is not valid JSON (or not valid
 // multipart for uploads) a 400, both with an OpenAI-style error body. Every
 // response carries the header X-Fake-Upstream with the Server's name, and
@@ -79,9 +82,11 @@ func Reply(name string) string { return strings.Join(replyParts(name), "") }
 type Option func(*config)
 
 type config struct {
-	name   string
-	prefix string
-	seed   uint64
+	name     string
+	prefix   string
+	seed     uint64
+	apiKey   string // "" accepts any Authorization
+	noModels bool   // GET /models is an unknown route
 }
 
 // WithName sets the Server's name, which appears in its answers (the reply
@@ -103,6 +108,17 @@ func WithPrefix(p string) Option {
 // WithSeed sets the seed of the PRNG that drives Random faults; a given
 // seed yields the same sequence of choices. The default seed is 1.
 func WithSeed(seed uint64) Option { return func(c *config) { c.seed = seed } }
+
+// WithAPIKey makes the Server require key: a request whose Authorization
+// header is not "Bearer <key>" gets a 401 invalid_api_key whose message
+// shows the key presented, masked, as OpenAI's does ("Incorrect API key
+// provided: sk-ab**********wxyz. ..."). Faults take precedence. The
+// default, "", accepts any request.
+func WithAPIKey(key string) Option { return func(c *config) { c.apiKey = key } }
+
+// WithoutModels makes GET /models an unknown route (a 404 unknown_url), as
+// on OpenAI-compatible servers that do not list their models.
+func WithoutModels() Option { return func(c *config) { c.noModels = true } }
 
 // Request is a copy of a request a Server received.
 type Request struct {
@@ -128,11 +144,13 @@ func (r Request) clone() Request {
 // Server is one fake upstream on a loopback port. Create it with New and
 // release it with Close.
 type Server struct {
-	name   string
-	prefix string
-	addr   string
-	srv    *http.Server
-	done   chan struct{} // closed by Close to release waiting handlers
+	name     string
+	prefix   string
+	apiKey   string
+	noModels bool
+	addr     string
+	srv      *http.Server
+	done     chan struct{} // closed by Close to release waiting handlers
 
 	closeOnce sync.Once
 	setMu     sync.Mutex // serialises SetFault and Close
@@ -165,13 +183,15 @@ func New(opts ...Option) *Server {
 		panic("fakeopenai: listen: " + err.Error())
 	}
 	s := &Server{
-		name:   cfg.name,
-		prefix: cfg.prefix,
-		addr:   ln.Addr().String(),
-		done:   make(chan struct{}),
-		conns:  make(map[net.Conn]struct{}),
-		rng:    rand.New(rand.NewPCG(cfg.seed, cfg.seed^0x9e3779b97f4a7c15)),
-		hitCh:  make(chan struct{}),
+		name:     cfg.name,
+		prefix:   cfg.prefix,
+		apiKey:   cfg.apiKey,
+		noModels: cfg.noModels,
+		addr:     ln.Addr().String(),
+		done:     make(chan struct{}),
+		conns:    make(map[net.Conn]struct{}),
+		rng:      rand.New(rand.NewPCG(cfg.seed, cfg.seed^0x9e3779b97f4a7c15)),
+		hitCh:    make(chan struct{}),
 	}
 	s.srv = &http.Server{
 		Handler:                      http.HandlerFunc(s.serveHTTP),
@@ -516,6 +536,8 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		resp = statusResponse(f)
 	case tooLarge != nil:
 		resp = bodyResponse(http.StatusRequestEntityTooLarge, defaultErrorBody(http.StatusRequestEntityTooLarge))
+	case s.apiKey != "" && r.Header.Get("Authorization") != "Bearer "+s.apiKey:
+		resp = wrongKey(r.Header.Get("Authorization"))
 	default:
 		resp = s.route(r, body, seq)
 	}
@@ -605,6 +627,9 @@ func (s *Server) route(r *http.Request, body []byte, seq int64) response {
 			}
 			return jsonResponse(obj{"text": fmt.Sprintf("%s: %d bytes", s.name, up.size)})
 		case "GET /models":
+			if s.noModels {
+				break
+			}
 			return jsonResponse(obj{
 				"object": "list",
 				"data": []obj{{
@@ -619,6 +644,27 @@ func (s *Server) route(r *http.Request, body []byte, seq int64) response {
 	return bodyResponse(http.StatusNotFound, errorJSON(
 		fmt.Sprintf("Unknown request URL: %s %s. Please check the URL for typos, or see the docs at https://platform.openai.com/docs/api-reference/.", r.Method, r.URL.Path),
 		"invalid_request_error", "unknown_url"))
+}
+
+// wrongKey is OpenAI's answer to a request without the right key:
+// authorization is the Authorization header presented.
+func wrongKey(authorization string) response {
+	key, ok := strings.CutPrefix(authorization, "Bearer ")
+	msg := "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+	if ok && key != "" {
+		msg = "Incorrect API key provided: " + maskKey(key) + ". You can find your API key at https://platform.openai.com/account/api-keys."
+	}
+	return bodyResponse(http.StatusUnauthorized, errorJSON(msg, "invalid_request_error", "invalid_api_key"))
+}
+
+// maskKey shows a key as OpenAI's errors do: its first few and last four
+// characters, stars between.
+func maskKey(key string) string {
+	r := []rune(key)
+	if len(r) < 12 {
+		return strings.Repeat("*", len(r))
+	}
+	return string(r[:5]) + strings.Repeat("*", len(r)-9) + string(r[len(r)-4:])
 }
 
 // promptTokens is a deterministic stand-in for a token count of raw.

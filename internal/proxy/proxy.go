@@ -15,9 +15,10 @@
 // reach an endpoint. Web browsers are kept in check (see
 // [Config.AllowOrigins] and [Config.AnyHost]), a request that comes back
 // to the proxy that sent it is refused ([HopHeader]), and a request body
-// must arrive within [Config.ReadTimeout]. /metrics (Prometheus) and
-// /healthz ([failover.Transport.HealthHandler]) are served beside the API
-// or on a listener of their own.
+// must arrive within [Config.ReadTimeout]. /metrics (Prometheus), /healthz
+// ([failover.Transport.HealthHandler]) and /status
+// ([failover.Transport.StatusHandler]) are served beside the API or on a
+// listener of their own.
 //
 // The package lives under internal/ so that the command and the SDK tests
 // of the nested integration module share one proxy.
@@ -72,6 +73,7 @@ const maxLoggedPath = 256
 const (
 	MetricsPath = "/metrics"
 	HealthPath  = "/healthz"
+	StatusPath  = "/status"
 )
 
 // Config configures a [Proxy]. Only Failover.Endpoints is required; every
@@ -81,7 +83,8 @@ type Config struct {
 	// returns it. New replaces its ClientBaseURLs with {InternalBaseURL}
 	// and its Registerer with the proxy's own registry; a nil Base means a
 	// transport of the proxy's own, released by [Proxy.Close]; a nil
-	// Logger means Config.Logger; a zero MaxBodyBuffer means
+	// Logger means Config.Logger; its OnAttempt is the proxy's, which
+	// records each attempt for the access log; a zero MaxBodyBuffer means
 	// [DefaultMaxBody] (negative: no body is buffered, and a request with
 	// one goes to one endpoint only).
 	Failover failover.Config
@@ -140,9 +143,11 @@ type Config struct {
 	ShutdownTimeout time.Duration
 
 	// Logger receives the proxy's logs: one line per request at Info
-	// (method, path, status, bytes, duration, and aborted=true for a
-	// response cut short; never a header, a query or a body), shutdown
-	// progress, and the transport's own logs. Nil means silent.
+	// (method, path, status, bytes, duration, the endpoint that answered,
+	// the number of attempts, and aborted=true for a response cut short;
+	// never a header, a query or a body), one line per failed attempt at
+	// Debug (its endpoint and outcome), shutdown progress, and the
+	// transport's own logs. Nil means silent.
 	Logger *slog.Logger
 }
 
@@ -167,6 +172,7 @@ type Proxy struct {
 	rp              *httputil.ReverseProxy
 	metrics         http.Handler
 	health          http.Handler
+	status          http.Handler
 	logger          *slog.Logger
 
 	mu        sync.Mutex      // serialises Update; guards the fields below
@@ -250,6 +256,7 @@ func New(cfg Config) (*Proxy, error) {
 	)
 	p.metrics = promhttp.HandlerFor(p.registry, promhttp.HandlerOpts{})
 	p.health = p.transport.HealthHandler()
+	p.status = p.transport.StatusHandler()
 	p.endpoints = describeEndpoints(p.transport.Health(), fc.Endpoints)
 	p.rp = &httputil.ReverseProxy{
 		Rewrite:        p.rewrite,
@@ -303,17 +310,17 @@ func (p *Proxy) BasePath() string {
 }
 
 // Handler returns the proxy's handler for a single listener: the API under
-// the base path, and /metrics and /healthz. Use [Proxy.APIHandler] and
+// the base path, and /metrics, /healthz and /status. Use [Proxy.APIHandler] and
 // [Proxy.AdminHandler] to serve them on separate listeners.
 func (p *Proxy) Handler() http.Handler { return p.handler(true, true) }
 
 // APIHandler returns the handler of the API alone; every path outside the
-// base path, /metrics and /healthz included, gets a 404, except a path with
+// base path, /metrics, /healthz and /status included, gets a 404, except a path with
 // a "." or ".." segment, which gets a 400.
 func (p *Proxy) APIHandler() http.Handler { return p.handler(true, false) }
 
-// AdminHandler returns the handler of /metrics and /healthz alone; every
-// other path gets a 404.
+// AdminHandler returns the handler of /metrics, /healthz and /status
+// alone; every other path gets a 404.
 func (p *Proxy) AdminHandler() http.Handler { return p.handler(false, true) }
 
 // handler serves the API (api), the admin paths (admin) or both. Outside
@@ -329,7 +336,7 @@ func (p *Proxy) handler(api, admin bool) http.Handler {
 			p.serveAPI(w, r)
 			return
 		}
-		isAdmin := admin && (r.URL.Path == MetricsPath || r.URL.Path == HealthPath)
+		isAdmin := admin && (r.URL.Path == MetricsPath || r.URL.Path == HealthPath || r.URL.Path == StatusPath)
 		switch {
 		case isAdmin && r.Method != http.MethodGet && r.Method != http.MethodHead:
 			refuseMethod(w, "GET, HEAD")
@@ -341,6 +348,8 @@ func (p *Proxy) handler(api, admin bool) http.Handler {
 			p.metrics.ServeHTTP(w, r)
 		case r.URL.Path == HealthPath && isAdmin:
 			p.health.ServeHTTP(w, r)
+		case r.URL.Path == StatusPath && isAdmin:
+			p.status.ServeHTTP(w, r)
 		default:
 			writeError(w, http.StatusNotFound, "invalid_request_error", "unknown_url",
 				fmt.Sprintf("Unknown request URL: %s %s. The proxy serves the API under %s.", r.Method, cutPath(r.URL.Path), p.BasePath()))
@@ -360,6 +369,7 @@ func refuseMethod(w http.ResponseWriter, allow string) {
 // logs either.
 func (p *Proxy) serveAPI(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
+	r, attempts := withAttemptLog(r)
 	rec := &recorder{ResponseWriter: w}
 	completed := false
 	// Deferred, so that a request whose handler panics gets its line too:
@@ -368,7 +378,9 @@ func (p *Proxy) serveAPI(w http.ResponseWriter, r *http.Request) {
 	// http.ErrAbortHandler. Nothing recovers: the panic goes on to
 	// net/http, which closes the connection.
 	defer func() {
-		p.logger.LogAttrs(r.Context(), slog.LevelInfo, "request", p.accessAttrs(r, rec, start, completed)...)
+		attrs := p.accessAttrs(r, rec, start, completed)
+		attrs = append(attrs, p.logAttempts(r, attempts)...)
+		p.logger.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
 	}()
 	origin := r.Header.Get("Origin")
 	switch {

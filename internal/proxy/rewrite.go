@@ -83,6 +83,7 @@ const statusClientClosed = 499
 // went away. (When an upstream answered, even with an error status, its
 // response is passed through instead.)
 func (p *Proxy) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+	markNoResponse(r)
 	ctx := r.Context()
 	rec, _ := w.(*recorder)
 	var body *clientBody

@@ -46,6 +46,7 @@ func (p *Proxy) prepare(cfg failover.Config) failover.Config {
 	cfg.Logger = p.own.logger
 	cfg.EndpointHeader = p.own.endpointHeader
 	cfg.MaxBodyBuffer = p.own.maxBody
+	cfg.OnAttempt = recordAttempt
 	return cfg
 }
 
@@ -95,11 +96,21 @@ func differentFields(ov, nv reflect.Value, skip string) []string {
 	var out []string
 	for i := range ov.NumField() {
 		f := ov.Type().Field(i)
-		if f.IsExported() && f.Name != skip && !reflect.DeepEqual(ov.Field(i).Interface(), nv.Field(i).Interface()) {
+		if f.IsExported() && f.Name != skip && !sameValue(ov.Field(i), nv.Field(i)) {
 			out = append(out, f.Name)
 		}
 	}
 	return out
+}
+
+// sameValue reports whether a and b hold the same value: deeply equal, or,
+// for functions (which reflect.DeepEqual never finds equal unless nil),
+// the same function.
+func sameValue(a, b reflect.Value) bool {
+	if a.Kind() == reflect.Func {
+		return a.Pointer() == b.Pointer()
+	}
+	return reflect.DeepEqual(a.Interface(), b.Interface())
 }
 
 // changedFields names the fields of two configurations of one endpoint
