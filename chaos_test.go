@@ -168,8 +168,18 @@ func (s *chaosSchedule) next() (faults []int, anchor int) {
 // this loaded machine under -race was measured at up to 400ms, and which
 // no client-side limiter can control.
 type grantClock struct {
-	mu   sync.Mutex
-	last map[uint64]time.Time
+	mu    sync.Mutex
+	last  map[uint64]time.Time
+	epoch time.Time
+}
+
+// since and sleep make grantClock the transport's clock. since reads the
+// monotonic clock only, and records nothing: the transport reads it when
+// it sends an attempt, after the limiter's grant.
+func (c *grantClock) since() time.Duration { return time.Since(c.epoch) }
+
+func (c *grantClock) sleep(ctx context.Context, d time.Duration) error {
+	return newRealClock().sleep(ctx, d)
 }
 
 func (c *grantClock) now() time.Time {
@@ -418,7 +428,7 @@ func TestChaos(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	httpTr := &http.Transport{DisableCompression: true, MaxIdleConnsPerHost: 64}
 	t.Cleanup(httpTr.CloseIdleConnections)
-	clock := &grantClock{last: map[uint64]time.Time{}}
+	clock := &grantClock{last: map[uint64]time.Time{}, epoch: time.Now()}
 	rec := newSendRecorder(httpTr, clock)
 	tr, err := newTransport(Config{
 		Endpoints:   cfgEps,
@@ -430,7 +440,7 @@ func TestChaos(t *testing.T) {
 		BackoffMax:  100 * time.Millisecond,
 		Cooldown:    50 * time.Millisecond,
 		MaxCooldown: chaosMaxCooldown,
-	}, &funcClock{nowFn: clock.now})
+	}, clock)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
