@@ -185,7 +185,7 @@ func BenchmarkUnhappy(b *testing.B) {
 	})
 	b.Run("spill-over", func(b *testing.B) {
 		eps := benchEndpoints(2)
-		eps[0].MaxRPS, eps[0].Burst = 1e-9, 1
+		eps[0].MaxRPS, eps[0].Burst = minRPS, 1
 		tr := mustNew(b, Config{Base: cannedBase{}, Endpoints: eps})
 		runRT(b, tr, url, false)
 		if got := endpointsOf(tr)[0].hot.started.Load(); got > 1 {
