@@ -25,7 +25,9 @@ type Config struct {
 
 	// MaxRetries is how many extra attempts a request may make after its
 	// first, across all endpoints, at most 1000. Zero means the default,
-	// 3; negative means none: one attempt per request, no failover.
+	// 3; negative means none: one attempt per request, no failover. (The
+	// environment's OPENAI_MAX_RETRIES=0 means none: [ConfigFromEnv]
+	// turns it into -1.)
 	MaxRetries int
 
 	// Base sends the rewritten requests, and passes through untouched the
@@ -36,11 +38,11 @@ type Config struct {
 	// metrics are registered (and none are collected). The global registry
 	// is never used unless passed here. One registry serves one Transport:
 	// New fails, leaving the registry unchanged, when the metrics are
-	// already registered there. The metrics, whose endpoint label
-	// is the endpoint's Name and whose outcome label is the status code
-	// ("other" outside 100-599), or "error", "timeout", or "canceled" when
-	// the caller gave up before a response arrived (never a path, a model,
-	// a key or an error text):
+	// already registered there. The metrics, whose endpoint label is the
+	// endpoint's Name and whose outcome label is the status code ("other"
+	// outside 100-599), or "error", "timeout", "first_token_timeout", or
+	// "canceled" when the caller gave up before a response arrived (never
+	// a path, a model, a key or an error text):
 	//
 	//	failover_attempts_total{endpoint,outcome}       counter
 	//	failover_attempt_duration_seconds{endpoint}     histogram, until the response headers
@@ -52,6 +54,9 @@ type Config struct {
 	//	                                                rate_limit, cooldown, breaker_open or backoff
 	//	failover_requests_failed_over_total             counter: answered after a failed attempt
 	//	failover_requests_exhausted_total               counter: ended without a successful attempt
+	//	failover_first_token_seconds{endpoint}          histogram: to a stream's first content event
+	//	failover_streams_total{endpoint,outcome}        counter: streams by how they ended (complete,
+	//	                                                truncated, stalled, canceled, error)
 	Registerer prometheus.Registerer
 
 	// Logger receives the Transport's logs: breaker state changes and

@@ -29,6 +29,8 @@ const (
 	envFallbackEnabled = "OPENAI_FALLBACK_ENABLED"
 	envMaxRetries      = "OPENAI_MAX_RETRIES"
 	envBackoffMS       = "OPENAI_BACKOFF_MS"
+	envFirstToken      = "OPENAI_FIRST_TOKEN_TIMEOUT"
+	envStreamIdle      = "OPENAI_STREAM_IDLE_TIMEOUT"
 )
 
 // ConfigFromEnv returns the Config described by the process environment
@@ -67,6 +69,10 @@ func ConfigFromEnv() (Config, error) {
 //	OPENAI_TIMEOUT_N    Endpoint.Timeout, a Go duration such as 30s or plain
 //	                    milliseconds such as 1500; not negative.
 //	                    Default: 0, no per-attempt timeout.
+//	OPENAI_FIRST_TOKEN_TIMEOUT_N  Endpoint.FirstTokenTimeout, a duration as for
+//	                    OPENAI_TIMEOUT_N. Default: OPENAI_FIRST_TOKEN_TIMEOUT.
+//	OPENAI_STREAM_IDLE_TIMEOUT_N  Endpoint.StreamIdleTimeout, likewise. Default:
+//	                    OPENAI_STREAM_IDLE_TIMEOUT.
 //	OPENAI_ENABLED_N    A boolean; false sets Endpoint.Disabled (not on every
 //	                    endpoint). Default: true.
 //	OPENAI_FORWARD_AUTH_N  A boolean; true sets Endpoint.ForwardCallerAuth: a
@@ -86,7 +92,7 @@ func ConfigFromEnv() (Config, error) {
 // under OPENAI_BASE_URL (as openai-go does when it reads that variable) are
 // routed too. Otherwise ClientBaseURLs is left nil, its default.
 //
-// Three variables set the failover itself:
+// These variables set the failover itself:
 //
 //	OPENAI_FALLBACK_ENABLED  A boolean; false means exactly one attempt per
 //	                         request (Config.MaxRetries = -1). Default: true.
@@ -95,6 +101,10 @@ func ConfigFromEnv() (Config, error) {
 //	                         Default: 3.
 //	OPENAI_BACKOFF_MS        A non-negative integer, milliseconds
 //	                         (Config.BackoffMin); 0 means the default, 200ms.
+//	OPENAI_FIRST_TOKEN_TIMEOUT  Config.FirstTokenTimeout, a Go duration or
+//	                         milliseconds. Default: none.
+//	OPENAI_STREAM_IDLE_TIMEOUT  Config.StreamIdleTimeout, likewise. Default:
+//	                         none.
 //
 // Other OPENAI_* variables are ignored, except that a variable above written
 // with an ambiguous N (OPENAI_API_KEY_01, OPENAI_API_KEY_+1, OPENAI_API_KEY_0)
@@ -201,6 +211,14 @@ var globalVars = []globalVar{
 		cfg.BackoffMin = time.Duration(n) * time.Millisecond
 		return ""
 	}},
+	{envFirstToken, func(cfg *Config, v string) (problem string) {
+		cfg.FirstTokenTimeout, problem = parseEnvDuration(v)
+		return problem
+	}},
+	{envStreamIdle, func(cfg *Config, v string) (problem string) {
+		cfg.StreamIdleTimeout, problem = parseEnvDuration(v)
+		return problem
+	}},
 }
 
 // setGlobals applies the global variables set in vars to cfg.
@@ -271,6 +289,14 @@ var endpointVars = []endpointVar{
 	})},
 	{"OPENAI_TIMEOUT_", problemOf(func(e *Endpoint, v string) (problem string) {
 		e.Timeout, problem = parseEnvDuration(v)
+		return problem
+	})},
+	{"OPENAI_FIRST_TOKEN_TIMEOUT_", problemOf(func(e *Endpoint, v string) (problem string) {
+		e.FirstTokenTimeout, problem = parseEnvDuration(v)
+		return problem
+	})},
+	{"OPENAI_STREAM_IDLE_TIMEOUT_", problemOf(func(e *Endpoint, v string) (problem string) {
+		e.StreamIdleTimeout, problem = parseEnvDuration(v)
 		return problem
 	})},
 	{"OPENAI_ENABLED_", problemOf(func(e *Endpoint, v string) string {
@@ -521,4 +547,21 @@ func quoteEnv(v string) string {
 		cut += size
 	}
 	return fmt.Sprintf("%s... (%d bytes)", strconv.Quote(v[:cut]), len(v))
+}
+
+// EnvVariables returns the names of the variables [ConfigFromEnviron]
+// reads, sorted: the global ones as they are, and the per-endpoint ones
+// ending in "_N", where N stands for the endpoint's number
+// (OPENAI_BASE_URL_N). A tool can spot with it a variable that looks like
+// one of these and is not read.
+func EnvVariables() []string {
+	names := []string{envAPIKey, envBaseURL}
+	for _, g := range globalVars {
+		names = append(names, g.name)
+	}
+	for _, v := range endpointVars {
+		names = append(names, v.prefix+"N")
+	}
+	slices.Sort(names)
+	return names
 }

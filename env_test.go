@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -691,5 +692,52 @@ func TestConfigFromEnvironAttemptsThroughTransport(t *testing.T) {
 				t.Errorf("slept %v; every attempt went to an untried endpoint", s)
 			}
 		})
+	}
+}
+
+// TestConfigFromEnvironStreamTimeouts: the global stream timeouts set the
+// Config's defaults, the numbered ones each endpoint's, in a Go duration or
+// milliseconds; a bad one names its variable.
+func TestConfigFromEnvironStreamTimeouts(t *testing.T) {
+	cfg := mustConfigFromEnviron(t,
+		"OPENAI_FIRST_TOKEN_TIMEOUT=45s", "OPENAI_STREAM_IDLE_TIMEOUT=30000",
+		"OPENAI_API_KEY_1=sk-1", "OPENAI_FIRST_TOKEN_TIMEOUT_2=5m", "OPENAI_STREAM_IDLE_TIMEOUT_2=1500")
+	if cfg.FirstTokenTimeout != 45*time.Second || cfg.StreamIdleTimeout != 30*time.Second {
+		t.Errorf("Config timeouts %v, %v; want 45s, 30s", cfg.FirstTokenTimeout, cfg.StreamIdleTimeout)
+	}
+	if e := cfg.Endpoints[0]; e.FirstTokenTimeout != 0 || e.StreamIdleTimeout != 0 {
+		t.Errorf("endpoint 1 timeouts %v, %v; want none of its own", e.FirstTokenTimeout, e.StreamIdleTimeout)
+	}
+	if e := cfg.Endpoints[1]; e.FirstTokenTimeout != 5*time.Minute || e.StreamIdleTimeout != 1500*time.Millisecond {
+		t.Errorf("endpoint 2 timeouts %v, %v; want 5m, 1.5s", e.FirstTokenTimeout, e.StreamIdleTimeout)
+	}
+	for _, v := range []string{"OPENAI_FIRST_TOKEN_TIMEOUT=soon", "OPENAI_STREAM_IDLE_TIMEOUT_1=-5s"} {
+		err := mustEnvironError(t, "OPENAI_API_KEY_1=sk-1", v)
+		if name, _, _ := strings.Cut(v, "="); !strings.Contains(err.Error(), "failover: "+name+": ") {
+			t.Errorf("error %q does not name %s", err, name)
+		}
+	}
+}
+
+// TestEnvVariablesAreRead: every name EnvVariables lists is one that
+// ConfigFromEnviron reads: a value it cannot take is an error naming it.
+func TestEnvVariablesAreRead(t *testing.T) {
+	names := EnvVariables()
+	if !slices.Contains(names, "OPENAI_BASE_URL_N") || !slices.Contains(names, "OPENAI_MAX_RETRIES") || !slices.IsSorted(names) {
+		t.Fatalf("EnvVariables() = %q, want sorted, with OPENAI_BASE_URL_N and OPENAI_MAX_RETRIES", names)
+	}
+	for _, n := range names {
+		name := n
+		if stem, ok := strings.CutSuffix(n, "_N"); ok {
+			name = stem + "_1"
+		}
+		bad := "\x00bad"
+		if name == "OPENAI_NAME_1" {
+			bad = "\xff"
+		}
+		_, err := ConfigFromEnviron([]string{"OPENAI_API_KEY_9=k", name + "=" + bad})
+		if err == nil || !strings.Contains(err.Error(), "failover: "+name+": ") {
+			t.Errorf("%s=%q: error %v, want one naming it", name, bad, err)
+		}
 	}
 }

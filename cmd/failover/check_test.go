@@ -307,7 +307,8 @@ func TestEnvNamesAreRead(t *testing.T) {
 		"OPENAI_BASE_URL": "ftp://x", "OPENAI_API_KEY": "a\nb", "OPENAI_PRIORITY": "x",
 		"OPENAI_WEIGHT": "-1", "OPENAI_MAX_RPS": "x", "OPENAI_BURST": "x", "OPENAI_TIMEOUT": "x",
 		"OPENAI_ENABLED": "maybe", "OPENAI_NAME": "\xff", "OPENAI_FALLBACK_ENABLED": "maybe",
-		"OPENAI_MAX_RETRIES": "x", "OPENAI_BACKOFF_MS": "x",
+		"OPENAI_MAX_RETRIES": "x", "OPENAI_BACKOFF_MS": "x", "OPENAI_FORWARD_AUTH": "maybe",
+		"OPENAI_FIRST_TOKEN_TIMEOUT": "x", "OPENAI_STREAM_IDLE_TIMEOUT": "x",
 	}
 	check := func(name string) {
 		t.Helper()

@@ -6,21 +6,14 @@ import (
 	"strings"
 
 	"github.com/agnivade/levenshtein"
+
+	"github.com/failover-go/failover"
 )
 
-// The variables failover reads (see failover.ConfigFromEnviron), for
-// spotting the ones that look like them and are not.
+// The variables failover reads (failover.EnvVariables, and the proxy's
+// own), for spotting the ones that look like them and are not.
 var (
-	// envGlobals are read as they are.
-	envGlobals = []string{
-		"OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_FALLBACK_ENABLED",
-		"OPENAI_MAX_RETRIES", "OPENAI_BACKOFF_MS", envProxyKey,
-	}
-	// envPerEndpoint are read with "_N" after them.
-	envPerEndpoint = []string{
-		"OPENAI_BASE_URL", "OPENAI_API_KEY", "OPENAI_PRIORITY", "OPENAI_WEIGHT",
-		"OPENAI_MAX_RPS", "OPENAI_BURST", "OPENAI_TIMEOUT", "OPENAI_ENABLED", "OPENAI_NAME",
-	}
+	envGlobals, envPerEndpoint = splitEnvVariables(failover.EnvVariables(), envProxyKey)
 	// envAliases are names people reach for, from other tools or by
 	// guess, normalised as normEnv does, and what failover reads instead.
 	envAliases = map[string]string{
@@ -143,4 +136,18 @@ func normEnv(name string) string {
 		}
 	}
 	return b.String()
+}
+
+// splitEnvVariables splits names as failover.EnvVariables gives them into
+// the global ones, read as they are (with extra, the proxy's own, added),
+// and the stems of the per-endpoint ones, read with "_N" after them.
+func splitEnvVariables(names []string, extra ...string) (globals, perEndpoint []string) {
+	for _, n := range names {
+		if stem, ok := strings.CutSuffix(n, "_N"); ok {
+			perEndpoint = append(perEndpoint, stem)
+		} else {
+			globals = append(globals, n)
+		}
+	}
+	return append(globals, extra...), perEndpoint
 }
