@@ -3,9 +3,11 @@ package proxy
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/failover-go/failover"
@@ -50,7 +52,8 @@ type attempt struct {
 type attemptLog struct {
 	mu         sync.Mutex
 	attempts   []attempt
-	noResponse bool // the client got the proxy's own error, not an upstream's response
+	noResponse bool   // the client got the proxy's own error, not an upstream's response
+	stream     string // how the event stream the client got ended; "" for none
 }
 
 type attemptLogKey struct{}
@@ -119,9 +122,79 @@ func (p *Proxy) logAttempts(r *http.Request, l *attemptLog) []slog.Attr {
 				slog.String("outcome", outcome), slog.String("result", a.result))
 		}
 	}
-	attrs := make([]slog.Attr, 0, 2)
+	attrs := make([]slog.Attr, 0, 3)
 	if answered {
 		attrs = append(attrs, slog.String("endpoint", attempts[len(attempts)-1].endpoint))
 	}
-	return append(attrs, slog.Int("attempts", len(attempts)))
+	attrs = append(attrs, slog.Int("attempts", len(attempts)))
+	if stream := l.streamOutcome(); stream != "" {
+		attrs = append(attrs, slog.String("stream", stream))
+	}
+	return attrs
+}
+
+// setStream records how the event stream the client got ended, once.
+func (l *attemptLog) setStream(outcome string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.stream == "" {
+		l.stream = outcome
+	}
+}
+
+func (l *attemptLog) streamOutcome() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.stream
+}
+
+// watchStream wraps resp's body, when it is an event stream of a request
+// with an attemptLog, to record for the access log how it ended: complete,
+// stalled, truncated, canceled (the client went away) or error. The
+// transport's own stream body has already turned a stall or a clean end
+// before the terminal event into an error, so the ReverseProxy cuts the
+// client's connection, as for a broken one, and the client's SDK raises an
+// error instead of taking the stream as complete.
+func watchStream(resp *http.Response) {
+	if resp.Request == nil || !strings.HasPrefix(strings.ToLower(resp.Header.Get("Content-Type")), "text/event-stream") {
+		return
+	}
+	if l, ok := resp.Request.Context().Value(attemptLogKey{}).(*attemptLog); ok {
+		resp.Body = &streamWatch{ReadCloser: resp.Body, log: l}
+	}
+}
+
+// streamWatch records how the stream it reads ends in its attemptLog.
+type streamWatch struct {
+	io.ReadCloser
+	log *attemptLog
+}
+
+func (s *streamWatch) Read(p []byte) (int, error) {
+	n, err := s.ReadCloser.Read(p)
+	if err != nil {
+		s.log.setStream(streamOutcome(err))
+	}
+	return n, err
+}
+
+// Close records a stream closed before its end as canceled: the client
+// went away.
+func (s *streamWatch) Close() error {
+	s.log.setStream("canceled")
+	return s.ReadCloser.Close()
+}
+
+func streamOutcome(err error) string {
+	switch {
+	case err == io.EOF:
+		return "complete"
+	case errors.Is(err, failover.ErrStreamStalled):
+		return "stalled"
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return "truncated"
+	case errors.Is(err, context.Canceled):
+		return "canceled"
+	}
+	return "error"
 }

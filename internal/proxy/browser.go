@@ -168,9 +168,17 @@ func allowOrigin(h http.Header, origin string) {
 	h.Add("Vary", "Origin")
 }
 
+// modifyResponse is the ReverseProxy's ModifyResponse: it strips the CORS
+// headers and watches event streams for the access log.
+func modifyResponse(resp *http.Response) error {
+	stripCORS(resp)
+	watchStream(resp)
+	return nil
+}
+
 // stripCORS deletes an upstream response's Access-Control-* headers: an
 // endpoint's "Access-Control-Allow-Origin: *" would hand its answer to any
-// web page. It is the ReverseProxy's ModifyResponse.
+// web page.
 func stripCORS(resp *http.Response) error {
 	for k := range resp.Header {
 		if len(k) > len("Access-Control-") && strings.EqualFold(k[:len("Access-Control-")], "Access-Control-") {

@@ -260,7 +260,7 @@ func New(cfg Config) (*Proxy, error) {
 	p.endpoints = describeEndpoints(p.transport.Health(), fc.Endpoints)
 	p.rp = &httputil.ReverseProxy{
 		Rewrite:        p.rewrite,
-		ModifyResponse: stripCORS,
+		ModifyResponse: modifyResponse,
 		Transport:      p.transport,
 		FlushInterval:  -1, // every write reaches the client at once: SSE
 		ErrorHandler:   p.proxyError,
