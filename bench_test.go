@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/failover-go/failover/internal/cputime"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -217,13 +218,13 @@ func BenchmarkLoopback(b *testing.B) {
 	run := func(b *testing.B, rt http.RoundTripper, url string) {
 		b.SetParallelism(16) // 32 goroutines at GOMAXPROCS=2
 		start := time.Now()
-		cpu0, cpuOK := processCPU()
+		cpu0, cpuOK := cputime.Process()
 		runRT(b, rt, url, true)
 		b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "req/s")
 		// CPU time per request, client and upstream together: on a
 		// shared machine it varies less than req/s, which also moves
 		// with the CPU other tenants take.
-		if cpu1, ok := processCPU(); ok && cpuOK {
+		if cpu1, ok := cputime.Process(); ok && cpuOK {
 			b.ReportMetric(float64(cpu1-cpu0)/float64(b.N), "cpu-ns/op")
 		}
 	}
@@ -244,6 +245,55 @@ func BenchmarkLoopback(b *testing.B) {
 		tr := mustNew(b, Config{Base: base, Endpoints: []Endpoint{{Name: "up", BaseURL: srv.URL + "/v1", APIKey: "sk-bench"}}})
 		run(b, tr, clientBase+"/chat/completions")
 	})
+}
+
+// BenchmarkLoopbackStream is BenchmarkLoopback for streamed chat
+// completions: each answer is 20 content events and [DONE], flushed one by
+// one as a provider sends tokens. "failover" watches the stream for its end
+// (truncation), "failover-timeouts" also for its first token and stalls.
+func BenchmarkLoopbackStream(b *testing.B) {
+	const events = 20
+	chunk := []byte(`data: {"id":"chatcmpl-x","object":"chat.completion.chunk","created":1700000000,"model":"m","choices":[{"index":0,"delta":{"content":"tok "},"finish_reason":null}]}` + "\n\n")
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "text/event-stream")
+		rc := http.NewResponseController(w)
+		for range events {
+			_, _ = w.Write(chunk)
+			_ = rc.Flush()
+		}
+		_, _ = io.WriteString(w, "data: [DONE]\n\n")
+	}))
+	defer srv.Close()
+	newBase := func() *http.Transport {
+		return &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true}
+	}
+	run := func(b *testing.B, rt http.RoundTripper, url string) {
+		b.SetParallelism(16)
+		start := time.Now()
+		cpu0, cpuOK := cputime.Process()
+		runRT(b, rt, url, true)
+		b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "req/s")
+		if cpu1, ok := cputime.Process(); ok && cpuOK {
+			b.ReportMetric(float64(cpu1-cpu0)/float64(b.N), "cpu-ns/op")
+		}
+	}
+	b.Run("direct", func(b *testing.B) {
+		base := newBase()
+		defer base.CloseIdleConnections()
+		run(b, base, srv.URL+"/v1/chat/completions")
+	})
+	for _, mode := range []string{"failover", "failover-timeouts"} {
+		b.Run(mode, func(b *testing.B) {
+			base := newBase()
+			defer base.CloseIdleConnections()
+			cfg := Config{Base: base, Endpoints: []Endpoint{{Name: "up", BaseURL: srv.URL + "/v1", APIKey: "sk-bench"}}}
+			if mode == "failover-timeouts" {
+				cfg.FirstTokenTimeout, cfg.StreamIdleTimeout = time.Minute, time.Minute
+			}
+			run(b, mustNew(b, cfg), clientBase+"/chat/completions")
+		})
+	}
 }
 
 // BenchmarkFailoverRefused measures a request whose preferred endpoint

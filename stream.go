@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -255,13 +254,14 @@ type streamBody struct {
 	start  time.Duration // the attempt's start, on the clock's since
 	first  bool          // the first content event went by
 
-	// Stall detection, when the endpoint has a StreamIdleTimeout.
+	// Stall detection, when the endpoint has a StreamIdleTimeout. The
+	// timer runs from the last content event; reading and due tell it
+	// whether the caller waits (lock-free: see fire and enterRead).
 	idle    time.Duration
-	cancel  context.CancelCauseFunc // ends the attempt's context
-	mu      sync.Mutex
-	timer   *time.Timer
-	reading bool // the caller waits in Read
-	due     bool // the idle time passed while the caller was away
+	cancel  context.CancelCauseFunc    // ends the attempt's context
+	timer   atomic.Pointer[time.Timer] // set once, by the first content event
+	reading atomic.Bool                // the caller waits in Read
+	due     atomic.Bool                // the idle time passed while the caller was away
 	stalled atomic.Bool
 
 	ended atomic.Bool // the outcome is recorded
@@ -283,11 +283,15 @@ func newStreamBody(e *endpoint, rc io.ReadCloser, kind streamKind, strict bool, 
 // caller. It returns ErrFirstTokenTimeout's error when the attempt's
 // context ends by the first-token deadline, or the read's error.
 func (b *streamBody) awaitFirstToken(ctx context.Context) error {
-	buf := make([]byte, 4<<10)
+	b.held = make([]byte, 0, 1<<10) // the first events of a stream are small
 	for len(b.held) < maxHeld {
-		n, err := b.rc.Read(buf)
-		b.held = append(b.held, buf[:n]...)
-		if b.scan.feed(buf[:n]) > 0 {
+		if len(b.held) == cap(b.held) {
+			b.held = append(b.held, 0)[:len(b.held)]
+		}
+		n, err := b.rc.Read(b.held[len(b.held):cap(b.held)])
+		read := b.held[len(b.held) : len(b.held)+n]
+		b.held = b.held[:len(b.held)+n]
+		if b.scan.feed(read) > 0 {
 			b.gotContent()
 			return nil
 		}
@@ -315,7 +319,7 @@ func (b *streamBody) Read(p []byte) (int, error) {
 	}
 	n, err := b.rc.Read(p)
 	if b.idle > 0 {
-		b.leaveRead()
+		b.reading.Store(false)
 	}
 	if n > 0 && b.scan.feed(p[:n]) > 0 {
 		b.gotContent()
@@ -334,43 +338,35 @@ func (b *streamBody) gotContent() {
 		b.e.observeFirstToken(b.e.clock.since() - b.start)
 	}
 	if b.idle > 0 {
-		b.mu.Lock()
-		b.due = false
-		if b.timer == nil {
-			b.timer = time.AfterFunc(b.idle, b.fire)
+		b.due.Store(false)
+		if t := b.timer.Load(); t != nil {
+			t.Reset(b.idle)
 		} else {
-			b.timer.Reset(b.idle)
+			b.timer.Store(time.AfterFunc(b.idle, b.fire))
 		}
-		b.mu.Unlock()
 	}
 }
 
+// enterRead marks the caller waiting. If the idle time passed while it was
+// away, it gets a whole idle period of its own waiting. With fire, it
+// decides without a lock: whichever of the two takes due acts.
 func (b *streamBody) enterRead() {
-	b.mu.Lock()
-	b.reading = true
-	if b.due {
-		// The idle time passed while the caller was away: it gets a
-		// whole idle period of its own waiting.
-		b.due = false
-		b.timer.Reset(b.idle)
+	b.reading.Store(true)
+	if b.due.CompareAndSwap(true, false) {
+		b.timer.Load().Reset(b.idle) // due is set only by the timer
 	}
-	b.mu.Unlock()
-}
-
-func (b *streamBody) leaveRead() {
-	b.mu.Lock()
-	b.reading = false
-	b.mu.Unlock()
 }
 
 // fire runs when the idle period passes: the stream stalls if the caller
-// is waiting, else at the caller's next wait.
+// is waiting, else at the caller's next wait (enterRead). It marks due
+// before looking again at reading, so that a caller entering meanwhile
+// either sees due or is seen waiting.
 func (b *streamBody) fire() {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if !b.reading {
-		b.due = true
-		return
+	if !b.reading.Load() {
+		b.due.Store(true)
+		if !b.reading.Load() || !b.due.CompareAndSwap(true, false) {
+			return
+		}
 	}
 	b.stalled.Store(true)
 	b.cancel(ErrStreamStalled)
@@ -402,12 +398,8 @@ func (b *streamBody) finish(outcome string) {
 	if !b.ended.CompareAndSwap(false, true) {
 		return
 	}
-	if b.idle > 0 {
-		b.mu.Lock()
-		if b.timer != nil {
-			b.timer.Stop()
-		}
-		b.mu.Unlock()
+	if t := b.timer.Load(); t != nil {
+		t.Stop()
 	}
 	b.e.streamEnded(outcome)
 }
