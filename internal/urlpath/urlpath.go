@@ -44,8 +44,15 @@ func HasDotSegment(p string) bool {
 // not UTF-8 (overlong forms such as %c0%ae). No OpenAI API path has any of
 // these. A path of plain characters is checked in one pass.
 func Unsafe(p string) string {
+	i := 0
+	for i < len(p) && !special[p[i]] {
+		i++
+	}
+	if i == len(p) {
+		return "" // the common case: letters, digits, "/", "-", "_", ...
+	}
 	var dot, pct, high bool
-	for i := 0; i < len(p); i++ {
+	for ; i < len(p); i++ {
 		switch c := p[i]; {
 		case c == '\\':
 			return "a backslash"
@@ -82,3 +89,12 @@ func Unsafe(p string) string {
 	}
 	return ""
 }
+
+// special marks the bytes Unsafe must look at more closely: the ones it
+// refuses, and ".", "%" and non-ASCII bytes.
+var special = func() (t [256]bool) {
+	for c := range 256 {
+		t[c] = c < 0x20 || c >= 0x7f || c == '\\' || c == ';' || c == '.' || c == '%'
+	}
+	return t
+}()
