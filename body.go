@@ -13,21 +13,27 @@ import (
 
 // replayBody hands each attempt a fresh reader of the request body: the
 // caller's own body for the first attempt when GetBody can make the next
-// ones, else a copy buffered once (up to a cap). The caller's body is closed
-// exactly once: by the base transport that read it, or by close.
+// ones, else a copy buffered once (up to a cap). A body above the cap is
+// streamed: the next attempt may take it only if the last read none of it
+// (a refused connection, say). The caller's body is closed exactly once:
+// by the base transport that read it, or by close.
 type replayBody struct {
-	req        *http.Request
-	buffered   bool          // the body was read into memory (the request had no GetBody)
-	single     io.ReadCloser // a body too large to buffer: one attempt only
-	sentOrig   bool          // the caller's body went to an attempt
-	replayable bool
-	getBody    func() (io.ReadCloser, error) // set on outgoing requests
+	req      *http.Request
+	buffered bool                          // the body was read into memory (the request had no GetBody)
+	sentOrig bool                          // the caller's body went to an attempt
+	getBody  func() (io.ReadCloser, error) // set on outgoing requests
+
+	// A body too large to buffer: its prefix, then the rest of the
+	// caller's, handed to one attempt at a time through a streamedBody.
+	stream  io.Reader
+	current *streamedBody
+	limit   int64
 }
 
 // init prepares req's body for replay. A body above limit bytes without
-// GetBody is sent once, unbuffered beyond its first limit bytes.
+// GetBody is streamed, unbuffered beyond its first limit bytes.
 func (b *replayBody) init(req *http.Request, limit int64) error {
-	*b = replayBody{req: req, replayable: true}
+	*b = replayBody{req: req}
 	switch {
 	case req.Body == nil || req.Body == http.NoBody:
 		return nil
@@ -41,8 +47,7 @@ func (b *replayBody) init(req *http.Request, limit int64) error {
 		return fmt.Errorf("failover: reading the request body: %w", err)
 	}
 	if int64(len(prefix)) > limit {
-		b.replayable = false
-		b.single = &multiReadCloser{Reader: io.MultiReader(bytes.NewReader(prefix), req.Body), closer: req.Body}
+		b.stream, b.limit = io.MultiReader(bytes.NewReader(prefix), req.Body), limit
 		return nil
 	}
 	_ = req.Body.Close()
@@ -54,11 +59,12 @@ func (b *replayBody) init(req *http.Request, limit int64) error {
 // next returns the body for the next attempt, nil for a request without one.
 func (b *replayBody) next() (io.ReadCloser, error) {
 	switch {
-	case b.single != nil:
-		rc := b.single
-		b.single = nil
-		b.sentOrig = true
-		return rc, nil
+	case b.stream != nil:
+		if b.current != nil && !b.current.seal() {
+			return nil, &bodyTooLargeError{limit: b.limit}
+		}
+		b.current = &streamedBody{r: b.stream}
+		return b.current, nil
 	case b.buffered:
 		return b.getBody()
 	case b.req.Body == nil || b.req.Body == http.NoBody:
@@ -77,16 +83,90 @@ func (b *replayBody) next() (io.ReadCloser, error) {
 	return rc, nil
 }
 
-// close closes the caller's body if no attempt took it.
+// close closes the caller's body if no attempt took it; a streamed body
+// once its last attempt is done with it.
 func (b *replayBody) close() {
-	if b.single != nil {
-		_ = b.single.Close()
-		return
-	}
-	if !b.sentOrig && !b.buffered && b.req.Body != nil {
+	switch {
+	case b.stream != nil && b.current != nil:
+		b.current.release(b.req.Body)
+	case b.stream != nil:
+		_ = b.req.Body.Close()
+	case !b.sentOrig && !b.buffered && b.req.Body != nil:
 		_ = b.req.Body.Close()
 	}
 }
+
+// streamedBody is one attempt's share of a body too large to buffer. Its
+// Close does not close the caller's body, so that an attempt that read
+// none of it (a refused connection) leaves it whole for the next; once
+// sealed, it reads no more, whatever the base transport's goroutines still
+// try. The last one closes the caller's body when both the transport and
+// the request are done with it (release).
+type streamedBody struct {
+	mu     sync.Mutex
+	r      io.Reader
+	read   int64
+	sealed bool
+	closed bool      // the base transport closed it
+	owner  io.Closer // the caller's body, to close at Close (set by release)
+}
+
+func (s *streamedBody) Read(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sealed || s.closed {
+		return 0, errBodySealed
+	}
+	n, err := s.r.Read(p)
+	s.read += int64(n)
+	return n, err
+}
+
+func (s *streamedBody) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	if s.owner != nil {
+		owner := s.owner
+		s.owner = nil
+		return owner.Close()
+	}
+	return nil
+}
+
+// seal ends s's share of the body and reports whether it read none of it.
+func (s *streamedBody) seal() (untouched bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sealed = true
+	return s.read == 0
+}
+
+// release closes caller, the caller's body, now if the base transport has
+// closed s, else when it does.
+func (s *streamedBody) release(caller io.Closer) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		_ = caller.Close()
+		return
+	}
+	s.owner = caller
+}
+
+// errBodySealed is what a read of a streamedBody gets once another attempt
+// (or none) took the body over.
+var errBodySealed = errors.New("failover: request body taken over by another attempt")
+
+// bodyTooLargeError ends a request whose body, too large to buffer, was
+// partly read by an attempt that failed.
+type bodyTooLargeError struct{ limit int64 }
+
+func (e *bodyTooLargeError) Error() string {
+	return fmt.Sprintf("failover: the request body is larger than MaxBodyBuffer (%d bytes) and was partly sent to an endpoint that failed, so it cannot fail over to another; raise MaxBodyBuffer, or give the request a GetBody", e.limit)
+}
+
+func (e *bodyTooLargeError) Is(target error) bool { return target == ErrBodyTooLarge }
 
 type multiReadCloser struct {
 	io.Reader

@@ -448,3 +448,93 @@ func TestBodyUpgradeStaysWritable(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestBodyAboveMaxBodyBufferFailsOverWhenUnread: a body too large to
+// buffer still fails over when the failed attempt read none of it (a
+// refused connection); the next endpoint gets it whole, and the caller's
+// body is closed once.
+func TestBodyAboveMaxBodyBufferFailsOverWhenUnread(t *testing.T) {
+	refused := errors.New("test: connection refused")
+	base := newScriptedBase(func(req *http.Request, n int) (*http.Response, error) {
+		if req.URL.Host == "a.test" {
+			return nil, refused
+		}
+		return reply(200, "ok"), nil
+	})
+	// The scripted base reads every body; a refusing base reads none.
+	refusing := roundTripFunc(func(req *http.Request) (*http.Response, error) {
+		if req.URL.Host == "a.test" {
+			_ = req.Body.Close() // as http.Transport closes a body it never sent
+			return nil, refused
+		}
+		return base.RoundTrip(req)
+	})
+	tr, _ := newTestTransport(t, Config{Base: refusing, MaxBodyBuffer: 16,
+		Endpoints: []Endpoint{hostEndpoint("a", 0), hostEndpoint("b", 1)}})
+	payload := strings.Repeat("x", 100)
+	body := &countingBody{r: strings.NewReader(payload)}
+	code, got := roundTrip(t, tr, post(t, clientBase+"/chat/completions", body))
+	if code != 200 || got != "ok" {
+		t.Fatalf("got %d %q, want b's 200", code, got)
+	}
+	if seen := base.Seen(); len(seen) != 1 || seen[0].host != "b.test" || seen[0].body != payload {
+		t.Errorf("upstreams saw %+v, want b alone with the whole 100-byte body", seen)
+	}
+	if n := body.closes.Load(); n != 1 {
+		t.Errorf("caller's body closed %d times, want once", n)
+	}
+}
+
+// TestBodyAboveMaxBodyBufferPartlySent: when the failed attempt read part
+// of a body too large to buffer, the request ends with ErrBodyTooLarge,
+// naming the limit; no second endpoint gets a body cut short.
+func TestBodyAboveMaxBodyBufferPartlySent(t *testing.T) {
+	b := newScriptedBase(alwaysOK)
+	reset := errors.New("test: connection reset")
+	base := roundTripFunc(func(req *http.Request) (*http.Response, error) {
+		if req.URL.Host == "a.test" {
+			buf := make([]byte, 10)
+			_, _ = io.ReadFull(req.Body, buf) // part of it, then the connection dies
+			_ = req.Body.Close()
+			return nil, reset
+		}
+		return b.RoundTrip(req)
+	})
+	tr, _ := newTestTransport(t, Config{Base: base, MaxBodyBuffer: 16,
+		Endpoints: []Endpoint{hostEndpoint("a", 0), hostEndpoint("b", 1)}})
+	body := &countingBody{r: strings.NewReader(strings.Repeat("x", 100))}
+	_, err := tr.RoundTrip(post(t, clientBase+"/chat/completions", body))
+	if !errors.Is(err, ErrBodyTooLarge) || !errors.Is(err, reset) || !strings.Contains(err.Error(), "MaxBodyBuffer (16 bytes)") {
+		t.Fatalf("error %v, want ErrBodyTooLarge naming the 16-byte limit, and a's reset", err)
+	}
+	if got := b.Hits("b.test"); got != 0 {
+		t.Errorf("b got %d request(s) with a cut body", got)
+	}
+	if n := body.closes.Load(); n != 1 {
+		t.Errorf("caller's body closed %d times, want once", n)
+	}
+}
+
+// TestBodyStreamedReleasedWhenTransportDone: the caller's streamed body is
+// closed when both the request and the base transport are done with it,
+// whichever comes last.
+func TestBodyStreamedReleasedWhenTransportDone(t *testing.T) {
+	var held io.ReadCloser
+	base := roundTripFunc(func(req *http.Request) (*http.Response, error) {
+		held = req.Body // as a transport still writing the body after the response
+		return reply(200, "ok"), nil
+	})
+	tr, _ := newTestTransport(t, Config{Base: base, MaxBodyBuffer: 16, Endpoints: []Endpoint{hostEndpoint("a", 0)}})
+	body := &countingBody{r: strings.NewReader(strings.Repeat("x", 100))}
+	roundTrip(t, tr, post(t, clientBase+"/chat/completions", body))
+	if n := body.closes.Load(); n != 0 {
+		t.Fatalf("caller's body closed %d times while the transport still holds it", n)
+	}
+	if b, err := io.ReadAll(held); err != nil || len(b) != 100 {
+		t.Fatalf("the transport read %d bytes, %v; want the whole body", len(b), err)
+	}
+	held.Close()
+	if n := body.closes.Load(); n != 1 {
+		t.Errorf("caller's body closed %d times after the transport closed it, want once", n)
+	}
+}

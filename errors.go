@@ -37,6 +37,14 @@ var (
 	// failed without an upstream response to return.
 	ErrAttemptsExhausted = errors.New("failover: attempts exhausted")
 
+	// ErrBodyTooLarge ends a request whose body, larger than
+	// [Config].MaxBodyBuffer and without GetBody (so streamed, not
+	// buffered), was partly sent to an endpoint that then failed: it cannot
+	// be replayed to another. A body no attempt read any of (the endpoint
+	// refused the connection, say) still fails over whole. Its message
+	// names the limit.
+	ErrBodyTooLarge = errors.New("failover: request body too large to fail over")
+
 	// ErrUnsafePath ends, before any attempt, a routed request whose URL
 	// an upstream could resolve outside the endpoint's base path, where
 	// the endpoint's key would go with it: a "." or ".." segment (escaped

@@ -59,11 +59,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	defer r.body.close()
-	attempts := s.attempts
-	if !r.body.replayable {
-		attempts = 1
-	}
-	for n := 1; n <= attempts && r.cause == nil; n++ {
+	for n := 1; n <= s.attempts && r.cause == nil; n++ {
 		e, done, err := s.choose(r.ctx, &r.st)
 		if err != nil {
 			r.cause = err
