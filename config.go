@@ -112,7 +112,8 @@ type Config struct {
 	// MaxBodyBuffer is the largest request body buffered for replay when
 	// the request has no GetBody (requests built by http.NewRequest from
 	// a bytes.Buffer, bytes.Reader or strings.Reader have one and are never
-	// copied). A larger body is sent once, with no failover. Zero means
+	// copied). A larger body is streamed: it fails over only while no
+	// attempt has read any of it (see [ErrBodyTooLarge]). Zero means
 	// 8 MiB; negative means never buffer.
 	MaxBodyBuffer int64
 
