@@ -26,6 +26,8 @@ func newOpenAIGo(cfg failover.Config) (openai.Client, error) {
 	api := openai.NewClient(
 		option.WithHTTPClient(client),
 		option.WithMaxRetries(0), // failover retries across endpoints; the SDK's own 2 retries would multiply them
+		// Pinned: openai-go would otherwise send to OPENAI_BASE_URL when it is set, which is not routed.
+		option.WithBaseURL(failover.DefaultClientBaseURL),
 	)
 	return api, nil
 }
