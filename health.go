@@ -61,9 +61,10 @@ type EndpointHealth struct {
 	Name string `json:"name"`
 	// BaseURL is the endpoint's, without query or user information.
 	BaseURL string `json:"base_url"`
-	// Priority and Weight are as configured, Weight defaulted to 1.
+	// Priority is as configured.
 	Priority int `json:"priority"`
-	Weight   int `json:"weight"`
+	// Weight is as configured, defaulted to 1.
+	Weight int `json:"weight"`
 	// State is the breaker's state, or cooling-down or disabled.
 	State State `json:"state"`
 	// StateSince is when the breaker last changed state (or New ran).
