@@ -18,6 +18,45 @@ import (
 	"github.com/failover-go/failover"
 )
 
+// A primary and a backup, each with a per-attempt timeout: the calling
+// code sends to the OpenAI API as usual, and the backup answers while the
+// primary is down.
+func Example() {
+	primary := httptest.NewServer(http.NotFoundHandler())
+	primary.Close() // down
+	backup := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, `{"object":"list","data":[]}`)
+	}))
+	defer backup.Close()
+
+	transport, err := failover.New(failover.Config{
+		Endpoints: []failover.Endpoint{
+			// Timeout bounds each attempt until the response headers, so
+			// that a hanging endpoint fails over instead of holding the
+			// request until the caller's own deadline.
+			{Name: "primary", BaseURL: primary.URL + "/v1", APIKey: "sk-primary", Priority: 1, Timeout: 20 * time.Second},
+			{Name: "backup", BaseURL: backup.URL + "/v1", APIKey: "sk-backup", Priority: 2, Timeout: 20 * time.Second},
+		},
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	client := &http.Client{Transport: transport} // for the SDK, or as is
+	resp, err := client.Get("https://api.openai.com/v1/models")
+	if err != nil {
+		log.Fatal(err)
+	}
+	resp.Body.Close()
+	fmt.Println(resp.StatusCode, "from", resp.Request.URL.Host)
+	for _, h := range transport.Health() {
+		fmt.Printf("%s: %d failure(s)\n", h.Name, h.Failures)
+	}
+	// Output:
+	// 200 from api.openai.com
+	// primary: 1 failure(s)
+	// backup: 0 failure(s)
+}
+
 // The primary endpoint is down (its port refuses connections); the request
 // fails over to the backup at once, with the backup's own key, and the
 // calling code never sees the failure.
