@@ -22,6 +22,7 @@ type replayBody struct {
 	sentOrig   bool          // the caller's body went to an attempt
 	replayable bool
 	getBody    func() (io.ReadCloser, error) // set on outgoing requests
+	data       []byte                        // the body, when buffered
 }
 
 // init prepares req's body for replay. A body above limit bytes without
@@ -47,6 +48,7 @@ func (b *replayBody) init(req *http.Request, limit int64) error {
 	}
 	_ = req.Body.Close()
 	b.buffered = true
+	b.data = prefix
 	b.getBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(prefix)), nil }
 	return nil
 }

@@ -73,6 +73,7 @@ type breaker struct {
 	pending    []transition // changes to log, outside gobreaker's lock
 	hasPending atomic.Bool
 	trialShown atomic.Bool // the current open period's end was logged
+	keyOpened  atomic.Bool // the current open period began with a refused key (probes wait it out)
 }
 
 // transition is a breaker state change waiting to be logged.
@@ -137,8 +138,12 @@ func (b *breaker) changed(from, to gobreaker.State) {
 		// reopens.
 		b.openUntil.Store(now.Add(time.Duration(b.openTimeout.Load())).UnixNano())
 		b.trialShown.Store(false)
+		b.keyOpened.Store(b.forced.Load() > 0)
+		defer b.s.heal.opened(b.s, from == gobreaker.StateClosed)
 	case gobreaker.StateClosed:
 		b.openUntil.Store(0)
+		b.keyOpened.Store(false)
+		defer b.s.heal.recovered(b.s, now.UnixNano())
 	case gobreaker.StateHalfOpen:
 		// gobreaker turns half-open at its first call after opening,
 		// which may be before openUntil: the change shows, and is
@@ -157,6 +162,22 @@ func (b *breaker) record(from, to gobreaker.State) {
 	b.pending = append(b.pending, transition{from: from, to: to})
 	b.pendingMu.Unlock()
 	b.hasPending.Store(true)
+}
+
+// holdOpen keeps b, while it is open, open until until (unix
+// nanoseconds), longer or shorter than its open period: recovery probes
+// set when the next probe, the next trial, is due. It reports whether b
+// was open.
+func (b *breaker) holdOpen(until int64) bool {
+	for {
+		old := b.openUntil.Load()
+		if old == 0 {
+			return false
+		}
+		if b.openUntil.CompareAndSwap(old, until) {
+			return true
+		}
+	}
 }
 
 // openAt reports whether b refuses every attempt at now (unix
