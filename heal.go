@@ -3,6 +3,9 @@ package failover
 import (
 	"context"
 	"fmt"
+	"math"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -97,4 +100,31 @@ func (s *snapshot) healHealth(e *endpoint, h *EndpointHealth, now time.Time) {
 		h.SlowStart = f
 	}
 	h.LatencyEstimate = e.latencyEstimate(s.clock.since())
+}
+
+// healCells formats h's probe, slow-start and latency-estimate cells of
+// the status page at now. The page's script formats the JSON the same
+// way (see pageScript); keep them in step.
+func healCells(h EndpointHealth, now time.Time) (probe, slow, latency string) {
+	var parts []string
+	switch h.ProbeState {
+	case ProbeStateProbing:
+		parts = append(parts, "probing")
+	case ProbeStateScheduled:
+		parts = append(parts, "next in "+humanDuration(h.NextProbeAt.Sub(now)))
+	}
+	if h.LastProbeResult != "" {
+		parts = append(parts, "last "+h.LastProbeResult+" "+humanDuration(now.Sub(h.LastProbeAt))+" ago")
+	}
+	probe, slow, latency = "-", "-", "-"
+	if len(parts) > 0 {
+		probe = strings.Join(parts, "; ")
+	}
+	if h.SlowStart > 0 {
+		slow = strconv.Itoa(int(math.Round(h.SlowStart*100))) + "%"
+	}
+	if h.LatencyEstimate > 0 {
+		latency = humanLatency(h.LatencyEstimate)
+	}
+	return probe, slow, latency
 }
