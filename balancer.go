@@ -122,12 +122,8 @@ func (e *endpoint) sampleHeaders(resp *http.Response, err error, start, end time
 func (e *endpoint) cost(now time.Duration, factor float64) float64 {
 	inflight := float64(max(e.hot.inflight(), 0))
 	est := e.hot.peak.value(now)
-	if est == 0 {
-		est = unsampledCost
-		if inflight == 0 {
-			return 0
-		}
-		return est * inflight / (float64(e.cfg.Weight) * factor)
+	if est == 0 { // no sample: nothing while idle
+		return unsampledCost * inflight / (float64(e.cfg.Weight) * factor)
 	}
 	return est * (inflight + 1) / (float64(e.cfg.Weight) * factor)
 }

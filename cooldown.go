@@ -72,9 +72,8 @@ func (e *endpoint) startCooldown(resp *http.Response) {
 		return
 	}
 	e.cooling.guessed.Store(!ok)
-	if !ok {
-		e.heal.watch(e.endpointState)
-	}
+	e.heal.watch(e.endpointState) // probes decide whether it is theirs
+
 	e.m.cooldown()
 	if e.logger != nil {
 		e.logger.Warn("failover: endpoint cooling down",

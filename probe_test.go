@@ -278,9 +278,10 @@ func TestProbeNeverHealthy(t *testing.T) {
 	if st := healthOf(t, ps.tr, "a").State; st != StateCoolingDown {
 		t.Fatalf("a is %v after a 429, want cooling-down", st)
 	}
+	a := endpointsOf(ps.tr)[0]
 	for range 40 {
+		eventually(t, "no probe loop for a", func() bool { return !a.probe.running.Load() })
 		ps.clk.Advance(time.Second)
-		ps.clk.BlockUntil(t, 0)
 	}
 	for _, name := range []string{"a", "b"} {
 		if n := len(probesOf(ps.base, name)); n != 0 {
@@ -354,12 +355,14 @@ func TestProbeUpdateTurnsOn(t *testing.T) {
 }
 
 // TestProbeRefusedUntilProbed: while probes watch an endpoint, its open
-// breaker refuses user requests even after its open period, and a request
-// with nowhere else to go fails at once (MaxWait negative) instead of
-// being the trial.
+// breaker refuses user requests even after its open period, while a probe
+// is its trial: a request with nowhere else to go fails at once (MaxWait
+// negative) instead of being a trial too.
 func TestProbeRefusedUntilProbed(t *testing.T) {
+	// Two trials would be let through: the probe takes one, and no user
+	// request may take the other.
 	ps := newProbeSetup(t, Config{Probe: ProbeConfig{Interval: 10 * time.Second},
-		Endpoints: []Endpoint{hostEndpoint("a", 0)}})
+		Endpoints: []Endpoint{hostEndpoint("a", 0)}, Breaker: BreakerConfig{HalfOpenRequests: 2}})
 	ps.hosts.set("a", 500)
 	for range 2 {
 		if code, _ := chat(t, ps.tr); code != 500 {

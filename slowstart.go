@@ -16,9 +16,8 @@ type slowStart struct {
 }
 
 // recovered is told by st's breaker that it closed at now (unix ns): st
-// begins a slow start, and probes forget its open period.
+// begins a slow start, and probes forget the probe they planned.
 func (h *healer) recovered(st *endpointState, now int64) {
-	st.probe.period.Store(0)
 	st.probe.next.Store(0)
 	if h != nil {
 		h.startedAt(st, now)

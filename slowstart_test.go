@@ -84,14 +84,20 @@ func TestSlowStartAdded(t *testing.T) {
 		t.Fatalf("after the window, c took %.3f, want a third", got)
 	}
 
+	// All three recover, a while apart: each is in its slow start, at a
+	// different factor, and none is held back.
 	for _, e := range endpointsOf(tr) {
 		openBreaker(t, e)
 	}
 	clk.Advance(time.Minute)
 	for _, e := range endpointsOf(tr) {
 		recoverTrial(t, e)
+		clk.Advance(window / 4)
 	}
 	for _, name := range []string{"a", "b", "c"} {
+		if f := healthOf(t, tr, name).SlowStart; f == 0 {
+			t.Fatalf("%s is not starting", name)
+		}
 		if got := shareOf(t, tr, base, name, 3000); math.Abs(got-1.0/3) > 0.03 {
 			t.Errorf("all three starting: %s took %.3f, want a third", name, got)
 		}
