@@ -64,9 +64,10 @@ func affinityKey(req *http.Request, b *replayBody, limit int64) uint64 {
 	if req.ContentLength > limit {
 		return 0
 	}
-	doc, release := b.peek(limit)
-	defer release()
-	return keyOf(doc)
+	doc, buf := b.peek(limit)
+	key := keyOf(doc)
+	releaseBody(buf)
+	return key
 }
 
 // jsonContent reports whether h's Content-Type is JSON, or absent.
@@ -111,40 +112,62 @@ func keyOf(doc []byte) uint64 {
 	return 0
 }
 
-// bodyPool holds the buffers peek reads bodies into.
-var bodyPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+// bodyPool holds the buffers peek reads bodies into (*[]byte).
+var bodyPool = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
 
 // maxPooledBody bounds the buffers kept in bodyPool.
 const maxPooledBody = 1 << 20
 
 // peek returns the request body's bytes without consuming it: the
 // Transport's own copy when it buffered one, else a copy read from
-// GetBody; nil when it has neither, or the body exceeds limit. release
-// returns the copy's buffer; the bytes must not be used after it.
-func (b *replayBody) peek(limit int64) (doc []byte, release func()) {
+// GetBody into a pooled buffer, which the caller hands to releaseBody
+// once done with the bytes; nil bytes when it has neither, or the body
+// exceeds limit.
+func (b *replayBody) peek(limit int64) (doc []byte, buf *[]byte) {
 	switch {
 	case b.buffered:
-		return b.data, func() {}
+		return b.data, nil
 	case b.getBody == nil:
-		return nil, func() {}
+		return nil, nil
 	}
 	rc, err := b.getBody()
 	if err != nil || rc == nil {
-		return nil, func() {}
+		return nil, nil
 	}
-	buf := bodyPool.Get().(*bytes.Buffer)
-	buf.Reset()
-	release = func() {
-		if buf.Cap() <= maxPooledBody {
-			bodyPool.Put(buf)
+	buf = bodyPool.Get().(*[]byte)
+	d := (*buf)[:0]
+	if n := b.req.ContentLength; n > 0 && n <= limit && int(n) > cap(d) {
+		d = make([]byte, 0, n+1)
+	}
+	for int64(len(d)) <= limit {
+		if len(d) == cap(d) {
+			d = append(d, 0)[:len(d)]
+		}
+		n, rerr := rc.Read(d[len(d):cap(d)])
+		d = d[:len(d)+n]
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			d = nil
+			break
 		}
 	}
-	_, err = buf.ReadFrom(io.LimitReader(rc, limit+1))
 	_ = rc.Close()
-	if err != nil || int64(buf.Len()) > limit {
-		return nil, release
+	if d != nil {
+		*buf = d[:0]
 	}
-	return buf.Bytes(), release
+	if int64(len(d)) > limit {
+		return nil, buf
+	}
+	return d, buf
+}
+
+// releaseBody returns a buffer of peek to the pool.
+func releaseBody(buf *[]byte) {
+	if buf != nil && cap(*buf) <= maxPooledBody {
+		bodyPool.Put(buf)
+	}
 }
 
 // pickByKey walks tr's members in the order of the request's key, its
