@@ -304,9 +304,10 @@ header p { margin: 0 0 1rem; display: flex; flex-wrap: wrap; gap: .3rem 1rem; al
 .updated, footer, small { color: var(--muted); }
 #stale { color: var(--open); font-weight: 600; }
 table { border-collapse: collapse; width: 100%; }
-th, td { text-align: left; padding: .4rem .6rem; border-bottom: 1px solid var(--line); vertical-align: top; }
+th, td { text-align: left; padding: .4rem .4rem; border-bottom: 1px solid var(--line); vertical-align: top; }
 th { font-size: .8rem; text-transform: uppercase; letter-spacing: .03em; color: var(--muted); }
 td.url, td.error { overflow-wrap: anywhere; }
+td.url { min-width: 6.5rem; }
 td.name { font-weight: 600; }
 tbody tr { border-left: .35rem solid var(--line); }
 .badge { display: inline-block; padding: 0 .45rem; border-radius: 1rem; color: #fff; background: var(--disabled); font-weight: 600; white-space: nowrap; }
