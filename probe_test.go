@@ -509,3 +509,42 @@ func TestProbeConfigErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestProbeClaim: with a claim hook (a fleet's shared state), a probe is
+// sent only when this process wins the claim; a lost claim waits a period
+// without doubling it.
+func TestProbeClaim(t *testing.T) {
+	const interval = 10 * time.Second
+	ps := newProbeSetup(t, Config{Probe: ProbeConfig{Interval: interval}})
+	var mu sync.Mutex
+	win := false
+	var claims []string
+	ps.tr.heal.claim = func(_ context.Context, endpoint string, ttl time.Duration) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		claims = append(claims, endpoint)
+		if ttl != defaultProbeTimeout {
+			t.Errorf("claim for %v, want the probe's timeout", ttl)
+		}
+		return win
+	}
+	ps.openA(t)
+	ps.clk.AdvanceTo(ps.nextProbe(t))
+	claimed := ps.clk.now()
+	next := ps.nextProbe(t)
+	within(t, "after a lost claim", claimed, next, interval)
+	if n := len(probesOf(ps.base, "a")); n != 0 {
+		t.Fatalf("%d probes sent after a lost claim", n)
+	}
+	mu.Lock()
+	win = true
+	mu.Unlock()
+	ps.hosts.set("a", 200)
+	ps.clk.AdvanceTo(next)
+	waitState(t, ps.tr, "a", StateClosed)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(claims) != 2 || claims[0] != "a" || len(probesOf(ps.base, "a")) != 1 {
+		t.Fatalf("claims %q and %d probes, want two claims for a and one probe", claims, len(probesOf(ps.base, "a")))
+	}
+}
