@@ -136,3 +136,60 @@ func TestLeastLatencyCost(t *testing.T) {
 		t.Fatalf("at half its weight: cost %v, want 0.6", c)
 	}
 }
+
+// BenchmarkPick measures the choice alone (no request, no allocation), on
+// three endpoints of one tier: the round robin of today against the
+// least-latency balancer, slow start configured (idle, and during a
+// window), and affinity for a request with a key, so that each one's own
+// cost shows without the noise of a whole round trip.
+//
+//	go test -run '^$' -bench Pick -count 8 .
+func BenchmarkPick(b *testing.B) {
+	eps := func() []Endpoint {
+		eps := benchEndpoints(3)
+		for i := range eps {
+			eps[i].Priority = 0
+		}
+		return eps
+	}
+	for _, tc := range []struct {
+		name  string
+		cfg   Config
+		setup func(tr *Transport)
+		key   uint64
+	}{
+		{name: "round_robin"},
+		{name: "least_latency", cfg: Config{Balancer: BalancerLeastLatency}, setup: func(tr *Transport) {
+			for i, e := range endpointsOf(tr) {
+				e.hot.peak.observe(time.Duration(i+1)*10*time.Millisecond, tr.clock.since())
+			}
+		}},
+		{name: "slow_start/idle", cfg: Config{SlowStart: time.Minute}},
+		{name: "slow_start/running", cfg: Config{SlowStart: time.Hour}, setup: func(tr *Transport) {
+			tr.heal.started(endpointsOf(tr)[0].endpointState)
+		}},
+		{name: "affinity/key", cfg: Config{Affinity: AffinityPromptCacheKey}, key: keyOf([]byte(`{"prompt_cache_key":"conversation-1234"}`))},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			cfg := tc.cfg
+			cfg.Base, cfg.Endpoints = cannedBase{}, eps()
+			tr := mustNew(b, cfg)
+			defer tr.Close()
+			if tc.setup != nil {
+				tc.setup(tr)
+			}
+			s := tr.snap.Load()
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				st := requestState{key: tc.key}
+				clk := lazyClock{c: s.clock}
+				e, done, _ := s.pick(&clk, &st)
+				if e == nil {
+					b.Fatal("no endpoint")
+				}
+				done(nil)
+			}
+		})
+	}
+}
