@@ -1,6 +1,8 @@
 package failover
 
 import (
+	"context"
+	"io"
 	"math"
 	"net/http"
 	"strings"
@@ -191,5 +193,46 @@ func BenchmarkPick(b *testing.B) {
 				done(nil)
 			}
 		})
+	}
+}
+
+// clockBody is a response body whose first read advances the fake clock
+// by d: the time the upstream takes to its first event.
+type clockBody struct {
+	io.Reader
+	clk  *fakeClock
+	d    time.Duration
+	once sync.Once
+}
+
+func (b *clockBody) Read(p []byte) (int, error) {
+	b.once.Do(func() { b.clk.Advance(b.d) })
+	return b.Reader.Read(p)
+}
+
+func (b *clockBody) Close() error { return nil }
+
+// TestLeastLatencyStreamsUseFirstToken: a stream's sample is its time to
+// the first token, not to its headers, once the endpoint has streamed one:
+// an endpoint that sends headers in 5ms and its first token at 500ms is
+// estimated at about 500ms, and its next streams' headers do not pull the
+// estimate down.
+func TestLeastLatencyStreamsUseFirstToken(t *testing.T) {
+	var clk *fakeClock
+	const sse = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\ndata: [DONE]\n\n"
+	base := newScriptedBase(func(*http.Request, int) (*http.Response, error) {
+		clk.Advance(5 * time.Millisecond)
+		resp := reply(200, "", "Content-Type", "text/event-stream")
+		resp.Body = &clockBody{Reader: strings.NewReader(sse), clk: clk, d: 495 * time.Millisecond}
+		return resp, nil
+	})
+	tr, c := newTestTransport(t, Config{Base: base, Balancer: BalancerLeastLatency,
+		Endpoints: []Endpoint{hostEndpoint("a", 0), hostEndpoint("b", 1)}})
+	clk = c
+	for i := range 3 {
+		roundTrip(t, tr, chatRequest(t, context.Background(), clientBase, true))
+		if est := healthOf(t, tr, "a").LatencyEstimate; est < 400*time.Millisecond || est > 500*time.Millisecond {
+			t.Fatalf("after stream %d: estimate %v, want about the first token's 500ms", i+1, est)
+		}
 	}
 }

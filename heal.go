@@ -34,6 +34,16 @@ type healer struct {
 	// when none may be running: the choice reads it to skip slow start's
 	// work when no endpoint starts.
 	starting atomic.Int64
+
+	// leastLatency is the current configuration's: streams feed the
+	// balancer's estimates only then.
+	leastLatency atomic.Bool
+}
+
+// balancesByLatency reports whether the current configuration balances by
+// latency; false for a nil h.
+func (h *healer) balancesByLatency() bool {
+	return h != nil && h.leastLatency.Load()
 }
 
 func (h *healer) init(t *Transport) {
@@ -74,6 +84,7 @@ func (s *snapshot) setHealing(h *healer, cfg Config) {
 	s.probe = cfg.Probe
 	s.slowStart = cfg.SlowStart
 	s.leastLatency = cfg.Balancer == BalancerLeastLatency
+	h.leastLatency.Store(s.leastLatency)
 	s.affinity = cfg.Affinity == AffinityPromptCacheKey
 	s.steered = s.slowStart > 0 || s.leastLatency || s.affinity
 }

@@ -438,7 +438,9 @@ func (e *streamError) Unwrap() error { return e.err }
 // event.
 func (s *endpointState) observeFirstToken(d time.Duration) {
 	s.hot.firstToken.observe(d)
-	s.hot.peak.observe(d, s.clock.since())
+	if s.heal.balancesByLatency() {
+		s.hot.peak.observe(d, s.clock.since())
+	}
 	s.m.firstToken(d)
 }
 
