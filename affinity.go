@@ -39,7 +39,7 @@ const (
 	// once more from GetBody (or from the Transport's own copy) when it
 	// has one; a request with a key then hashes it against each endpoint
 	// of the tier. A body larger than [Config].MaxBodyBuffer (8 MiB by
-	// default) is not scanned.
+	// default, and when buffering is off) is not scanned.
 	AffinityPromptCacheKey Affinity = "prompt_cache_key"
 )
 

@@ -1,6 +1,7 @@
 package failover
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"io"
@@ -61,7 +62,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	defer r.body.close()
 	if s.affinity {
-		r.st.key = affinityKey(req, &r.body, s.maxBody)
+		r.st.key = affinityKey(req, &r.body, cmp.Or(s.maxBody, defaultMaxBodyBuffer))
 	}
 	attempts := s.attempts
 	if !r.body.replayable {
