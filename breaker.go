@@ -21,7 +21,10 @@ type BreakerConfig struct {
 	FailureThreshold int
 
 	// OpenTimeout is how long an open breaker refuses requests before it
-	// lets trial requests through (half-open). Zero means 1 minute.
+	// lets trial requests through (half-open). Zero means 1 minute. With
+	// recovery probes on ([Config].Probe), a probe is the trial instead,
+	// sent [ProbeConfig].Interval after the breaker opened, or OpenTimeout
+	// after a refused key opened it.
 	OpenTimeout time.Duration
 
 	// HalfOpenRequests is how many trial requests a half-open breaker lets
