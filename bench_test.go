@@ -1,6 +1,7 @@
 package failover
 
 import (
+	"cmp"
 	"fmt"
 	"io"
 	"maps"
@@ -75,8 +76,13 @@ func (f copyFloor) RoundTrip(in *http.Request) (*http.Response, error) {
 // benchRequest is a chat completion request like an SDK's: a body with
 // GetBody, JSON content type and an Authorization header.
 func benchRequest(b *testing.B, url string) *http.Request {
+	return benchRequestBody(b, url, chatBody(false))
+}
+
+// benchRequestBody is benchRequest with the body body.
+func benchRequestBody(b *testing.B, url, body string) *http.Request {
 	b.Helper()
-	req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(chatBody(false)))
+	req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -119,9 +125,23 @@ func send1(rt http.RoundTripper, req *http.Request) error {
 
 // runRT sends a request through rt b.N times, serially or in parallel.
 func runRT(b *testing.B, rt http.RoundTripper, url string, parallel bool) {
+	runRTBody(b, rt, url, chatBody(false), parallel)
+}
+
+// runRTBody is runRT with requests of body body. It also reports the
+// process's CPU time per request (cpu-ns/op): on a machine shared with
+// other work, it moves less than the time per request, which grows with
+// what the other tenants take.
+func runRTBody(b *testing.B, rt http.RoundTripper, url, body string, parallel bool) {
 	b.ReportAllocs()
+	cpu0, cpuOK := cputime.Process()
+	defer func() {
+		if cpu1, ok := cputime.Process(); ok && cpuOK && b.N > 0 {
+			b.ReportMetric(float64(cpu1-cpu0)/float64(b.N), "cpu-ns/op")
+		}
+	}()
 	if !parallel {
-		req := benchRequest(b, url)
+		req := benchRequestBody(b, url, body)
 		b.ResetTimer()
 		for range b.N {
 			if err := send1(rt, req); err != nil {
@@ -131,7 +151,7 @@ func runRT(b *testing.B, rt http.RoundTripper, url string, parallel bool) {
 		return
 	}
 	b.RunParallel(func(pb *testing.PB) {
-		req := benchRequest(b, url)
+		req := benchRequestBody(b, url, body)
 		for pb.Next() {
 			if err := send1(rt, req); err != nil {
 				b.Error(err)
@@ -165,6 +185,41 @@ func BenchmarkRoundTrip(b *testing.B) {
 				eps[i].Priority, eps[i].Weight = 0, i+1
 			}
 			runRT(b, mustNew(b, Config{Base: cannedBase{}, Endpoints: eps}), url, parallel)
+		})
+		benchHealing(b, mode, url, parallel)
+	}
+}
+
+// benchHealing adds BenchmarkRoundTrip's cases of the healing features,
+// over three endpoints of one tier (as the weighted case): probes and slow
+// start configured (and idle, as on a healthy fleet), the least-latency
+// balancer, and affinity for requests with and without a key.
+func benchHealing(b *testing.B, mode, url string, parallel bool) {
+	sameTier := func() []Endpoint {
+		eps := benchEndpoints(3)
+		for i := range eps {
+			eps[i].Priority = 0
+		}
+		return eps
+	}
+	keyed := `{"model":"gpt-test","messages":[{"role":"user","content":"hi"}],"prompt_cache_key":"conversation-1234"}`
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		body string
+	}{
+		{"probes+slow_start", Config{Probe: ProbeConfig{Interval: 10 * time.Second}, SlowStart: time.Minute}, ""},
+		{"least_latency", Config{Balancer: BalancerLeastLatency}, ""},
+		{"affinity/no-key", Config{Affinity: AffinityPromptCacheKey}, ""},
+		{"affinity/key", Config{Affinity: AffinityPromptCacheKey}, keyed},
+	} {
+		b.Run(mode+"/endpoints=3/"+tc.name, func(b *testing.B) {
+			cfg := tc.cfg
+			cfg.Base, cfg.Endpoints = cannedBase{}, sameTier()
+			tr := mustNew(b, cfg)
+			defer tr.Close()
+			body := cmp.Or(tc.body, chatBody(false))
+			runRTBody(b, tr, url, body, parallel)
 		})
 	}
 }

@@ -22,6 +22,7 @@ type replayBody struct {
 	buffered bool                          // the body was read into memory (the request had no GetBody)
 	sentOrig bool                          // the caller's body went to an attempt
 	getBody  func() (io.ReadCloser, error) // set on outgoing requests
+	data     []byte                        // the body, when buffered
 
 	// A body too large to buffer: its prefix, then the rest of the
 	// caller's, handed to one attempt at a time through a streamedBody.
@@ -52,6 +53,7 @@ func (b *replayBody) init(req *http.Request, limit int64) error {
 	}
 	_ = req.Body.Close()
 	b.buffered = true
+	b.data = prefix
 	b.getBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(prefix)), nil }
 	return nil
 }

@@ -21,7 +21,10 @@ type BreakerConfig struct {
 	FailureThreshold int
 
 	// OpenTimeout is how long an open breaker refuses requests before it
-	// lets trial requests through (half-open). Zero means 1 minute.
+	// lets trial requests through (half-open). Zero means 1 minute. With
+	// recovery probes on ([Config].Probe), a probe is the trial instead,
+	// sent [ProbeConfig].Interval after the breaker opened, or OpenTimeout
+	// after a refused key opened it.
 	OpenTimeout time.Duration
 
 	// HalfOpenRequests is how many trial requests a half-open breaker lets
@@ -73,6 +76,7 @@ type breaker struct {
 	pending    []transition // changes to log, outside gobreaker's lock
 	hasPending atomic.Bool
 	trialShown atomic.Bool // the current open period's end was logged
+	keyOpened  atomic.Bool // the current open period began with a refused key (probes wait it out)
 }
 
 // transition is a breaker state change waiting to be logged.
@@ -137,8 +141,12 @@ func (b *breaker) changed(from, to gobreaker.State) {
 		// reopens.
 		b.openUntil.Store(now.Add(time.Duration(b.openTimeout.Load())).UnixNano())
 		b.trialShown.Store(false)
+		b.keyOpened.Store(b.forced.Load() > 0)
+		defer b.s.heal.opened(b.s, from == gobreaker.StateClosed)
 	case gobreaker.StateClosed:
 		b.openUntil.Store(0)
+		b.keyOpened.Store(false)
+		defer b.s.heal.recovered(b.s, now.UnixNano())
 	case gobreaker.StateHalfOpen:
 		// gobreaker turns half-open at its first call after opening,
 		// which may be before openUntil: the change shows, and is
@@ -157,6 +165,22 @@ func (b *breaker) record(from, to gobreaker.State) {
 	b.pending = append(b.pending, transition{from: from, to: to})
 	b.pendingMu.Unlock()
 	b.hasPending.Store(true)
+}
+
+// holdOpen keeps b, while it is open, open until until (unix
+// nanoseconds), longer or shorter than its open period: recovery probes
+// set when the next probe, the next trial, is due. It reports whether b
+// was open.
+func (b *breaker) holdOpen(until int64) bool {
+	for {
+		old := b.openUntil.Load()
+		if old == 0 {
+			return false
+		}
+		if b.openUntil.CompareAndSwap(old, until) {
+			return true
+		}
+	}
 }
 
 // openAt reports whether b refuses every attempt at now (unix

@@ -18,6 +18,9 @@ type requestState struct {
 	// keyRefused is set once an attempt's key was refused: a second
 	// refusal counts as an ordinary failure.
 	keyRefused bool
+	// key is the hash of the request's affinity key (Config.Affinity);
+	// 0 for none.
+	key uint64
 }
 
 // bitset is a set of endpoint indexes.
@@ -150,6 +153,12 @@ func (p *pickResult) soonest(d time.Duration, r waitReason, tried bool) {
 func (s *snapshot) pick(clk *lazyClock, st *requestState) (*endpoint, func(error), pickResult) {
 	var p pickResult
 	for _, tr := range s.tiers {
+		if s.steered && len(tr.members) > 1 {
+			if e, done, ok := s.pickSteered(tr, clk, st, &p); ok {
+				return e, done, p
+			}
+			continue
+		}
 		n := len(tr.members)
 		i := tr.start()
 		for range n {
@@ -189,6 +198,11 @@ func (e *endpoint) take(clk *lazyClock, st *requestState, p *pickResult) (func(e
 		if until, open := e.breaker.openAt(ns); open {
 			p.open++
 			p.soonest(time.Duration(until-ns), waitBreaker, tried)
+			return nil, false
+		}
+		if e.refusesTrials() { // only a probe may be its trial
+			p.open++
+			p.soonest(probeRequestPoll, waitBreaker, tried)
 			return nil, false
 		}
 	}

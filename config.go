@@ -57,6 +57,12 @@ type Config struct {
 	//	failover_first_token_seconds{endpoint}          histogram: to a stream's first content event
 	//	failover_streams_total{endpoint,outcome}        counter: streams by how they ended (complete,
 	//	                                                truncated, stalled, canceled, error)
+	//	failover_probes_total{endpoint,result}          counter: recovery probes by result (success,
+	//	                                                failure, key_rejected, error)
+	//	failover_probe_state{endpoint}                  gauge: 0 not probed, 1 scheduled, 2 probing
+	//	failover_slow_start_factor{endpoint}            gauge: share of its weight taken now (1 when
+	//	                                                not in slow start)
+	//	failover_latency_estimate_seconds{endpoint}     gauge: the least-latency balancer's estimate
 	Registerer prometheus.Registerer
 
 	// Logger receives the Transport's logs: breaker state changes and
@@ -162,6 +168,31 @@ type Config struct {
 	// a caller, or a client of the proxy, can tell which served it. It
 	// must be a valid header name. Empty means no such header.
 	EndpointHeader string
+
+	// Probe configures recovery probes, which find out in the background
+	// whether an endpoint out of the rotation is back, so that no user
+	// request is its trial. The zero value means none. See
+	// [ProbeConfig]; call [Transport.Close] to stop them.
+	Probe ProbeConfig
+
+	// SlowStart, when positive, is the window over which an endpoint
+	// whose breaker closes again, or that [Transport.Update] adds, grows
+	// its share of its tier's traffic from a tenth of its weight to all of
+	// it, in proportion to the time (as Envoy's slow start does), so that
+	// an endpoint that just recovered is not flooded. It does not apply
+	// while every endpoint of the tier starts. Zero means none; negative
+	// is an error.
+	SlowStart time.Duration
+
+	// Balancer chooses which endpoint of a tier a request tries first.
+	// The zero value means [BalancerRoundRobin]; see
+	// [BalancerLeastLatency].
+	Balancer Balancer
+
+	// Affinity keeps related requests on one endpoint of their tier. The
+	// zero value, [AffinityNone], means none; see
+	// [AffinityPromptCacheKey].
+	Affinity Affinity
 }
 
 // Defaults for the zero fields of Config.
@@ -199,6 +230,7 @@ func newTransport(cfg Config, c clock) (*Transport, error) {
 		t.base = http.DefaultTransport
 	}
 	t.metrics = newMetrics(cfg.Registerer != nil, t)
+	t.heal.init(t)
 	t.snap.Store(t.build(p, nil))
 	// Registered last: a scrape may come at once and reads the endpoints.
 	if err := t.metrics.register(cfg.Registerer); err != nil {
@@ -308,6 +340,7 @@ func checkSettings(cfg Config) []error {
 	if cfg.MaxErrorBody < 0 {
 		errs = append(errs, fmt.Errorf("failover: MaxErrorBody %d is negative", cfg.MaxErrorBody))
 	}
+	errs = append(errs, checkHealing(cfg)...)
 	return errs
 }
 
@@ -350,6 +383,7 @@ func (cfg Config) withDefaults() Config {
 	cfg.MaxBodyBuffer = min(cfg.MaxBodyBuffer, math.MaxInt64-1)
 	cfg.MaxErrorBody = min(cfg.MaxErrorBody, math.MaxInt64-1)
 	cfg.EndpointHeader = http.CanonicalHeaderKey(cfg.EndpointHeader)
+	cfg.Probe = cfg.Probe.withDefaults()
 	return cfg
 }
 
@@ -389,6 +423,14 @@ type snapshot struct {
 	base    http.RoundTripper
 	clock   clock
 	metrics *metrics
+
+	// Healing: probes, slow start, the balancer and affinity.
+	heal         *healer
+	probe        ProbeConfig   // defaulted; Interval 0: no probes
+	slowStart    time.Duration // 0: none
+	leastLatency bool          // Balancer is BalancerLeastLatency
+	affinity     bool          // Affinity is AffinityPromptCacheKey
+	steered      bool          // the choice is steered by one of the three above
 }
 
 // build returns the snapshot of p. An endpoint whose Name old has keeps
@@ -415,6 +457,7 @@ func (t *Transport) build(p *prepared, old *snapshot) *snapshot {
 		clock:          t.clock,
 		metrics:        t.metrics,
 	}
+	s.setHealing(&t.heal, cfg)
 	states := old.states()
 	cool := cooldownPolicy{base: cfg.Cooldown, max: cfg.MaxCooldown}
 	s.endpoints = make([]*endpoint, len(p.endpoints))
@@ -422,6 +465,7 @@ func (t *Transport) build(p *prepared, old *snapshot) *snapshot {
 		st := states[ec.Name]
 		if st == nil {
 			st = newEndpointState(ec.Name, t.clock, t.logger, t.metrics, cfg.Breaker)
+			t.heal.adopt(st, old != nil)
 		} else {
 			st.breaker.configure(cfg.Breaker)
 		}
@@ -435,6 +479,8 @@ func (t *Transport) build(p *prepared, old *snapshot) *snapshot {
 			streamIdle:    cmp.Or(ec.StreamIdleTimeout, cfg.StreamIdleTimeout),
 			cool:          cool,
 			limiter:       st.limiterFor(ec),
+			probes:        cfg.Probe.Interval > 0 && !ec.Disabled,
+			hrw:           nameHash(ec.Name),
 		}
 	}
 	s.tiers = buildTiers(s.endpoints)

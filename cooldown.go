@@ -21,6 +21,7 @@ type cooldownPolicy struct {
 type cooldown struct {
 	until     atomic.Int64 // unix nanoseconds; 0 or past: none
 	throttled atomic.Int32 // consecutive 429s without a delay header
+	guessed   atomic.Bool  // the running cooldown's delay was not named by the response (recovery probes may end it)
 }
 
 // at returns when the cooldown ends (unix nanoseconds), or 0 when it is not
@@ -70,6 +71,9 @@ func (e *endpoint) startCooldown(resp *http.Response) {
 	if d <= 0 || !e.cooling.extend(now.Add(d).UnixNano()) {
 		return
 	}
+	e.cooling.guessed.Store(!ok)
+	e.heal.watch(e.endpointState) // probes decide whether it is theirs
+
 	e.m.cooldown()
 	if e.logger != nil {
 		e.logger.Warn("failover: endpoint cooling down",

@@ -114,6 +114,11 @@ type Endpoint struct {
 	// replacing the caller's values for the same keys in any spelling.
 	// Nil means none.
 	Header http.Header
+
+	// Probe is the request recovery probes send to this endpoint when
+	// [Config].Probe turns them on. The zero value means GET
+	// {BaseURL}/models; see [ProbeRequest] and [ChatProbe].
+	Probe ProbeRequest
 }
 
 // minRPS is the smallest MaxRPS accepted: one request an hour. A rate
@@ -160,6 +165,9 @@ func (e *Endpoint) check(i int) []error {
 	}
 	if strings.ContainsAny(e.APIKey, "\r\n") {
 		bad("APIKey contains a line break")
+	}
+	for _, problem := range e.Probe.problems() {
+		bad("%s", problem)
 	}
 	for _, k := range slices.Sorted(maps.Keys(e.Header)) {
 		if !validHeaderName(k) {
@@ -248,6 +256,8 @@ type endpoint struct {
 	streamIdle time.Duration // StreamIdleTimeout, defaulted; 0 for none
 	cool       cooldownPolicy
 	limiter    *rate.Limiter // the state's limiter; nil when unlimited
+	probes     bool          // recovery probes watch it (Config.Probe, not Disabled)
+	hrw        uint64        // its name's hash, for affinity's rendezvous scores
 }
 
 // endpointState is the live state of an endpoint: breaker, cooldown, rate
@@ -267,6 +277,10 @@ type endpointState struct {
 
 	stats endpointStats
 	m     *endpointMetrics // nil when metrics are off
+
+	heal  *healer // the Transport's probes and slow-start hint
+	probe probeState
+	slow  slowStart
 
 	// hot is written by every attempt. It sits on cache lines of its own
 	// so that those writes, from every core, do not keep evicting the
@@ -343,8 +357,9 @@ type endpointStats struct {
 type hotStats struct {
 	started    atomic.Uint64
 	finished   atomic.Uint64
-	latency    ewma // time to the response headers
-	firstToken ewma // time to a stream's first content event
+	latency    ewma     // time to the response headers
+	firstToken ewma     // time to a stream's first content event
+	peak       peakEWMA // the least-latency balancer's estimate
 }
 
 // inflight returns the attempts started and not yet finished.

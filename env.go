@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -31,6 +32,10 @@ const (
 	envBackoffMS       = "OPENAI_BACKOFF_MS"
 	envFirstToken      = "OPENAI_FIRST_TOKEN_TIMEOUT"
 	envStreamIdle      = "OPENAI_STREAM_IDLE_TIMEOUT"
+	envProbeInterval   = "OPENAI_PROBE_INTERVAL"
+	envSlowStart       = "OPENAI_SLOW_START"
+	envBalancer        = "OPENAI_BALANCER"
+	envAffinity        = "OPENAI_AFFINITY"
 )
 
 // ConfigFromEnv returns the Config described by the process environment
@@ -79,6 +84,10 @@ func ConfigFromEnv() (Config, error) {
 //	                    keyless endpoint receives the caller's credentials.
 //	                    Default: false.
 //	OPENAI_NAME_N       Endpoint.Name, unique. Default: the host of the base URL.
+//	OPENAI_PROBE_MODEL_N  A model name: recovery probes of the endpoint send a
+//	                    chat completion of one token to it (Endpoint.Probe =
+//	                    ChatProbe(model)), for a server without /models; each
+//	                    probe is then a billed request. Default: GET /models.
 //
 // A boolean is one of 1, t, true, yes, on, 0, f, false, no, off, in any case.
 //
@@ -105,6 +114,14 @@ func ConfigFromEnv() (Config, error) {
 //	                         milliseconds. Default: none.
 //	OPENAI_STREAM_IDLE_TIMEOUT  Config.StreamIdleTimeout, likewise. Default:
 //	                         none.
+//	OPENAI_PROBE_INTERVAL    Config.Probe.Interval, a duration as above, at
+//	                         least 100ms: recovery probes. Default: none.
+//	OPENAI_SLOW_START        Config.SlowStart, a duration as above. Default:
+//	                         none.
+//	OPENAI_BALANCER          Config.Balancer: round_robin or least_latency.
+//	                         Default: round_robin.
+//	OPENAI_AFFINITY          Config.Affinity: prompt_cache_key, or none.
+//	                         Default: none.
 //
 // Other OPENAI_* variables are ignored, except that a variable above written
 // with an ambiguous N (OPENAI_API_KEY_01, OPENAI_API_KEY_+1, OPENAI_API_KEY_0)
@@ -219,6 +236,35 @@ var globalVars = []globalVar{
 		cfg.StreamIdleTimeout, problem = parseEnvDuration(v)
 		return problem
 	}},
+	{envProbeInterval, func(cfg *Config, v string) (problem string) {
+		cfg.Probe.Interval, problem = parseEnvDuration(v)
+		if problem == "" && cfg.Probe.Interval > 0 && cfg.Probe.Interval < minProbeInterval {
+			return quoteEnv(v) + " is below " + minProbeInterval.String()
+		}
+		return problem
+	}},
+	{envSlowStart, func(cfg *Config, v string) (problem string) {
+		cfg.SlowStart, problem = parseEnvDuration(v)
+		return problem
+	}},
+	{envBalancer, func(cfg *Config, v string) string {
+		cfg.Balancer = Balancer(strings.ToLower(v))
+		if cfg.Balancer.check() != nil {
+			return quoteEnv(v) + " is not round_robin or least_latency"
+		}
+		return ""
+	}},
+	{envAffinity, func(cfg *Config, v string) string {
+		switch strings.ToLower(v) {
+		case "none":
+			cfg.Affinity = AffinityNone
+		case string(AffinityPromptCacheKey):
+			cfg.Affinity = AffinityPromptCacheKey
+		default:
+			return quoteEnv(v) + " is not prompt_cache_key or none"
+		}
+		return ""
+	}},
 }
 
 // setGlobals applies the global variables set in vars to cfg.
@@ -313,6 +359,13 @@ var endpointVars = []endpointVar{
 		if !utf8.ValidString(v) {
 			return quoteEnv(v) + " is not valid UTF-8"
 		}
+		return ""
+	})},
+	{"OPENAI_PROBE_MODEL_", problemOf(func(e *Endpoint, v string) string {
+		if !utf8.ValidString(v) || strings.ContainsFunc(v, unicode.IsControl) {
+			return quoteEnv(v) + " is not a model name (valid UTF-8, no control characters)"
+		}
+		e.Probe = ChatProbe(v)
 		return ""
 	})},
 }

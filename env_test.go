@@ -741,3 +741,34 @@ func TestEnvVariablesAreRead(t *testing.T) {
 		}
 	}
 }
+
+// TestConfigFromEnvironHealing: the variables of recovery probes, slow
+// start, the balancer and affinity set their Config fields, and
+// OPENAI_PROBE_MODEL_N an endpoint's chat probe; bad values name their
+// variable.
+func TestConfigFromEnvironHealing(t *testing.T) {
+	cfg := mustConfigFromEnviron(t,
+		"OPENAI_PROBE_INTERVAL=15s", "OPENAI_SLOW_START=60000", "OPENAI_BALANCER=Least_Latency",
+		"OPENAI_AFFINITY=prompt_cache_key", "OPENAI_API_KEY_1=sk-1", "OPENAI_PROBE_MODEL_2=llama-3")
+	if cfg.Probe.Interval != 15*time.Second || cfg.SlowStart != time.Minute ||
+		cfg.Balancer != BalancerLeastLatency || cfg.Affinity != AffinityPromptCacheKey {
+		t.Errorf("Config %v, %v, %q, %q; want 15s, 1m, least_latency, prompt_cache_key",
+			cfg.Probe.Interval, cfg.SlowStart, cfg.Balancer, cfg.Affinity)
+	}
+	if p := cfg.Endpoints[0].Probe; p != (ProbeRequest{}) {
+		t.Errorf("endpoint 1 probe %+v, want the default", p)
+	}
+	if p := cfg.Endpoints[1].Probe; p != ChatProbe("llama-3") {
+		t.Errorf("endpoint 2 probe %+v, want ChatProbe(llama-3)", p)
+	}
+	if cfg := mustConfigFromEnviron(t, "OPENAI_API_KEY=k", "OPENAI_AFFINITY=none", "OPENAI_BALANCER=round_robin"); cfg.Affinity != AffinityNone || cfg.Balancer != BalancerRoundRobin {
+		t.Errorf("none and round_robin: %q, %q", cfg.Affinity, cfg.Balancer)
+	}
+	for _, v := range []string{"OPENAI_PROBE_INTERVAL=50ms", "OPENAI_PROBE_INTERVAL=often", "OPENAI_SLOW_START=-1s",
+		"OPENAI_BALANCER=random", "OPENAI_AFFINITY=session", "OPENAI_PROBE_MODEL_1=a\tb"} {
+		err := mustEnvironError(t, "OPENAI_API_KEY_1=sk-1", v)
+		if name, _, _ := strings.Cut(v, "="); !strings.Contains(err.Error(), "failover: "+name+": ") {
+			t.Errorf("error %q does not name %s", err, name)
+		}
+	}
+}

@@ -95,6 +95,29 @@ type EndpointHealth struct {
 	// Tokens is the rate limiter's available tokens; -1 when the endpoint
 	// is not rate limited.
 	Tokens float64 `json:"tokens"`
+	// ProbeState is the recovery probes' state of the endpoint
+	// ([ProbeConfig]): [ProbeStateScheduled] while it is out and its next
+	// probe is planned, [ProbeStateProbing] while a probe is under way;
+	// empty when it is not probed.
+	ProbeState string `json:"probe_state,omitempty"`
+	// NextProbeAt is when the next probe is planned; zero when none is.
+	NextProbeAt time.Time `json:"next_probe_at,omitzero"`
+	// LastProbeAt is when the last probe of the endpoint ended; zero
+	// before the first.
+	LastProbeAt time.Time `json:"last_probe_at,omitzero"`
+	// LastProbeResult is the last probe's result: "success" (a 2xx),
+	// "failure" (another status), "key_rejected" (401) or "error" (no
+	// response); empty before the first.
+	LastProbeResult string `json:"last_probe_result,omitempty"`
+	// SlowStart is the share of its weight the endpoint takes now in its
+	// slow start ([Config].SlowStart), from 0.1 up; zero when it is not
+	// starting.
+	SlowStart float64 `json:"slow_start,omitempty"`
+	// LatencyEstimate is the least-latency balancer's estimate of the
+	// endpoint's latency now (see [BalancerLeastLatency]): a
+	// peak-sensitive moving average that decays with time; zero before
+	// the first sample.
+	LatencyEstimate time.Duration `json:"latency_estimate_ns,omitempty"`
 }
 
 // Health returns a snapshot of every endpoint, in configuration order. It is
@@ -106,6 +129,7 @@ func (t *Transport) Health() []EndpointHealth {
 	out := make([]EndpointHealth, len(s.endpoints))
 	for i, e := range s.endpoints {
 		out[i] = e.health(now)
+		s.healHealth(e, &out[i], now)
 	}
 	return out
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jonboulle/clockwork"
 	"go.uber.org/goleak"
 
 	"github.com/failover-go/failover/internal/fakeopenai"
@@ -52,6 +53,7 @@ func newTestTransport(t testing.TB, cfg Config) (*Transport, *fakeClock) {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
+	t.Cleanup(func() { _ = tr.Close() })
 	return tr, clk
 }
 
@@ -399,6 +401,7 @@ func newTestTransportOn(t testing.TB, cfg Config, c clock) *Transport {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
+	t.Cleanup(func() { _ = tr.Close() })
 	return tr
 }
 
@@ -536,4 +539,53 @@ func mustRequest(t *testing.T, method, url string) *http.Request {
 		t.Fatal(err)
 	}
 	return req
+}
+
+// stepClock is a clock whose sleeps block until the test advances it past
+// their end (a clockwork fake clock): a goroutine that waits through it,
+// as the probe loops do, runs only when the test says. Its Advance wakes
+// the sleeps it passes; BlockUntil waits until n goroutines sleep on it.
+type stepClock struct {
+	fc    *clockwork.FakeClock
+	epoch time.Time
+}
+
+func newStepClock() *stepClock {
+	start := time.Unix(1_800_000_000, 0)
+	return &stepClock{fc: clockwork.NewFakeClockAt(start), epoch: start}
+}
+
+func (c *stepClock) now() time.Time { return c.fc.Now() }
+
+func (c *stepClock) since() time.Duration { return c.fc.Since(c.epoch) }
+
+func (c *stepClock) sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return context.Cause(ctx)
+	}
+	t := c.fc.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.Chan():
+		return nil
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+}
+
+// Advance moves the clock on by d, waking the sleeps that end by then.
+func (c *stepClock) Advance(d time.Duration) { c.fc.Advance(d) }
+
+// AdvanceTo moves the clock on to t.
+func (c *stepClock) AdvanceTo(t time.Time) { c.fc.Advance(t.Sub(c.fc.Now())) }
+
+// BlockUntil waits, at most waitBound, until exactly n goroutines sleep on
+// the clock.
+func (c *stepClock) BlockUntil(tb testing.TB, n int) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitBound)
+	defer cancel()
+	if err := c.fc.BlockUntilContext(ctx, n); err != nil {
+		tb.Fatalf("waiting for %d sleeping goroutines: %v", n, err)
+	}
 }

@@ -25,6 +25,7 @@ type metrics struct {
 	streams    *prometheus.CounterVec
 	state      *stateCollector
 	waitBy     [waitReasons]prometheus.Observer
+	probes     *prometheus.CounterVec
 }
 
 // waitReason indexes metrics.waitBy.
@@ -67,6 +68,7 @@ type endpointMetrics struct {
 	firstTok   prometheus.Observer
 	streams    *prometheus.CounterVec
 	gone       atomic.Bool // the endpoint was removed: make no new series
+	probes     *prometheus.CounterVec
 }
 
 type counterRef struct{ prometheus.Counter }
@@ -116,6 +118,10 @@ func newMetrics(enabled bool, t *Transport) *metrics {
 			Name: "failover_streams_total",
 			Help: "Event streams by how they ended: complete, truncated (a clean end before the terminal event), stalled, canceled (by the caller) or error (a broken connection).",
 		}, []string{"endpoint", "outcome"}),
+		probes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "failover_probes_total",
+			Help: "Recovery probes sent to each endpoint, by result: success (a 2xx), failure (another status), key_rejected (401) or error (no response).",
+		}, []string{"endpoint", "result"}),
 	}
 	m.state = &stateCollector{
 		t: t,
@@ -123,6 +129,12 @@ func newMetrics(enabled bool, t *Transport) *metrics {
 			"Attempts sent to each endpoint that have not yet received their response headers.", ep, nil),
 		breaker: prometheus.NewDesc("failover_breaker_state",
 			"Circuit breaker state of each endpoint: 0 closed, 1 half-open, 2 open.", ep, nil),
+		probeState: prometheus.NewDesc("failover_probe_state",
+			"Recovery probe state of each endpoint: 0 not probed, 1 next probe scheduled, 2 probing.", ep, nil),
+		slowStart: prometheus.NewDesc("failover_slow_start_factor",
+			"Share of its weight each endpoint takes now: below 1 during its slow start, 1 otherwise.", ep, nil),
+		latencyEst: prometheus.NewDesc("failover_latency_estimate_seconds",
+			"The least-latency balancer's latency estimate of each endpoint (a decaying peak EWMA); 0 before the first sample.", ep, nil),
 	}
 	for i, name := range waitReasonNames {
 		m.waitBy[i] = m.wait.WithLabelValues(name)
@@ -137,7 +149,7 @@ func (m *metrics) register(reg prometheus.Registerer) error {
 		return nil
 	}
 	collectors := []prometheus.Collector{m.attempts, m.duration, m.state, m.cooldowns, m.spillovers, m.wait, m.failedOver, m.exhausted,
-		m.firstToken, m.streams}
+		m.firstToken, m.streams, m.probes}
 	for i, c := range collectors {
 		if err := reg.Register(c); err != nil {
 			for _, done := range collectors[:i] {
@@ -163,6 +175,7 @@ func (m *metrics) forEndpoint(name string) *endpointMetrics {
 		duration:   m.duration.WithLabelValues(name),
 		cooldowns:  m.cooldowns.WithLabelValues(name),
 		spillovers: m.spillovers.WithLabelValues(name),
+		probes:     m.probes,
 	}
 }
 
@@ -180,6 +193,7 @@ func (m *metrics) forget(em *endpointMetrics) {
 	m.spillovers.Delete(labels)
 	m.firstToken.Delete(labels)
 	m.streams.DeletePartialMatch(labels)
+	m.probes.DeletePartialMatch(labels)
 }
 
 // attempt counts an attempt by its outcome: resp's status code, else
@@ -285,14 +299,20 @@ func (m *metrics) requestDone(failedAttempts int, ok bool) {
 // (attempts in flight, breaker state) at scrape time, from the atomics the
 // transport keeps anyway: no gauge is written on the hot path.
 type stateCollector struct {
-	t        *Transport
-	inflight *prometheus.Desc
-	breaker  *prometheus.Desc
+	t          *Transport
+	inflight   *prometheus.Desc
+	breaker    *prometheus.Desc
+	probeState *prometheus.Desc
+	slowStart  *prometheus.Desc
+	latencyEst *prometheus.Desc
 }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.inflight
 	ch <- c.breaker
+	ch <- c.probeState
+	ch <- c.slowStart
+	ch <- c.latencyEst
 }
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
@@ -305,6 +325,11 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		bs, _ := e.breaker.current(now)
 		ch <- prometheus.MustNewConstMetric(c.inflight, prometheus.GaugeValue, float64(e.hot.inflight()), e.name)
 		ch <- prometheus.MustNewConstMetric(c.breaker, prometheus.GaugeValue, float64(bs), e.name)
+		var h EndpointHealth
+		s.healHealth(e, &h, now)
+		ch <- prometheus.MustNewConstMetric(c.probeState, prometheus.GaugeValue, probeStateValue(&h), e.name)
+		ch <- prometheus.MustNewConstMetric(c.slowStart, prometheus.GaugeValue, s.slowShare(e, now), e.name)
+		ch <- prometheus.MustNewConstMetric(c.latencyEst, prometheus.GaugeValue, h.LatencyEstimate.Seconds(), e.name)
 	}
 }
 
@@ -329,5 +354,12 @@ func (m *endpointMetrics) firstToken(d time.Duration) {
 func (m *endpointMetrics) streamEnded(outcome string) {
 	if m != nil && !m.gone.Load() {
 		m.streams.WithLabelValues(m.name, outcome).Inc()
+	}
+}
+
+// probed counts a recovery probe by its result.
+func (m *endpointMetrics) probed(result string) {
+	if m != nil && !m.gone.Load() {
+		m.probes.WithLabelValues(m.name, result).Inc()
 	}
 }

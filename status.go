@@ -24,8 +24,9 @@ const (
 // one self-contained HTML page, without external assets, that shows each
 // endpoint of [Transport.Health] as a row (name, URL, priority, weight,
 // state and since when, attempts in flight, requests and failures, the
-// last error, latency, time to first token, cooldown left and rate
-// tokens), its state coloured,
+// last error, latency, time to first token, cooldown left, rate tokens,
+// recovery probes, slow start and the balancer's latency estimate), its
+// state coloured,
 // and is readable on a phone.
 //
 // The page is complete as served. A small script then refreshes it every
@@ -126,6 +127,7 @@ type statusRow struct {
 	InFlight, Requests, Failures string
 	LastError, Latency, Cooldown string
 	FirstToken, Tokens           string
+	Probe, SlowStart, LatencyEst string
 }
 
 func (d statusDocument) view() statusView {
@@ -183,6 +185,7 @@ func newStatusRow(h EndpointHealth, now time.Time) statusRow {
 	if h.Tokens >= 0 {
 		r.Tokens = strconv.FormatFloat(h.Tokens, 'f', 1, 64)
 	}
+	r.Probe, r.SlowStart, r.LatencyEst = healCells(h, now)
 	return r
 }
 
@@ -251,7 +254,7 @@ var statusPage = template.Must(template.New("status").Parse(`<!doctype html>
 <span id="stale" hidden>(not refreshing: the last refresh failed)</span></p>
 </header>
 <table>
-<thead><tr><th>Endpoint</th><th>URL</th><th>Priority</th><th>Weight</th><th>State</th><th>In flight</th><th>Requests</th><th>Failures</th><th>Last error</th><th>Latency</th><th>First token</th><th>Cooldown left</th><th>Rate tokens</th></tr></thead>
+<thead><tr><th>Endpoint</th><th>URL</th><th>Priority</th><th>Weight</th><th>State</th><th>In flight</th><th>Requests</th><th>Failures</th><th>Last error</th><th>Latency</th><th>First token</th><th>Cooldown left</th><th>Rate tokens</th><th>Probe</th><th>Slow start</th><th>Latency estimate</th></tr></thead>
 <tbody id="endpoints">
 {{- range .Rows}}
 <tr data-endpoint="{{.Name}}" data-state="{{.State}}" class="state-{{.State}}">
@@ -268,6 +271,9 @@ var statusPage = template.Must(template.New("status").Parse(`<!doctype html>
 <td data-label="First token" data-field="first_token">{{.FirstToken}}</td>
 <td data-label="Cooldown left" data-field="cooldown">{{.Cooldown}}</td>
 <td data-label="Rate tokens" data-field="tokens">{{.Tokens}}</td>
+<td data-label="Probe" data-field="probe">{{.Probe}}</td>
+<td data-label="Slow start" data-field="slow_start">{{.SlowStart}}</td>
+<td data-label="Latency estimate" data-field="latency_estimate">{{.LatencyEst}}</td>
 </tr>
 {{- end}}
 </tbody>
@@ -277,7 +283,8 @@ var statusPage = template.Must(template.New("status").Parse(`<!doctype html>
 <span class="badge state-open">open</span> is out until its trial,
 <span class="badge state-cooling-down">cooling-down</span> rests after a 429,
 <span class="badge state-disabled">disabled</span> is never chosen.
-Requests and failures count attempts.
+Requests and failures count attempts. Probe: the recovery probes of an endpoint that is out.
+Slow start: the share of its weight a recovered endpoint takes. Latency estimate: the least-latency balancer's.
 <span id="mode">Reloads every {{.ReloadS}}s.</span></p></footer>
 </main>
 <script>{{.Script}}</script>
@@ -297,9 +304,10 @@ header p { margin: 0 0 1rem; display: flex; flex-wrap: wrap; gap: .3rem 1rem; al
 .updated, footer, small { color: var(--muted); }
 #stale { color: var(--open); font-weight: 600; }
 table { border-collapse: collapse; width: 100%; }
-th, td { text-align: left; padding: .4rem .6rem; border-bottom: 1px solid var(--line); vertical-align: top; }
+th, td { text-align: left; padding: .4rem .4rem; border-bottom: 1px solid var(--line); vertical-align: top; }
 th { font-size: .8rem; text-transform: uppercase; letter-spacing: .03em; color: var(--muted); }
 td.url, td.error { overflow-wrap: anywhere; }
+td.url { min-width: 6.5rem; }
 td.name { font-weight: 600; }
 tbody tr { border-left: .35rem solid var(--line); }
 .badge { display: inline-block; padding: 0 .45rem; border-radius: 1rem; color: #fff; background: var(--disabled); font-weight: 600; white-space: nowrap; }
@@ -374,6 +382,14 @@ const pageScript = `
       var left = e.cooldown_until ? Date.parse(e.cooldown_until) - now : 0;
       set(row, "cooldown", left > 0 ? dur(left) : "-");
       set(row, "tokens", e.tokens >= 0 ? e.tokens.toFixed(1) : "no limit");
+      var probe = [];
+      if (e.probe_state === "probing") probe.push("probing");
+      else if (e.probe_state === "scheduled") probe.push("next in " + dur(Date.parse(e.next_probe_at) - now));
+      if (e.last_probe_result) probe.push("last " + e.last_probe_result + " " + dur(now - Date.parse(e.last_probe_at)) + " ago");
+      set(row, "probe", probe.length ? probe.join("; ") : "-");
+      set(row, "slow_start", e.slow_start > 0 ? Math.round(e.slow_start * 100) + "%" : "-");
+      var le = Math.round((e.latency_estimate_ns || 0) / 1e6);
+      set(row, "latency_estimate", e.latency_estimate_ns > 0 ? (le > 0 ? le + "ms" : "<1ms") : "-");
     });
     var overall = document.getElementById("overall");
     overall.textContent = doc.status;

@@ -305,3 +305,30 @@ func TestHumanDuration(t *testing.T) {
 		}
 	}
 }
+
+// TestStatusHealCells: the cells of recovery probes, slow start and the
+// latency estimate, as the page shows them (its script formats the JSON
+// the same way, which the browser test checks).
+func TestStatusHealCells(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	for _, tc := range []struct {
+		name                   string
+		h                      EndpointHealth
+		probe, slow, latencyEs string
+	}{
+		{"none", EndpointHealth{}, "-", "-", "-"},
+		{"scheduled", EndpointHealth{ProbeState: ProbeStateScheduled, NextProbeAt: now.Add(12 * time.Second),
+			LastProbeResult: "failure", LastProbeAt: now.Add(-3 * time.Second)}, "next in 12s; last failure 3s ago", "-", "-"},
+		{"probing", EndpointHealth{ProbeState: ProbeStateProbing}, "probing", "-", "-"},
+		{"recovered", EndpointHealth{LastProbeResult: "success", LastProbeAt: now.Add(-90 * time.Second),
+			SlowStart: 0.255, LatencyEstimate: 1500 * time.Microsecond}, "last success 1m 30s ago", "26%", "2ms"},
+		{"fast", EndpointHealth{LatencyEstimate: 300 * time.Microsecond}, "-", "-", "<1ms"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newStatusRow(tc.h, now)
+			if r.Probe != tc.probe || r.SlowStart != tc.slow || r.LatencyEst != tc.latencyEs {
+				t.Fatalf("cells %q, %q, %q; want %q, %q, %q", r.Probe, r.SlowStart, r.LatencyEst, tc.probe, tc.slow, tc.latencyEs)
+			}
+		})
+	}
+}

@@ -430,6 +430,9 @@ func (e *streamError) Unwrap() error { return e.err }
 // event.
 func (s *endpointState) observeFirstToken(d time.Duration) {
 	s.hot.firstToken.observe(d)
+	if s.heal.balancesByLatency() {
+		s.hot.peak.observe(d, s.clock.since())
+	}
 	s.m.firstToken(d)
 }
 

@@ -1,6 +1,7 @@
 package failover
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"io"
@@ -32,6 +33,7 @@ type Transport struct {
 
 	mu     sync.Mutex // serializes Update
 	warned sync.Map   // hosts warnUnrouted has warned of
+	heal   healer     // recovery probes and slow start, across configurations
 }
 
 // RoundTrip sends req to the chosen endpoint, failing over to the next when
@@ -59,6 +61,9 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	defer r.body.close()
+	if s.affinity {
+		r.st.key = affinityKey(req, &r.body, cmp.Or(s.maxBody, defaultMaxBodyBuffer))
+	}
 	for n := 1; n <= s.attempts && r.cause == nil; n++ {
 		e, done, err := s.choose(r.ctx, &r.st)
 		if err != nil {
@@ -314,9 +319,15 @@ func (r *request) watch(e *endpoint, resp *http.Response) {
 // roundTrip hands out to the base transport, bracketed for e's statistics
 // until the response headers arrive: ended by a defer, so that a panic in
 // the base does not leave the attempt in flight forever.
-func (s *snapshot) roundTrip(e *endpoint, out *http.Request, start time.Duration) (*http.Response, error) {
+func (s *snapshot) roundTrip(e *endpoint, out *http.Request, start time.Duration) (resp *http.Response, err error) {
 	e.beginAttempt()
-	defer func() { e.endAttempt(s.clock.since() - start) }()
+	defer func() {
+		end := s.clock.since()
+		e.endAttempt(end - start)
+		if s.leastLatency {
+			e.sampleHeaders(resp, err, start, end)
+		}
+	}()
 	return s.base.RoundTrip(out)
 }
 

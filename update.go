@@ -39,6 +39,7 @@ func (t *Transport) Update(cfg Config) error {
 	old := t.snap.Load()
 	s := t.build(p, old)
 	t.snap.Store(s)
+	t.heal.watchAll(s)
 	added, removed := diffNames(old, s)
 	for _, name := range removed {
 		t.metrics.forget(old.states()[name].m)

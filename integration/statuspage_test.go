@@ -135,6 +135,9 @@ func TestStatusPageInBrowser(t *testing.T) {
 	ctx := startBrowser(t)
 	u := newUpstreams(t, first500.fault)
 	u.cfg.Breaker = failover.BreakerConfig{FailureThreshold: 1, OpenTimeout: time.Hour}
+	// The first, once open, is probed: an hour on, as far as the test goes.
+	u.cfg.Probe = failover.ProbeConfig{Interval: time.Hour}
+	u.cfg.Balancer = failover.BalancerLeastLatency
 	base := startFailoverProxy(t, u.cfg)
 	statusURL := strings.TrimSuffix(base, "/v1") + "/status"
 	api := openAIGoViaProxy(t, base, sdkKey)
@@ -181,6 +184,20 @@ func TestStatusPageInBrowser(t *testing.T) {
 	if stale := eval[bool](ctx, t, `document.getElementById("stale").hidden`); !stale {
 		t.Error("the page says its refresh failed")
 	}
+	// The script's cells of the healing features, as the server renders
+	// them (TestStatusHealCells checks the server's).
+	cellJS := func(name, field string) string {
+		return rowJS(name, `row.querySelector('[data-field="`+field+`"]').textContent`)
+	}
+	if probe := eval[string](ctx, t, cellJS("first", "probe")); !strings.HasPrefix(probe, "next in ") {
+		t.Errorf("after a refresh the first row's probe shows %q, want its next probe (an hour on, and up to a tenth more)", probe)
+	}
+	if probe := eval[string](ctx, t, cellJS("second", "probe")); probe != "-" {
+		t.Errorf("the second row's probe shows %q, want -", probe)
+	}
+	if est := eval[string](ctx, t, cellJS("second", "latency_estimate")); !strings.HasSuffix(est, "ms") {
+		t.Errorf("the second row's latency estimate shows %q, want milliseconds", est)
+	}
 	screenshot(ctx, t, "failover-status-page.png")
 
 	t.Run("phone", func(t *testing.T) {
@@ -225,6 +242,10 @@ func TestStatusPageInBrowser(t *testing.T) {
 		}
 		if state := eval[string](tab, t, rowJS("first", "row.dataset.state")); state != "open" {
 			t.Errorf("with the script off the first row shows %q, want open", state)
+		}
+		probe := eval[string](tab, t, rowJS("first", `row.querySelector('[data-field="probe"]').textContent`))
+		if !strings.HasPrefix(probe, "next in ") {
+			t.Errorf("with the script off the first row's probe shows %q, want its next probe (an hour on, and up to a tenth more)", probe)
 		}
 	})
 }

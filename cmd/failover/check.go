@@ -169,6 +169,7 @@ func runCheckCommand(ctx context.Context, args, environ []string, stdout, stderr
 		}
 		return exitUsage
 	}
+	defer t.Close() // the configuration's probes, if any, never start: nothing is out yet
 
 	health := t.Health()
 	rep.Endpoints = make([]probeResult, len(health))

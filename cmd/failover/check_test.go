@@ -309,6 +309,8 @@ func TestEnvNamesAreRead(t *testing.T) {
 		"OPENAI_ENABLED": "maybe", "OPENAI_NAME": "\xff", "OPENAI_FALLBACK_ENABLED": "maybe",
 		"OPENAI_MAX_RETRIES": "x", "OPENAI_BACKOFF_MS": "x", "OPENAI_FORWARD_AUTH": "maybe",
 		"OPENAI_FIRST_TOKEN_TIMEOUT": "x", "OPENAI_STREAM_IDLE_TIMEOUT": "x",
+		"OPENAI_PROBE_INTERVAL": "10ms", "OPENAI_SLOW_START": "x", "OPENAI_BALANCER": "fastest",
+		"OPENAI_AFFINITY": "user", "OPENAI_PROBE_MODEL": "\xff",
 	}
 	check := func(name string) {
 		t.Helper()

@@ -245,6 +245,7 @@ func runDemo(ctx context.Context, opts demoOptions) (demoSummary, error) {
 	if err != nil {
 		return demoSummary{}, err
 	}
+	defer d.transport.Close()
 	// The calling code sends to OpenAI's own URL, as an SDK does by
 	// default; the transport routes every request to the upstreams.
 	d.client = &http.Client{Transport: d.transport}

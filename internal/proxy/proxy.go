@@ -452,9 +452,14 @@ func cutPath(p string) string {
 	return p[:cut] + "…"
 }
 
-// Close releases the idle upstream connections of the proxy's own base
-// transport. Call it once the proxy no longer serves.
+// Close stops the failover transport's background work (its recovery
+// probes; [failover.Transport.Close]) and releases the idle upstream
+// connections of the proxy's own base transport. Call it once the proxy
+// no longer serves.
 func (p *Proxy) Close() {
+	if p.transport != nil {
+		_ = p.transport.Close()
+	}
 	if p.base != nil {
 		p.base.CloseIdleConnections()
 	}

@@ -272,3 +272,44 @@ func TestBodyHint(t *testing.T) {
 		}
 	}
 }
+
+// TestCloseStopsProbes: Close stops the transport's recovery probes; no
+// goroutine of the proxy's outlives it.
+func TestCloseStopsProbes(t *testing.T) {
+	before := goleak.IgnoreCurrent()
+	down := fakeopenai.New(fakeopenai.WithName("down"))
+	down.SetFault(fakeopenai.StatusFault(http.StatusInternalServerError))
+	up := fakeopenai.New(fakeopenai.WithName("up"))
+	p, err := New(Config{Failover: failover.Config{
+		Endpoints: []failover.Endpoint{{Name: "down", BaseURL: down.URL()}, {Name: "up", BaseURL: up.URL(), Priority: 1}},
+		Breaker:   failover.BreakerConfig{FailureThreshold: 1},
+		Probe:     failover.ProbeConfig{Interval: 100 * time.Millisecond},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), waitLimit)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, InternalBaseURL+"/chat/completions",
+		strings.NewReader(`{"model":"m","messages":[]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := p.Transport().RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d, want 200 from up", resp.StatusCode)
+	}
+	// The chat that failed, then a probe.
+	if err := down.WaitHits(ctx, 2); err != nil {
+		t.Fatalf("no probe reached the endpoint that is down: %v", err)
+	}
+	p.Close()
+	down.Close()
+	up.Close()
+	goleak.VerifyNone(t, before)
+}
