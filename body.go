@@ -17,7 +17,8 @@ import (
 // exactly once: by the base transport that read it, or by close.
 type replayBody struct {
 	req        *http.Request
-	buffered   bool          // the body was read into memory (the request had no GetBody)
+	buffered   bool          // the body was read into memory (the request had no GetBody, or load read it)
+	data       []byte        // the body, when buffered
 	single     io.ReadCloser // a body too large to buffer: one attempt only
 	sentOrig   bool          // the caller's body went to an attempt
 	replayable bool
@@ -46,9 +47,61 @@ func (b *replayBody) init(req *http.Request, limit int64) error {
 		return nil
 	}
 	_ = req.Body.Close()
-	b.buffered = true
-	b.getBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(prefix)), nil }
+	b.buffer(prefix)
 	return nil
+}
+
+// buffer makes b replay data, the whole body, from memory.
+func (b *replayBody) buffer(data []byte) {
+	b.buffered, b.data = true, data
+	b.getBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil }
+}
+
+// load is init for a request whose body a feature reads (the model it
+// names): it returns the whole body, read into memory once and replayed
+// from there, or nil for a request without a body or one above limit
+// bytes, which init then prepares as usual. A request with GetBody is
+// read through GetBody, and its own body closed at once (no attempt will
+// take it); one without is read as init reads it.
+func (b *replayBody) load(req *http.Request, limit int64) ([]byte, error) {
+	if req.Body == nil || req.Body == http.NoBody || req.GetBody == nil {
+		err := b.init(req, limit)
+		return b.data, err
+	}
+	rc, err := req.GetBody()
+	if err != nil || rc == nil {
+		_ = req.Body.Close()
+		if err == nil {
+			err = errors.New("GetBody returned a nil body")
+		}
+		return nil, fmt.Errorf("failover: reading the request body: %w", err)
+	}
+	data, err := readAtMost(rc, limit, req.ContentLength)
+	if rc != req.Body {
+		_ = rc.Close()
+	}
+	if err != nil {
+		_ = req.Body.Close()
+		return nil, fmt.Errorf("failover: reading the request body: %w", err)
+	}
+	if int64(len(data)) > limit {
+		return nil, b.init(req, limit)
+	}
+	_ = req.Body.Close()
+	*b = replayBody{req: req, replayable: true}
+	b.buffer(data)
+	return data, nil
+}
+
+// readAtMost reads r to its end or to limit+1 bytes, whichever comes
+// first; size, when positive, is how long r is expected to be.
+func readAtMost(r io.Reader, limit, size int64) ([]byte, error) {
+	var buf bytes.Buffer
+	if size > 0 && size <= limit {
+		buf.Grow(int(size) + bytes.MinRead) // room to see the end at once
+	}
+	_, err := buf.ReadFrom(io.LimitReader(r, limit+1))
+	return buf.Bytes(), err
 }
 
 // next returns the body for the next attempt, nil for a request without one.

@@ -307,6 +307,7 @@ func checkSettings(cfg Config) []error {
 	if cfg.MaxErrorBody < 0 {
 		errs = append(errs, fmt.Errorf("failover: MaxErrorBody %d is negative", cfg.MaxErrorBody))
 	}
+	errs = append(errs, checkModelSettings(cfg)...)
 	return errs
 }
 
@@ -384,6 +385,9 @@ type snapshot struct {
 	onAttempt      func(ctx context.Context, a AttemptInfo)
 	redact         *redactor // removes every secret of this configuration from error texts
 	clientBases    []string  // ClientBaseURLs, for a warning
+	// models routes requests by the model their body names; nil when no
+	// endpoint has Models or is an Azure deployments endpoint.
+	models *modelRouting
 
 	base    http.RoundTripper
 	clock   clock
@@ -437,6 +441,7 @@ func (t *Transport) build(p *prepared, old *snapshot) *snapshot {
 		}
 	}
 	s.tiers = buildTiers(s.endpoints)
+	s.models = newModelRouting(s.endpoints)
 	return s
 }
 

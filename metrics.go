@@ -23,6 +23,7 @@ type metrics struct {
 	exhausted  prometheus.Counter
 	firstToken *prometheus.HistogramVec
 	streams    *prometheus.CounterVec
+	modelSkips *prometheus.CounterVec
 	state      *stateCollector
 	waitBy     [waitReasons]prometheus.Observer
 }
@@ -66,6 +67,7 @@ type endpointMetrics struct {
 	spillovers prometheus.Counter
 	firstTok   prometheus.Observer
 	streams    *prometheus.CounterVec
+	modelSkips prometheus.Counter
 	gone       atomic.Bool // the endpoint was removed: make no new series
 }
 
@@ -116,6 +118,10 @@ func newMetrics(enabled bool, t *Transport) *metrics {
 			Name: "failover_streams_total",
 			Help: "Event streams by how they ended: complete, truncated (a clean end before the terminal event), stalled, canceled (by the caller) or error (a broken connection).",
 		}, []string{"endpoint", "outcome"}),
+		modelSkips: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "failover_model_skips_total",
+			Help: "Requests that passed this endpoint by because it does not serve the model their body names (Endpoint.Models): not failures.",
+		}, ep),
 	}
 	m.state = &stateCollector{
 		t: t,
@@ -137,7 +143,7 @@ func (m *metrics) register(reg prometheus.Registerer) error {
 		return nil
 	}
 	collectors := []prometheus.Collector{m.attempts, m.duration, m.state, m.cooldowns, m.spillovers, m.wait, m.failedOver, m.exhausted,
-		m.firstToken, m.streams}
+		m.firstToken, m.streams, m.modelSkips}
 	for i, c := range collectors {
 		if err := reg.Register(c); err != nil {
 			for _, done := range collectors[:i] {
@@ -163,6 +169,7 @@ func (m *metrics) forEndpoint(name string) *endpointMetrics {
 		duration:   m.duration.WithLabelValues(name),
 		cooldowns:  m.cooldowns.WithLabelValues(name),
 		spillovers: m.spillovers.WithLabelValues(name),
+		modelSkips: m.modelSkips.WithLabelValues(name),
 	}
 }
 
@@ -180,6 +187,7 @@ func (m *metrics) forget(em *endpointMetrics) {
 	m.spillovers.Delete(labels)
 	m.firstToken.Delete(labels)
 	m.streams.DeletePartialMatch(labels)
+	m.modelSkips.Delete(labels)
 }
 
 // attempt counts an attempt by its outcome: resp's status code, else
@@ -329,5 +337,13 @@ func (m *endpointMetrics) firstToken(d time.Duration) {
 func (m *endpointMetrics) streamEnded(outcome string) {
 	if m != nil && !m.gone.Load() {
 		m.streams.WithLabelValues(m.name, outcome).Inc()
+	}
+}
+
+// modelSkipped counts a request that passed the endpoint by for a model it
+// does not serve.
+func (m *endpointMetrics) modelSkipped() {
+	if m != nil {
+		m.modelSkips.Inc()
 	}
 }

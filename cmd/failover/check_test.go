@@ -309,6 +309,7 @@ func TestEnvNamesAreRead(t *testing.T) {
 		"OPENAI_ENABLED": "maybe", "OPENAI_NAME": "\xff", "OPENAI_FALLBACK_ENABLED": "maybe",
 		"OPENAI_MAX_RETRIES": "x", "OPENAI_BACKOFF_MS": "x", "OPENAI_FORWARD_AUTH": "maybe",
 		"OPENAI_FIRST_TOKEN_TIMEOUT": "x", "OPENAI_STREAM_IDLE_TIMEOUT": "x",
+		"OPENAI_MODELS": "a,,b", "OPENAI_API_TYPE": "bedrock", "OPENAI_API_VERSION": "v/1",
 	}
 	check := func(name string) {
 		t.Helper()

@@ -1,0 +1,264 @@
+package failover
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"mime"
+	"strings"
+)
+
+// bodyModel is where a request body names its model: the name (escapes
+// decoded) and the spans of the body that hold it, to be replaced as they
+// are when an endpoint sends it under another name.
+type bodyModel struct {
+	name string
+	// spans are the byte ranges of every value of the model: a JSON
+	// string literal (quotes included) for a JSON body, or the text of a
+	// multipart form field. There is usually one; a JSON object may
+	// repeat its "model" member, and each is renamed.
+	spans     []span
+	multipart bool
+}
+
+type span struct{ start, end int }
+
+// findModel finds the model a request body names: the top-level "model"
+// member of a JSON object, or the "model" field of a multipart/form-data
+// body (the audio and image uploads). ok is false when the body names
+// none, or is not one of those. It decodes nothing but the model's own
+// value: the rest of the body is walked, not parsed.
+func findModel(contentType string, body []byte) (m bodyModel, ok bool) {
+	if isMultipart(contentType) {
+		return multipartModel(contentType, body)
+	}
+	return jsonModel(body)
+}
+
+// jsonModel finds the model of a JSON object body. As JSON decoders do,
+// the last "model" member counts; when it is not a non-empty string
+// (null, a number), the body names no model.
+func jsonModel(doc []byte) (bodyModel, bool) {
+	var (
+		m    bodyModel
+		last []byte
+	)
+	whole := topFields(doc, func(key []byte, start, end int) bool {
+		if !keyIs(key, "model") {
+			return true
+		}
+		last = doc[start:end]
+		if last[0] == '"' {
+			m.spans = append(m.spans, span{start, end})
+		}
+		return true
+	})
+	if !whole || len(last) < 3 || last[0] != '"' {
+		return bodyModel{}, false
+	}
+	name, ok := unquoteJSON(last)
+	if !ok || name == "" {
+		return bodyModel{}, false
+	}
+	m.name = name
+	return m, true
+}
+
+// keyIs reports whether key, a JSON member name as written (escapes not
+// decoded), is name.
+func keyIs(key []byte, name string) bool {
+	if bytes.IndexByte(key, '\\') < 0 {
+		return string(key) == name
+	}
+	var s string
+	if json.Unmarshal(append(append([]byte{'"'}, key...), '"'), &s) != nil {
+		return false
+	}
+	return s == name
+}
+
+// isMultipart reports whether a Content-Type is multipart/form-data.
+func isMultipart(ct string) bool {
+	const mp = "multipart/form-data"
+	return len(ct) >= len(mp) && strings.EqualFold(ct[:len(mp)], mp)
+}
+
+// multipartModel finds the "model" field of a multipart/form-data body:
+// a part whose Content-Disposition names it "model" and no file. The
+// parts are walked by their boundary; only the part headers are parsed.
+func multipartModel(contentType string, body []byte) (bodyModel, bool) {
+	_, params, err := mime.ParseMediaType(contentType)
+	boundary := params["boundary"]
+	if err != nil || boundary == "" {
+		return bodyModel{}, false
+	}
+	delim := []byte("--" + boundary)
+	// The first delimiter starts the body or a line.
+	i := 0
+	if !bytes.HasPrefix(body, delim) {
+		j := bytes.Index(body, append([]byte("\n"), delim...))
+		if j < 0 {
+			return bodyModel{}, false
+		}
+		i = j + 1
+	}
+	m := bodyModel{multipart: true}
+	var name string
+	for {
+		i += len(delim)
+		if bytes.HasPrefix(body[i:], []byte("--")) {
+			break // the closing delimiter
+		}
+		eol := bytes.IndexByte(body[i:], '\n')
+		if eol < 0 {
+			return bodyModel{}, false
+		}
+		hdrStart := i + eol + 1
+		// The part's headers end at a blank line.
+		hdrEnd, contentStart := headerEnd(body, hdrStart)
+		if hdrEnd < 0 {
+			return bodyModel{}, false
+		}
+		// Its content ends before the line break of the next delimiter.
+		next := bytes.Index(body[contentStart:], append([]byte("\n"), delim...))
+		if next < 0 {
+			return bodyModel{}, false
+		}
+		contentEnd := contentStart + next
+		i = contentEnd + 1
+		if contentEnd > contentStart && body[contentEnd-1] == '\r' {
+			contentEnd--
+		}
+		if isModelField(body[hdrStart:hdrEnd]) {
+			m.spans = append(m.spans, span{contentStart, contentEnd})
+			name = string(body[contentStart:contentEnd])
+		}
+	}
+	if len(m.spans) == 0 || name == "" {
+		return bodyModel{}, false
+	}
+	m.name = name
+	return m, true
+}
+
+// headerEnd finds the blank line that ends the part headers starting at
+// body[i]: it returns where the headers end (after the last header's line
+// break) and where the content starts, or -1.
+func headerEnd(body []byte, i int) (int, int) {
+	if bytes.HasPrefix(body[i:], []byte("\r\n")) {
+		return i, i + 2 // no header at all
+	}
+	if bytes.HasPrefix(body[i:], []byte("\n")) {
+		return i, i + 1
+	}
+	crlf := bytes.Index(body[i:], []byte("\r\n\r\n"))
+	lf := bytes.Index(body[i:], []byte("\n\n"))
+	switch {
+	case crlf >= 0 && (lf < 0 || crlf < lf):
+		return i + crlf + 2, i + crlf + 4
+	case lf >= 0:
+		return i + lf + 1, i + lf + 2
+	}
+	return -1, -1
+}
+
+// isModelField reports whether a part's header block (its header lines)
+// names the form field "model" and no file.
+func isModelField(block []byte) bool {
+	for len(block) > 0 {
+		line := block
+		if i := bytes.IndexByte(block, '\n'); i >= 0 {
+			line, block = block[:i], block[i+1:]
+		} else {
+			block = nil
+		}
+		k, v, ok := bytes.Cut(bytes.TrimSuffix(line, []byte{'\r'}), []byte{':'})
+		if !ok || !strings.EqualFold(string(bytes.TrimSpace(k)), "Content-Disposition") {
+			continue
+		}
+		disp, params, err := mime.ParseMediaType(string(v))
+		if err != nil || disp != "form-data" {
+			return false
+		}
+		_, file := params["filename"]
+		return params["name"] == "model" && !file
+	}
+	return false
+}
+
+// splice is a body with the spans of its model replaced: the parts to send
+// in order, and their length.
+type splice struct {
+	parts [][]byte
+	n     int64
+}
+
+// newSplice returns body with each of spans (in order, not overlapping)
+// replaced by with. It copies nothing: the parts are slices of body and
+// with.
+func newSplice(body []byte, spans []span, with []byte) splice {
+	s := splice{parts: make([][]byte, 0, 2*len(spans)+1), n: int64(len(body))}
+	at := 0
+	for _, sp := range spans {
+		s.parts = append(s.parts, body[at:sp.start], with)
+		s.n += int64(len(with) - (sp.end - sp.start))
+		at = sp.end
+	}
+	s.parts = append(s.parts, body[at:])
+	return s
+}
+
+// reader returns a fresh reader of the spliced body.
+func (s splice) reader() io.ReadCloser { return &spliceReader{parts: s.parts} }
+
+// getBody is reader as an http.Request's GetBody.
+func (s splice) getBody() (io.ReadCloser, error) { return s.reader(), nil }
+
+// spliceReader reads the parts of a splice one after the other. The parts
+// are shared by every reader of the splice and never written.
+type spliceReader struct {
+	parts [][]byte
+	i     int // the part being read
+	off   int // how much of it was read
+}
+
+func (r *spliceReader) Read(p []byte) (int, error) {
+	n := 0
+	for n < len(p) && r.i < len(r.parts) {
+		c := copy(p[n:], r.parts[r.i][r.off:])
+		n += c
+		if r.off += c; r.off == len(r.parts[r.i]) {
+			r.i, r.off = r.i+1, 0
+		}
+	}
+	if n == 0 && r.i == len(r.parts) && len(p) > 0 {
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+// WriteTo writes what is left to w, so that io.Copy copies nothing in
+// between.
+func (r *spliceReader) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	for r.i < len(r.parts) {
+		n, err := w.Write(r.parts[r.i][r.off:])
+		total += int64(n)
+		if r.off += n; r.off == len(r.parts[r.i]) {
+			r.i, r.off = r.i+1, 0
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, nil
+}
+
+func (r *spliceReader) Close() error { return nil }
+
+// jsonString returns s as a JSON string literal, escaped as
+// encoding/json escapes it.
+func jsonString(s string) []byte {
+	b, _ := json.Marshal(s) // a string always encodes
+	return b
+}
