@@ -57,6 +57,8 @@ type Config struct {
 	//	failover_first_token_seconds{endpoint}          histogram: to a stream's first content event
 	//	failover_streams_total{endpoint,outcome}        counter: streams by how they ended (complete,
 	//	                                                truncated, stalled, canceled, error)
+	//	failover_model_skips_total{endpoint}            counter: requests that passed it by for a model
+	//	                                                it does not serve (Endpoint.Models)
 	Registerer prometheus.Registerer
 
 	// Logger receives the Transport's logs: breaker state changes and
@@ -114,6 +116,16 @@ type Config struct {
 	// a bytes.Buffer, bytes.Reader or strings.Reader have one and are never
 	// copied). A larger body is sent once, with no failover. Zero means
 	// 8 MiB; negative means never buffer.
+	//
+	// When the configuration routes by model (an endpoint has Models, or
+	// is an Azure endpoint with an APIVersion), every request body up to
+	// this size is read into memory once, GetBody or not, to find its
+	// model and rename it per endpoint. A larger body is not read for
+	// its model: it is sent as a request without one (no endpoint skips
+	// it, no name is rewritten, an Azure deployments endpoint gets it
+	// without a deployment in its path), and without GetBody it is sent
+	// once. Raise MaxBodyBuffer above the largest request that names a
+	// model (audio uploads go to 25 MB). Negative is then an error.
 	MaxBodyBuffer int64
 
 	// MaxErrorBody is how much of a response body with status 300 or above
