@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 )
@@ -54,8 +55,19 @@ func (b *replayBody) init(req *http.Request, limit int64) error {
 // buffer makes b replay data, the whole body, from memory.
 func (b *replayBody) buffer(data []byte) {
 	b.buffered, b.data = true, data
-	b.getBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil }
+	b.getBody = func() (io.ReadCloser, error) { return newBytesBody(data), nil }
 }
+
+// bytesBody is a request body read from memory: one allocation.
+type bytesBody struct{ bytes.Reader }
+
+func newBytesBody(data []byte) *bytesBody {
+	b := new(bytesBody)
+	b.Reset(data)
+	return b
+}
+
+func (*bytesBody) Close() error { return nil }
 
 // load is init for a request whose body a feature reads (the model it
 // names): it returns the whole body, read into memory once and replayed
@@ -94,14 +106,28 @@ func (b *replayBody) load(req *http.Request, limit int64) ([]byte, error) {
 }
 
 // readAtMost reads r to its end or to limit+1 bytes, whichever comes
-// first; size, when positive, is how long r is expected to be.
+// first; size, when positive, is how long r is expected to be (read into
+// one allocation, with a byte to spare to see the end).
 func readAtMost(r io.Reader, limit, size int64) ([]byte, error) {
-	var buf bytes.Buffer
-	if size > 0 && size <= limit {
-		buf.Grow(int(size) + bytes.MinRead) // room to see the end at once
+	n := int64(512)
+	if size > 0 {
+		n = size + 1
 	}
-	_, err := buf.ReadFrom(io.LimitReader(r, limit+1))
-	return buf.Bytes(), err
+	buf := make([]byte, 0, min(n, limit+1, 64<<20)) // a size claimed, not yet seen
+	for int64(len(buf)) <= limit {
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, int(min(int64(cap(buf)), limit+1-int64(len(buf)))))
+		}
+		m, err := r.Read(buf[len(buf):min(int64(cap(buf)), limit+1)])
+		buf = buf[:len(buf)+m]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
+		}
+	}
+	return buf, nil
 }
 
 // next returns the body for the next attempt, nil for a request without one.

@@ -15,34 +15,35 @@ type bodyModel struct {
 	name string
 	// spans are the byte ranges of every value of the model: a JSON
 	// string literal (quotes included) for a JSON body, or the text of a
-	// multipart form field. There is usually one; a JSON object may
-	// repeat its "model" member, and each is renamed.
+	// multipart form field. There is usually one (held in one, without
+	// an allocation of its own); a JSON object may repeat its "model"
+	// member, and each is renamed.
 	spans     []span
+	one       [1]span
 	multipart bool
 }
 
 type span struct{ start, end int }
 
-// findModel finds the model a request body names: the top-level "model"
+// find finds the model a request body names: the top-level "model"
 // member of a JSON object, or the "model" field of a multipart/form-data
-// body (the audio and image uploads). ok is false when the body names
-// none, or is not one of those. It decodes nothing but the model's own
-// value: the rest of the body is walked, not parsed.
-func findModel(contentType string, body []byte) (m bodyModel, ok bool) {
+// body (the audio and image uploads). It reports false when the body
+// names none, or is not one of those. It decodes nothing but the model's
+// own value: the rest of the body is walked, not parsed. m must not be
+// copied afterwards (its spans may point into it).
+func (m *bodyModel) find(contentType string, body []byte) bool {
+	m.spans = m.one[:0]
 	if isMultipart(contentType) {
-		return multipartModel(contentType, body)
+		return m.multipartModel(contentType, body)
 	}
-	return jsonModel(body)
+	return m.jsonModel(body)
 }
 
 // jsonModel finds the model of a JSON object body. As JSON decoders do,
 // the last "model" member counts; when it is not a non-empty string
 // (null, a number), the body names no model.
-func jsonModel(doc []byte) (bodyModel, bool) {
-	var (
-		m    bodyModel
-		last []byte
-	)
+func (m *bodyModel) jsonModel(doc []byte) bool {
+	var last []byte
 	whole := topFields(doc, func(key []byte, start, end int) bool {
 		if !keyIs(key, "model") {
 			return true
@@ -54,14 +55,14 @@ func jsonModel(doc []byte) (bodyModel, bool) {
 		return true
 	})
 	if !whole || len(last) < 3 || last[0] != '"' {
-		return bodyModel{}, false
+		return false
 	}
 	name, ok := unquoteJSON(last)
 	if !ok || name == "" {
-		return bodyModel{}, false
+		return false
 	}
 	m.name = name
-	return m, true
+	return true
 }
 
 // keyIs reports whether key, a JSON member name as written (escapes not
@@ -86,11 +87,11 @@ func isMultipart(ct string) bool {
 // multipartModel finds the "model" field of a multipart/form-data body:
 // a part whose Content-Disposition names it "model" and no file. The
 // parts are walked by their boundary; only the part headers are parsed.
-func multipartModel(contentType string, body []byte) (bodyModel, bool) {
+func (m *bodyModel) multipartModel(contentType string, body []byte) bool {
 	_, params, err := mime.ParseMediaType(contentType)
 	boundary := params["boundary"]
 	if err != nil || boundary == "" {
-		return bodyModel{}, false
+		return false
 	}
 	delim := []byte("--" + boundary)
 	// The first delimiter starts the body or a line.
@@ -98,11 +99,11 @@ func multipartModel(contentType string, body []byte) (bodyModel, bool) {
 	if !bytes.HasPrefix(body, delim) {
 		j := bytes.Index(body, append([]byte("\n"), delim...))
 		if j < 0 {
-			return bodyModel{}, false
+			return false
 		}
 		i = j + 1
 	}
-	m := bodyModel{multipart: true}
+	m.multipart = true
 	var name string
 	for {
 		i += len(delim)
@@ -111,18 +112,18 @@ func multipartModel(contentType string, body []byte) (bodyModel, bool) {
 		}
 		eol := bytes.IndexByte(body[i:], '\n')
 		if eol < 0 {
-			return bodyModel{}, false
+			return false
 		}
 		hdrStart := i + eol + 1
 		// The part's headers end at a blank line.
 		hdrEnd, contentStart := headerEnd(body, hdrStart)
 		if hdrEnd < 0 {
-			return bodyModel{}, false
+			return false
 		}
 		// Its content ends before the line break of the next delimiter.
 		next := bytes.Index(body[contentStart:], append([]byte("\n"), delim...))
 		if next < 0 {
-			return bodyModel{}, false
+			return false
 		}
 		contentEnd := contentStart + next
 		i = contentEnd + 1
@@ -135,10 +136,10 @@ func multipartModel(contentType string, body []byte) (bodyModel, bool) {
 		}
 	}
 	if len(m.spans) == 0 || name == "" {
-		return bodyModel{}, false
+		return false
 	}
 	m.name = name
-	return m, true
+	return true
 }
 
 // headerEnd finds the blank line that ends the part headers starting at
@@ -187,39 +188,54 @@ func isModelField(block []byte) bool {
 }
 
 // splice is a body with the spans of its model replaced: the parts to send
-// in order, and their length.
+// in order, and their length. It is made once per attempt that renames
+// the model, with the reader the attempt sends (first) in the same
+// allocation.
 type splice struct {
-	parts [][]byte
+	all   [][]byte
+	inner [3][]byte // all's storage for one span
 	n     int64
+	first spliceReader
 }
 
 // newSplice returns body with each of spans (in order, not overlapping)
 // replaced by with. It copies nothing: the parts are slices of body and
 // with.
-func newSplice(body []byte, spans []span, with []byte) splice {
-	s := splice{parts: make([][]byte, 0, 2*len(spans)+1), n: int64(len(body))}
+func newSplice(body []byte, spans []span, with []byte) *splice {
+	s := &splice{n: int64(len(body))}
+	s.all = s.inner[:0]
 	at := 0
 	for _, sp := range spans {
-		s.parts = append(s.parts, body[at:sp.start], with)
+		s.all = append(s.all, body[at:sp.start], with)
 		s.n += int64(len(with) - (sp.end - sp.start))
 		at = sp.end
 	}
-	s.parts = append(s.parts, body[at:])
+	s.all = append(s.all, body[at:])
+	s.first.parts = s.all
 	return s
 }
 
-// reader returns a fresh reader of the spliced body.
-func (s splice) reader() io.ReadCloser { return &spliceReader{parts: s.parts} }
+// reader returns a fresh reader of the spliced body: the first call the
+// one made with the splice, the others a new one.
+func (s *splice) reader() io.ReadCloser {
+	if !s.first.taken {
+		s.first.taken = true
+		return &s.first
+	}
+	return &spliceReader{parts: s.all}
+}
 
-// getBody is reader as an http.Request's GetBody.
-func (s splice) getBody() (io.ReadCloser, error) { return s.reader(), nil }
+// getBody returns a new reader of the spliced body, for an http.Request's
+// GetBody.
+func (s *splice) getBody() (io.ReadCloser, error) { return &spliceReader{parts: s.all}, nil }
 
 // spliceReader reads the parts of a splice one after the other. The parts
 // are shared by every reader of the splice and never written.
 type spliceReader struct {
 	parts [][]byte
-	i     int // the part being read
-	off   int // how much of it was read
+	i     int  // the part being read
+	off   int  // how much of it was read
+	taken bool // handed out (the splice's first reader)
 }
 
 func (r *spliceReader) Read(p []byte) (int, error) {

@@ -326,3 +326,14 @@ func FuzzMultipartModelRewrite(f *testing.F) {
 		}
 	})
 }
+
+// findModel is bodyModel.find as a value, for tests: the model a body
+// names, its spans copied out.
+func findModel(contentType string, body []byte) (bodyModel, bool) {
+	var m bodyModel
+	if !m.find(contentType, body) {
+		return bodyModel{}, false
+	}
+	m.spans = slices.Clone(m.spans)
+	return m, true
+}

@@ -262,15 +262,15 @@ func (r *request) byModel(mr *modelRouting) (*http.Response, error) {
 	if err != nil || body == nil {
 		return nil, err
 	}
-	bm, ok := findModel(r.req.Header.Get("Content-Type"), body)
-	if !ok {
+	rm := &requestModel{body: body}
+	if !rm.find(r.req.Header.Get("Content-Type"), body) {
 		return nil, nil
 	}
-	plan := mr.planFor(bm.name)
-	if plan.served == 0 {
-		return nil, &noModelError{model: r.s.redact.string(bm.name)}
+	rm.plan = mr.planFor(rm.name)
+	if rm.plan.served == 0 {
+		return nil, &noModelError{model: r.s.redact.string(rm.name)}
 	}
-	r.st.model = &requestModel{bodyModel: bm, plan: plan, body: body}
+	r.st.model = rm
 	return nil, nil
 }
 
