@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -199,17 +200,21 @@ func modelEndpoints(n int) []Endpoint {
 }
 
 // drainingBase is cannedBase that reads the request body to its end
-// through a buffer, as a base that writes it to a connection does.
+// through a buffer, as a base that writes it to a connection does (with a
+// buffer of the connection's, reused).
 type drainingBase struct{}
+
+var drainBuffers = sync.Pool{New: func() any { return new([32 << 10]byte) }}
 
 func (drainingBase) RoundTrip(req *http.Request) (*http.Response, error) {
 	if req.Body != nil {
-		buf := make([]byte, 32<<10)
+		buf := drainBuffers.Get().(*[32 << 10]byte)
 		for {
-			if _, err := req.Body.Read(buf); err != nil {
+			if _, err := req.Body.Read(buf[:]); err != nil {
 				break
 			}
 		}
+		drainBuffers.Put(buf)
 		_ = req.Body.Close()
 	}
 	return &http.Response{StatusCode: http.StatusOK, Body: http.NoBody, Request: req}, nil
