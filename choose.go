@@ -122,8 +122,8 @@ type pickResult struct {
 	cooling   int
 	limited   int
 	avoided   int
-	unserved  int    // endpoints that do not serve the request's model
-	model     string // that model
+	unserved  int           // endpoints that do not serve the request's model
+	model     *requestModel // that model
 }
 
 func (p *pickResult) unavailable() error {
@@ -135,7 +135,7 @@ func (p *pickResult) unavailable() error {
 		n    int
 		what string
 	}{{p.open, "breaker open"}, {p.cooling, "cooling down"}, {p.limited, "at rate limit"}, {p.avoided, "asked not to be retried"},
-		{p.unserved, "do not serve model " + quoteModel(p.model)}} {
+		{p.unserved, "do not serve model " + p.model.quoted()}} {
 		if c.n > 0 {
 			parts = append(parts, fmt.Sprintf("%d %s", c.n, c.what))
 		}

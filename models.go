@@ -235,8 +235,9 @@ func (mr *modelRouting) planFor(name string) *modelPlan {
 type requestModel struct {
 	bodyModel
 	plan   *modelPlan
-	body   []byte // the whole request body
-	deploy string // "/deployments/<name>" for the request's own name, once made
+	body   []byte    // the whole request body
+	redact *redactor // the configuration's, for messages that name the model
+	deploy string    // "/deployments/<name>" for the request's own name, once made
 	// skipped are the endpoints whose skip was counted, once per request.
 	skipped bitset
 }
@@ -262,13 +263,13 @@ func (r *request) byModel(mr *modelRouting) (*http.Response, error) {
 	if err != nil || body == nil {
 		return nil, err
 	}
-	rm := &requestModel{body: body}
+	rm := &requestModel{body: body, redact: r.s.redact}
 	if !rm.find(r.req.Header.Get("Content-Type"), body) {
 		return nil, nil
 	}
 	rm.plan = mr.planFor(rm.name)
 	if rm.plan.served == 0 {
-		return nil, &noModelError{model: r.s.redact.string(rm.name)}
+		return nil, &noModelError{model: rm.shown()}
 	}
 	r.st.model = rm
 	return nil, nil
@@ -304,12 +305,24 @@ func (rm *requestModel) apply(out *http.Request, e *endpoint) {
 // the skip for e once per request.
 func (rm *requestModel) skip(e *endpoint, p *pickResult) {
 	p.unserved++
-	p.model = rm.name
+	p.model = rm
 	if !rm.skipped.has(e.index) {
 		rm.skipped.add(e.index)
 		e.hot.modelSkips.Add(1)
 		e.m.modelSkipped()
 	}
+}
+
+// shown is the model's name for a message: without any secret of the
+// configuration (a caller could send a key as a model's name).
+func (rm *requestModel) shown() string { return rm.redact.string(rm.name) }
+
+// quoted is the model's name quoted for a message; "" for none.
+func (rm *requestModel) quoted() string {
+	if rm == nil {
+		return `""`
+	}
+	return quoteModel(rm.shown())
 }
 
 // noteFailure adds to e's last error the model of the attempt that just
@@ -319,7 +332,7 @@ func (rm *requestModel) noteFailure(e *endpoint) {
 	if le == nil {
 		return
 	}
-	msg := le.msg + " (model " + quoteModel(rm.name)
+	msg := le.msg + " (model " + quoteModel(rm.shown())
 	if up := rm.plan.routes[e.index].upstream; up != "" {
 		msg += " sent as " + quoteModel(up)
 	}

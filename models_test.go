@@ -527,3 +527,36 @@ func TestModelsUpdate(t *testing.T) {
 		t.Errorf("bodies %q and %q, want renamed after the first Update, not after the second", got[0].body, got[1].body)
 	}
 }
+
+// TestModelsNameNeverShowsAKey: a caller who sends an endpoint's key as
+// the model's name never sees it in an error or in Health.
+func TestModelsNameNeverShowsAKey(t *testing.T) {
+	const key = "sk-models-secret-key-0123"
+	log := &sendLog{reply: failing(500, "a")}
+	tr, _ := newTestTransport(t, Config{Base: log, MaxWait: -1, Endpoints: []Endpoint{
+		{Name: "a", BaseURL: "https://a.test/v1", APIKey: key, Models: map[string]string{key: "up"}},
+		{Name: "b", BaseURL: "https://b.test/v1", Models: map[string]string{"other": ""}},
+	}, MaxRetries: -1})
+	var texts []string
+	for _, model := range []string{key, key + "-x"} {
+		_, err := tr.RoundTrip(modelRequest(t, "/chat/completions", "application/json", chatFor(model), false))
+		if err != nil {
+			texts = append(texts, err.Error())
+		}
+	}
+	openBreaker(t, endpointsOf(tr)[0])
+	if _, err := tr.RoundTrip(modelRequest(t, "/chat/completions", "application/json", chatFor(key), false)); err != nil {
+		texts = append(texts, err.Error())
+	}
+	texts = append(texts, healthOf(t, tr, "a").LastError)
+	// The first request (the key as model) gets a's 500; the second the
+	// no-endpoint error; the third, a's breaker open, the unavailable one.
+	if len(texts) != 3 {
+		t.Fatalf("texts %q, want the no-endpoint error, the unavailable error and the last error", texts)
+	}
+	for _, text := range texts {
+		if strings.Contains(text, key) || !strings.Contains(text, redacted) {
+			t.Errorf("%q shows the key, or does not show [REDACTED] in its place", text)
+		}
+	}
+}
