@@ -172,10 +172,10 @@ func (s *snapshot) pick(clk *lazyClock, st *requestState) (*endpoint, func(error
 }
 
 // take admits one attempt of a request on e now, if e can take it: serving
-// the request's model, not to be avoided, not cooling down, breaker not open, not tried in this round,
-// admitted by the breaker, and within its rate. Cheap atomic checks come
-// first; the happy path reads no clock. When e cannot take it, take
-// records why in p.
+// the request's model, not to be avoided, not cooling down, breaker not
+// open, not tried in this round, admitted by the breaker, and within its
+// rate. Cheap atomic checks come first; the happy path reads no clock.
+// When e cannot take it, take records why in p.
 func (e *endpoint) take(clk *lazyClock, st *requestState, p *pickResult) (func(error), bool) {
 	if st.model != nil && st.model.plan.skip.has(e.index) {
 		st.model.skip(e, p)

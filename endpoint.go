@@ -41,7 +41,8 @@ type Endpoint struct {
 	// parse. Required.
 	BaseURL string
 
-	// APIKey is sent as "Authorization: Bearer <APIKey>", replacing the
+	// APIKey is sent as "Authorization: Bearer <APIKey>" (to an Azure
+	// endpoint, see APIType, as "api-key: <APIKey>"), replacing the
 	// caller's Authorization header. Empty sends no key. Either way the
 	// caller's own credentials (Authorization, api-key, OpenAI-Organization
 	// and OpenAI-Project) never reach the endpoint, unless
