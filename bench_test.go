@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -187,7 +188,31 @@ func BenchmarkRoundTrip(b *testing.B) {
 			runRT(b, mustNew(b, Config{Base: cannedBase{}, Endpoints: eps}), url, parallel)
 		})
 		benchHealing(b, mode, url, parallel)
+		benchModels(b, mode, url, parallel)
 	}
+}
+
+// benchModels adds BenchmarkRoundTrip's cases of routing by model: three
+// endpoints with Models, and a 100 KiB chat body, its model last (as
+// openai-go and the Python SDK write it), through a base that reads the
+// body as a real one sends it: without Models the Transport passes the
+// caller's body on untouched; with them it reads it once, finds the model
+// and sends it renamed.
+func benchModels(b *testing.B, mode, url string, parallel bool) {
+	b.Run(mode+"/endpoints=3/models", func(b *testing.B) {
+		runRT(b, mustNew(b, Config{Base: cannedBase{}, Endpoints: modelEndpoints(3)}), url, parallel)
+	})
+	body := bigChatBody(100 << 10)
+	b.Run(mode+"/100KiB/base", func(b *testing.B) { runRTBody(b, drainingBase{}, url, body, parallel) })
+	b.Run(mode+"/100KiB/copy-floor", func(b *testing.B) {
+		runRTBody(b, copyFloor{base: drainingBase{}, scheme: "https", host: "e0.test", auth: []string{"Bearer sk-bench"}}, url, body, parallel)
+	})
+	b.Run(mode+"/100KiB/endpoints=3", func(b *testing.B) {
+		runRTBody(b, mustNew(b, Config{Base: drainingBase{}, Endpoints: benchEndpoints(3)}), url, body, parallel)
+	})
+	b.Run(mode+"/100KiB/endpoints=3/models", func(b *testing.B) {
+		runRTBody(b, mustNew(b, Config{Base: drainingBase{}, Endpoints: modelEndpoints(3)}), url, body, parallel)
+	})
 }
 
 // benchHealing adds BenchmarkRoundTrip's cases of the healing features,
@@ -382,4 +407,88 @@ func BenchmarkFailoverRefused(b *testing.B) {
 			runRT(b, tr, clientBase+"/chat/completions", false)
 		})
 	}
+}
+
+// BenchmarkModelScan is the scan that finds the model of a 100 KiB chat
+// body (its model last) and the splice that renames it, alone: prose, and
+// the worst case of an escaped quote every 18 bytes.
+func BenchmarkModelScan(b *testing.B) {
+	for _, tc := range []struct {
+		name string
+		body []byte
+	}{{"prose", []byte(bigChatBody(100 << 10))}, {"escaped", []byte(escapedChatBody(100 << 10))}} {
+		b.Run(tc.name, func(b *testing.B) {
+			b.SetBytes(int64(len(tc.body)))
+			b.ReportAllocs()
+			for range b.N {
+				var m bodyModel
+				if !m.find("application/json", tc.body) || m.name != "gpt-test" {
+					b.Fatal("no model")
+				}
+				_, _ = io.Copy(io.Discard, newSplice(tc.body, m.spans, []byte(`"vendor/gpt-test"`)).reader())
+			}
+		})
+	}
+}
+
+// bigChatBody returns a chat completion body of about size bytes: many
+// messages of prose (a line break escaped every 100 bytes, a quoted word
+// in each), then the model.
+func bigChatBody(size int) string {
+	return chatBodyOf(size, `{"role":"user","content":"`+
+		strings.Repeat(`Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore.\n`, 9)+
+		`As \"they\" say."}`)
+}
+
+// chatBodyOf returns a chat completion body of about size bytes: the
+// message msg repeated, then the model.
+func chatBodyOf(size int, msg string) string {
+	var b strings.Builder
+	b.WriteString(`{"messages":[`)
+	for i := 0; b.Len() < size-64; i++ {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(msg)
+	}
+	b.WriteString(`],"temperature":0.2,"model":"gpt-test"}`)
+	return b.String()
+}
+
+// escapedChatBody is bigChatBody with an escaped quote every 18 bytes
+// (code or JSON in a prompt): the scan's worst case.
+func escapedChatBody(size int) string {
+	return chatBodyOf(size, `{"role":"user","content":"`+strings.Repeat(`lorem \"ipsum\" dolor,\n `, 32)+`"}`)
+}
+
+// modelEndpoints is benchEndpoints(n), each with Models mapping the bench
+// request's model to a name of its own, so that every request is read,
+// scanned and sent renamed.
+func modelEndpoints(n int) []Endpoint {
+	eps := benchEndpoints(n)
+	for i := range eps {
+		eps[i].Models = map[string]string{"gpt-test": fmt.Sprintf("vendor-%d/gpt-test", i), "other": ""}
+	}
+	return eps
+}
+
+// drainingBase is cannedBase that reads the request body to its end
+// through a buffer, as a base that writes it to a connection does (with a
+// buffer of the connection's, reused).
+type drainingBase struct{}
+
+var drainBuffers = sync.Pool{New: func() any { return new([32 << 10]byte) }}
+
+func (drainingBase) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.Body != nil {
+		buf := drainBuffers.Get().(*[32 << 10]byte)
+		for {
+			if _, err := req.Body.Read(buf[:]); err != nil {
+				break
+			}
+		}
+		drainBuffers.Put(buf)
+		_ = req.Body.Close()
+	}
+	return &http.Response{StatusCode: http.StatusOK, Body: http.NoBody, Request: req}, nil
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 )
@@ -19,10 +20,10 @@ import (
 // by the base transport that read it, or by close.
 type replayBody struct {
 	req      *http.Request
-	buffered bool                          // the body was read into memory (the request had no GetBody)
+	buffered bool                          // the body was read into memory (the request had no GetBody, or load read it)
+	data     []byte                        // the body, when buffered
 	sentOrig bool                          // the caller's body went to an attempt
 	getBody  func() (io.ReadCloser, error) // set on outgoing requests
-	data     []byte                        // the body, when buffered
 
 	// A body too large to buffer: its prefix, then the rest of the
 	// caller's, handed to one attempt at a time through a streamedBody.
@@ -52,10 +53,86 @@ func (b *replayBody) init(req *http.Request, limit int64) error {
 		return nil
 	}
 	_ = req.Body.Close()
-	b.buffered = true
-	b.data = prefix
-	b.getBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(prefix)), nil }
+	b.buffer(prefix)
 	return nil
+}
+
+// buffer makes b replay data, the whole body, from memory.
+func (b *replayBody) buffer(data []byte) {
+	b.buffered, b.data = true, data
+	b.getBody = func() (io.ReadCloser, error) { return newBytesBody(data), nil }
+}
+
+// bytesBody is a request body read from memory: one allocation.
+type bytesBody struct{ bytes.Reader }
+
+func newBytesBody(data []byte) *bytesBody {
+	b := new(bytesBody)
+	b.Reset(data)
+	return b
+}
+
+func (*bytesBody) Close() error { return nil }
+
+// load is init for a request whose body a feature reads (the model it
+// names): it returns the whole body, read into memory once and replayed
+// from there, or nil for a request without a body or one above limit
+// bytes, which init then prepares as usual. A request with GetBody is
+// read through GetBody, and its own body closed at once (no attempt will
+// take it); one without is read as init reads it.
+func (b *replayBody) load(req *http.Request, limit int64) ([]byte, error) {
+	if req.Body == nil || req.Body == http.NoBody || req.GetBody == nil {
+		err := b.init(req, limit)
+		return b.data, err
+	}
+	rc, err := req.GetBody()
+	if err != nil || rc == nil {
+		_ = req.Body.Close()
+		if err == nil {
+			err = errors.New("GetBody returned a nil body")
+		}
+		return nil, fmt.Errorf("failover: reading the request body: %w", err)
+	}
+	data, err := readAtMost(rc, limit, req.ContentLength)
+	if rc != req.Body {
+		_ = rc.Close()
+	}
+	if err != nil {
+		_ = req.Body.Close()
+		return nil, fmt.Errorf("failover: reading the request body: %w", err)
+	}
+	if int64(len(data)) > limit {
+		return nil, b.init(req, limit)
+	}
+	_ = req.Body.Close()
+	*b = replayBody{req: req}
+	b.buffer(data)
+	return data, nil
+}
+
+// readAtMost reads r to its end or to limit+1 bytes, whichever comes
+// first; size, when positive, is how long r is expected to be (read into
+// one allocation, with a byte to spare to see the end).
+func readAtMost(r io.Reader, limit, size int64) ([]byte, error) {
+	n := int64(512)
+	if size > 0 {
+		n = size + 1
+	}
+	buf := make([]byte, 0, min(n, limit+1, 64<<20)) // a size claimed, not yet seen
+	for int64(len(buf)) <= limit {
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, int(min(int64(cap(buf)), limit+1-int64(len(buf)))))
+		}
+		m, err := r.Read(buf[len(buf):min(int64(cap(buf)), limit+1)])
+		buf = buf[:len(buf)+m]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
+		}
+	}
+	return buf, nil
 }
 
 // next returns the body for the next attempt, nil for a request without one.

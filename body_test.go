@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/failover-go/failover/internal/fakeopenai"
@@ -446,6 +447,25 @@ func TestBodyUpgradeStaysWritable(t *testing.T) {
 	}
 	if err := rw.Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestReadAtMost: a body is read whole up to limit bytes, and one byte past
+// it shows that it is longer, whatever size the request claimed.
+func TestReadAtMost(t *testing.T) {
+	const limit = 1000
+	for _, n := range []int{0, 1, limit - 1, limit, limit + 1, 5 * limit} {
+		for _, claimed := range []int64{-1, 0, int64(n), int64(n) / 2, int64(n) * 3, 1 << 40} {
+			body := bytes.Repeat([]byte("x"), n)
+			got, err := readAtMost(iotest.HalfReader(bytes.NewReader(body)), limit, claimed)
+			want := min(n, limit+1)
+			if err != nil || len(got) != want || !bytes.Equal(got, body[:want]) {
+				t.Errorf("%d bytes, claimed %d: read %d, %v; want %d", n, claimed, len(got), err, want)
+			}
+		}
+	}
+	if _, err := readAtMost(iotest.ErrReader(errors.New("boom")), limit, 10); err == nil {
+		t.Error("a read error was not returned")
 	}
 }
 

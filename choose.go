@@ -21,6 +21,9 @@ type requestState struct {
 	// key is the hash of the request's affinity key (Config.Affinity);
 	// 0 for none.
 	key uint64
+	// model is the model the request's body names, when its
+	// configuration routes by model; nil otherwise.
+	model *requestModel
 }
 
 // bitset is a set of endpoint indexes.
@@ -122,17 +125,20 @@ type pickResult struct {
 	cooling   int
 	limited   int
 	avoided   int
+	unserved  int           // endpoints that do not serve the request's model
+	model     *requestModel // that model
 }
 
 func (p *pickResult) unavailable() error {
-	if p.open+p.cooling+p.limited+p.avoided == 0 {
+	if p.open+p.cooling+p.limited+p.avoided+p.unserved == 0 {
 		return ErrNoEndpointAvailable
 	}
 	var parts []string
 	for _, c := range []struct {
 		n    int
 		what string
-	}{{p.open, "breaker open"}, {p.cooling, "cooling down"}, {p.limited, "at rate limit"}, {p.avoided, "asked not to be retried"}} {
+	}{{p.open, "breaker open"}, {p.cooling, "cooling down"}, {p.limited, "at rate limit"}, {p.avoided, "asked not to be retried"},
+		{p.unserved, "do not serve model " + p.model.quoted()}} {
 		if c.n > 0 {
 			parts = append(parts, fmt.Sprintf("%d %s", c.n, c.what))
 		}
@@ -174,12 +180,16 @@ func (s *snapshot) pick(clk *lazyClock, st *requestState) (*endpoint, func(error
 	return nil, nil, p
 }
 
-// take admits one attempt of a request on e now, if e can take it: not to
-// be avoided, not cooling down, breaker not open, not tried in this round,
-// admitted by the breaker, and within its rate. Cheap atomic checks come
-// first; the happy path reads no clock. When e cannot take it, take
-// records why in p.
+// take admits one attempt of a request on e now, if e can take it: serving
+// the request's model, not to be avoided, not cooling down, breaker not
+// open, not tried in this round, admitted by the breaker, and within its
+// rate. Cheap atomic checks come first; the happy path reads no clock.
+// When e cannot take it, take records why in p.
 func (e *endpoint) take(clk *lazyClock, st *requestState, p *pickResult) (func(error), bool) {
+	if st.model != nil && st.model.plan.skip.has(e.index) {
+		st.model.skip(e, p)
+		return nil, false
+	}
 	if st.avoid.has(e.index) {
 		p.avoided++
 		return nil, false

@@ -63,6 +63,8 @@ type Config struct {
 	//	failover_slow_start_factor{endpoint}            gauge: share of its weight taken now (1 when
 	//	                                                not in slow start)
 	//	failover_latency_estimate_seconds{endpoint}     gauge: the least-latency balancer's estimate
+	//	failover_model_skips_total{endpoint}            counter: requests that passed it by for a model
+	//	                                                it does not serve (Endpoint.Models)
 	Registerer prometheus.Registerer
 
 	// Logger receives the Transport's logs: breaker state changes and
@@ -121,6 +123,16 @@ type Config struct {
 	// copied). A larger body is streamed: it fails over only while no
 	// attempt has read any of it (see [ErrBodyTooLarge]). Zero means
 	// 8 MiB; negative means never buffer.
+	//
+	// When the configuration routes by model (an endpoint has Models, or
+	// is an Azure endpoint with an APIVersion), every request body up to
+	// this size is read into memory once, GetBody or not, to find its
+	// model and rename it per endpoint. A larger body is not read for
+	// its model: it is sent as a request without one (no endpoint skips
+	// it, no name is rewritten, an Azure deployments endpoint gets it
+	// without a deployment in its path), and without GetBody it is sent
+	// once. Raise MaxBodyBuffer above the largest request that names a
+	// model (audio uploads go to 25 MB). Negative is then an error.
 	MaxBodyBuffer int64
 
 	// MaxErrorBody is how much of a response body with status 300 or above
@@ -341,6 +353,7 @@ func checkSettings(cfg Config) []error {
 		errs = append(errs, fmt.Errorf("failover: MaxErrorBody %d is negative", cfg.MaxErrorBody))
 	}
 	errs = append(errs, checkHealing(cfg)...)
+	errs = append(errs, checkModelSettings(cfg)...)
 	return errs
 }
 
@@ -419,6 +432,9 @@ type snapshot struct {
 	onAttempt      func(ctx context.Context, a AttemptInfo)
 	redact         *redactor // removes every secret of this configuration from error texts
 	clientBases    []string  // ClientBaseURLs, for a warning
+	// models routes requests by the model their body names; nil when no
+	// endpoint has Models or is an Azure deployments endpoint.
+	models *modelRouting
 
 	base    http.RoundTripper
 	clock   clock
@@ -484,6 +500,7 @@ func (t *Transport) build(p *prepared, old *snapshot) *snapshot {
 		}
 	}
 	s.tiers = buildTiers(s.endpoints)
+	s.models = newModelRouting(s.endpoints)
 	return s
 }
 

@@ -26,6 +26,13 @@
 //	}
 //	client := &http.Client{Transport: transport} // for the SDK, or as is
 //
+// Providers differ in more than host and key. [Endpoint].Models lists the
+// models an endpoint serves and the name it knows each by (an OpenRouter
+// name, an Azure deployment): a request for another model skips it, and
+// the body's "model" is renamed for that endpoint's attempts only.
+// [Endpoint].APIType "azure" sends the key as api-key and the request to
+// Azure OpenAI's deployments (with an APIVersion) or v1 path.
+//
 // [ConfigFromEnv] builds the same Config from numbered environment
 // variables (OPENAI_BASE_URL_1, OPENAI_API_KEY_1, OPENAI_TIMEOUT_1,
 // OPENAI_BASE_URL_2, ...), so that a deployment changes its endpoints

@@ -41,7 +41,8 @@ type Endpoint struct {
 	// parse. Required.
 	BaseURL string
 
-	// APIKey is sent as "Authorization: Bearer <APIKey>", replacing the
+	// APIKey is sent as "Authorization: Bearer <APIKey>" (to an Azure
+	// endpoint, see APIType, as "api-key: <APIKey>"), replacing the
 	// caller's Authorization header. Empty sends no key. Either way the
 	// caller's own credentials (Authorization, api-key, OpenAI-Organization
 	// and OpenAI-Project) never reach the endpoint, unless
@@ -119,6 +120,36 @@ type Endpoint struct {
 	// [Config].Probe turns them on. The zero value means GET
 	// {BaseURL}/models; see [ProbeRequest] and [ChatProbe].
 	Probe ProbeRequest
+
+	// Models lists the models the endpoint serves, each mapped to the
+	// name it is sent under there: the caller's name as the key, the
+	// endpoint's own name (an OpenRouter name such as
+	// "openai/gpt-4o-mini", an Azure deployment, a local model) as the
+	// value, or "" to send the caller's name unchanged. A request whose
+	// body names another model skips the endpoint (not a failure: its
+	// breaker is not touched); a request for a listed model has the
+	// body's "model" rewritten to the mapped name for this endpoint's
+	// attempts only. Names match exactly. Nil means the endpoint serves
+	// every model under the caller's names; an empty non-nil map is an
+	// error. See [ErrNoEndpointForModel].
+	Models map[string]string
+
+	// APIType is the endpoint's API flavour: "" or [APITypeOpenAI] for an
+	// OpenAI-compatible API, or [APITypeAzure] for Azure OpenAI, which
+	// takes its key in the api-key header instead of Authorization and,
+	// with an APIVersion, its requests under
+	// /openai/deployments/<deployment>. See [APITypeAzure]. Any other
+	// value is an error; case does not matter.
+	APIType string
+
+	// APIVersion is, for an Azure endpoint, the api-version its classic
+	// deployments API is called with (for example "2024-10-21"): it is
+	// added to every request's query, and the deployment comes from
+	// Models, or is the request's model where Models does not map it.
+	// Empty means Azure's v1 API (/openai/v1), where the deployment is
+	// the body's model and no api-version is needed. Set for an endpoint
+	// that is not Azure, it is an error.
+	APIVersion string
 }
 
 // minRPS is the smallest MaxRPS accepted: one request an hour. A rate
@@ -178,6 +209,9 @@ func (e *Endpoint) check(i int) []error {
 			bad("Header %q: value contains a line break", k)
 		}
 	}
+	for _, problem := range e.checkModels() {
+		bad("%s", problem)
+	}
 	return errs
 }
 
@@ -198,6 +232,8 @@ func (e Endpoint) withDefaults() Endpoint {
 		}
 		e.Header = h
 	}
+	e.Models = maps.Clone(e.Models)
+	e.APIType = strings.ToLower(e.APIType)
 	return e
 }
 
@@ -360,6 +396,10 @@ type hotStats struct {
 	latency    ewma     // time to the response headers
 	firstToken ewma     // time to a stream's first content event
 	peak       peakEWMA // the least-latency balancer's estimate
+
+	// modelSkips counts the requests that passed it by for a model it
+	// does not serve.
+	modelSkips atomic.Uint64
 }
 
 // inflight returns the attempts started and not yet finished.

@@ -88,6 +88,14 @@ func ConfigFromEnv() (Config, error) {
 //	                    chat completion of one token to it (Endpoint.Probe =
 //	                    ChatProbe(model)), for a server without /models; each
 //	                    probe is then a billed request. Default: GET /models.
+//	OPENAI_MODELS_N     Endpoint.Models: the models the endpoint serves, comma-
+//	                    separated, each name or name=upstream-name (the name
+//	                    sent there): gpt-4o-mini=openai/gpt-4o-mini,gpt-4o.
+//	                    Default: every model, under the caller's names.
+//	OPENAI_API_TYPE_N   Endpoint.APIType: openai or azure. Default: openai.
+//	OPENAI_API_VERSION_N  Endpoint.APIVersion, for azure: the api-version of
+//	                    the classic deployments API, such as 2024-10-21.
+//	                    Default: none, Azure's v1 API.
 //
 // A boolean is one of 1, t, true, yes, on, 0, f, false, no, off, in any case.
 //
@@ -367,6 +375,21 @@ var endpointVars = []endpointVar{
 		}
 		e.Probe = ChatProbe(v)
 		return ""
+	})},
+	{"OPENAI_MODELS_", problemOf(func(e *Endpoint, v string) (problem string) {
+		e.Models, problem = parseEnvModels(v)
+		return problem
+	})},
+	{"OPENAI_API_TYPE_", problemOf(func(e *Endpoint, v string) string {
+		e.APIType = strings.ToLower(v)
+		if e.APIType != APITypeOpenAI && e.APIType != APITypeAzure {
+			return quoteEnv(v) + " is not openai or azure"
+		}
+		return ""
+	})},
+	{"OPENAI_API_VERSION_", problemOf(func(e *Endpoint, v string) string {
+		e.APIVersion = v
+		return checkAPIVersion(v)
 	})},
 }
 

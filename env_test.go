@@ -3,6 +3,7 @@ package failover
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"reflect"
 	"slices"
@@ -738,6 +739,48 @@ func TestEnvVariablesAreRead(t *testing.T) {
 		_, err := ConfigFromEnviron([]string{"OPENAI_API_KEY_9=k", name + "=" + bad})
 		if err == nil || !strings.Contains(err.Error(), "failover: "+name+": ") {
 			t.Errorf("%s=%q: error %v, want one naming it", name, bad, err)
+		}
+	}
+}
+
+// TestConfigFromEnvironModels: OPENAI_MODELS_N lists the endpoint's models
+// (name or name=upstream-name, comma-separated, spaces trimmed),
+// OPENAI_API_TYPE_N and OPENAI_API_VERSION_N make it an Azure endpoint;
+// a bad value names its variable.
+func TestConfigFromEnvironModels(t *testing.T) {
+	cfg := mustConfigFromEnviron(t,
+		"OPENAI_API_KEY_1=sk-1",
+		"OPENAI_BASE_URL_2=https://res.openai.azure.com", "OPENAI_API_KEY_2=az", "OPENAI_API_TYPE_2=Azure",
+		"OPENAI_API_VERSION_2=2024-10-21", "OPENAI_MODELS_2= gpt-4o-mini = prod-4o-mini , text-embedding-3-small=prod-embed",
+		"OPENAI_BASE_URL_3=https://openrouter.ai/api/v1", "OPENAI_MODELS_3=gpt-4o-mini=openai/gpt-4o-mini,gpt-4o")
+	if e := cfg.Endpoints[0]; e.Models != nil || e.APIType != "" || e.APIVersion != "" {
+		t.Errorf("endpoint 1: Models %v, APIType %q, APIVersion %q; want none", e.Models, e.APIType, e.APIVersion)
+	}
+	az := cfg.Endpoints[1]
+	if az.APIType != APITypeAzure || az.APIVersion != "2024-10-21" ||
+		!maps.Equal(az.Models, map[string]string{"gpt-4o-mini": "prod-4o-mini", "text-embedding-3-small": "prod-embed"}) {
+		t.Errorf("endpoint 2: APIType %q, APIVersion %q, Models %v", az.APIType, az.APIVersion, az.Models)
+	}
+	if m := cfg.Endpoints[2].Models; !maps.Equal(m, map[string]string{"gpt-4o-mini": "openai/gpt-4o-mini", "gpt-4o": ""}) {
+		t.Errorf("endpoint 3: Models %v", m)
+	}
+	if _, err := New(cfg); err != nil {
+		t.Errorf("New: %v", err)
+	}
+	for _, tc := range []struct{ kv, want string }{
+		{"OPENAI_MODELS_1=a,,b", "has an empty entry"},
+		{"OPENAI_MODELS_1=a,", "has an empty entry"},
+		{"OPENAI_MODELS_1==b", "has no model name"},
+		{"OPENAI_MODELS_1=a=", "has no upstream name"},
+		{"OPENAI_MODELS_1=a,b=c,a", "is listed twice"},
+		{"OPENAI_MODELS_1=a\x01b", "control character"},
+		{"OPENAI_API_TYPE_1=bedrock", "is not openai or azure"},
+		{"OPENAI_API_VERSION_1=2024/10", "is not an api-version"},
+	} {
+		err := mustEnvironError(t, append([]string{"OPENAI_API_KEY_1=sk-1", tc.kv}, envSecrets...)...)
+		name, _, _ := strings.Cut(tc.kv, "=")
+		if !strings.Contains(err.Error(), "failover: "+name+": ") || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: error %q, want it to name the variable and say %q", tc.kv, err, tc.want)
 		}
 	}
 }

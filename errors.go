@@ -126,8 +126,9 @@ func (e *AttemptError) Unwrap() error { return e.Err }
 // transport error, no endpoint was available, or the caller's context ended.
 // errors.Is and errors.As see through it to each attempt's cause and to Err,
 // so errors.Is(err, context.DeadlineExceeded) works as with a plain
-// transport. A routed request whose path has a "." or ".." segment, or
-// whose body cannot be read, fails before any attempt with a plain error
+// transport. A routed request whose path has a "." or ".." segment, whose
+// body cannot be read, or whose model no endpoint serves
+// ([ErrNoEndpointForModel]), fails before any attempt with a plain error
 // instead. RoundTrip never returns an Error with a nil Err.
 type Error struct {
 	// Attempts lists the attempts made, in order; it may be empty.

@@ -3,6 +3,7 @@ package failover
 import (
 	"encoding/json"
 	"math"
+	"reflect"
 	"testing"
 	"time"
 
@@ -78,7 +79,7 @@ func TestHealingHealthJSON(t *testing.T) {
 	if err := json.Unmarshal(b, &back); err != nil {
 		t.Fatal(err)
 	}
-	if back != h {
+	if !reflect.DeepEqual(back, h) {
 		t.Fatalf("round trip: %+v, want %+v", back, h)
 	}
 	var m map[string]any

@@ -118,6 +118,13 @@ type EndpointHealth struct {
 	// peak-sensitive moving average that decays with time; zero before
 	// the first sample.
 	LatencyEstimate time.Duration `json:"latency_estimate_ns,omitempty"`
+	// Models maps each model the endpoint serves to the name it sends
+	// it under ([Endpoint].Models, with "" shown as the model's own
+	// name): names only. Nil when it serves every model.
+	Models map[string]string `json:"models,omitempty"`
+	// ModelSkips counts the requests that passed the endpoint by because
+	// it does not serve the model they name: not failures.
+	ModelSkips uint64 `json:"model_skips,omitempty"`
 }
 
 // Health returns a snapshot of every endpoint, in configuration order. It is
@@ -151,6 +158,8 @@ func (e *endpoint) health(now time.Time) EndpointHealth {
 		Latency:             e.hot.latency.value(),
 		FirstToken:          e.hot.firstToken.value(),
 		Tokens:              -1,
+		Models:              modelNames(e.cfg.Models),
+		ModelSkips:          e.hot.modelSkips.Load(),
 	}
 	if le := e.stats.lastErr.Load(); le != nil {
 		h.LastError, h.LastErrorAt = le.msg, le.at

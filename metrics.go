@@ -23,6 +23,7 @@ type metrics struct {
 	exhausted  prometheus.Counter
 	firstToken *prometheus.HistogramVec
 	streams    *prometheus.CounterVec
+	modelSkips *prometheus.CounterVec
 	state      *stateCollector
 	waitBy     [waitReasons]prometheus.Observer
 	probes     *prometheus.CounterVec
@@ -67,6 +68,7 @@ type endpointMetrics struct {
 	spillovers prometheus.Counter
 	firstTok   prometheus.Observer
 	streams    *prometheus.CounterVec
+	modelSkips prometheus.Counter
 	gone       atomic.Bool // the endpoint was removed: make no new series
 	probes     *prometheus.CounterVec
 }
@@ -122,6 +124,10 @@ func newMetrics(enabled bool, t *Transport) *metrics {
 			Name: "failover_probes_total",
 			Help: "Recovery probes sent to each endpoint, by result: success (a 2xx), failure (another status), key_rejected (401) or error (no response).",
 		}, []string{"endpoint", "result"}),
+		modelSkips: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "failover_model_skips_total",
+			Help: "Requests that passed this endpoint by because it does not serve the model their body names (Endpoint.Models): not failures.",
+		}, ep),
 	}
 	m.state = &stateCollector{
 		t: t,
@@ -149,7 +155,7 @@ func (m *metrics) register(reg prometheus.Registerer) error {
 		return nil
 	}
 	collectors := []prometheus.Collector{m.attempts, m.duration, m.state, m.cooldowns, m.spillovers, m.wait, m.failedOver, m.exhausted,
-		m.firstToken, m.streams, m.probes}
+		m.firstToken, m.streams, m.probes, m.modelSkips}
 	for i, c := range collectors {
 		if err := reg.Register(c); err != nil {
 			for _, done := range collectors[:i] {
@@ -176,6 +182,7 @@ func (m *metrics) forEndpoint(name string) *endpointMetrics {
 		cooldowns:  m.cooldowns.WithLabelValues(name),
 		spillovers: m.spillovers.WithLabelValues(name),
 		probes:     m.probes,
+		modelSkips: m.modelSkips.WithLabelValues(name),
 	}
 }
 
@@ -194,6 +201,7 @@ func (m *metrics) forget(em *endpointMetrics) {
 	m.firstToken.Delete(labels)
 	m.streams.DeletePartialMatch(labels)
 	m.probes.DeletePartialMatch(labels)
+	m.modelSkips.Delete(labels)
 }
 
 // attempt counts an attempt by its outcome: resp's status code, else
@@ -361,5 +369,13 @@ func (m *endpointMetrics) streamEnded(outcome string) {
 func (m *endpointMetrics) probed(result string) {
 	if m != nil && !m.gone.Load() {
 		m.probes.WithLabelValues(m.name, result).Inc()
+	}
+}
+
+// modelSkipped counts a request that passed the endpoint by for a model it
+// does not serve.
+func (m *endpointMetrics) modelSkipped() {
+	if m != nil {
+		m.modelSkips.Inc()
 	}
 }

@@ -100,14 +100,20 @@ type Classifier func(resp *http.Response, body []byte, err error) Verdict
 //   - 429 for a single request larger than a token limit ("Request too
 //     large ... tokens per min"): OutcomeRequestRefused;
 //   - any other 429: OutcomeThrottled;
+//   - 404 whose code is DeploymentNotFound (Azure has no deployment of
+//     that name on this endpoint; another endpoint may serve the model):
+//     OutcomeRequestRefused;
 //   - 408, 409 and 500-599: OutcomeFailure;
-//   - any other 4xx (400, 404, 422, ...): OutcomeCallerError;
+//   - any other 4xx (400, 404, 422, ...): OutcomeCallerError, Azure's
+//     content filter (a 400 whose code is content_filter) among them;
 //   - 1xx, 2xx and 3xx: OutcomeSuccess.
 //
 // The header "x-should-retry: true" turns any other non-2xx response into
-// OutcomeFailure; "x-should-retry: false" sets AvoidEndpoint, so the same
-// endpoint is not tried again for the request, and leaves the outcome as
-// the status says.
+// OutcomeFailure, but a content filter's 400 (code content_filter or
+// content_policy_violation): that goes back to the caller, since another
+// provider would judge the same prompt differently only by accident.
+// "x-should-retry: false" sets AvoidEndpoint, so the same endpoint is not
+// tried again for the request, and leaves the outcome as the status says.
 func DefaultClassifier(resp *http.Response, body []byte, err error) Verdict {
 	if err != nil || resp == nil {
 		return Verdict{Outcome: OutcomeFailure}
@@ -127,6 +133,8 @@ func DefaultClassifier(resp *http.Response, body []byte, err error) Verdict {
 		}
 	case code == http.StatusTooManyRequests:
 		v.Outcome = classify429(parseAPIError(body))
+	case code == http.StatusNotFound && parseAPIError(body).code == "DeploymentNotFound":
+		v.Outcome = OutcomeRequestRefused
 	case code == http.StatusRequestTimeout, code == http.StatusConflict, code >= 500:
 		v.Outcome = OutcomeFailure
 	case code >= 400:
@@ -135,7 +143,7 @@ func DefaultClassifier(resp *http.Response, body []byte, err error) Verdict {
 	if code >= 300 {
 		switch resp.Header.Get("X-Should-Retry") {
 		case "true":
-			if !v.Outcome.Failed() {
+			if !v.Outcome.Failed() && !(code == http.StatusBadRequest && parseAPIError(body).contentFiltered()) {
 				v.Outcome = OutcomeFailure
 			}
 		case "false":
@@ -266,6 +274,12 @@ func (e apiError) tooLarge() bool {
 	m := strings.ToLower(e.message)
 	return strings.Contains(m, "request too large") ||
 		(strings.Contains(m, "must be reduced") && strings.Contains(m, "tokens"))
+}
+
+// contentFiltered reports whether an error is a content filter's refusal
+// of the prompt: Azure's content_filter, OpenAI's content_policy_violation.
+func (e apiError) contentFiltered() bool {
+	return e.code == "content_filter" || e.code == "content_policy_violation"
 }
 
 // DefaultBackoff is the backoff [New] uses when [Config].Backoff is nil:

@@ -182,20 +182,30 @@ func (e Endpoint) MarshalJSON() ([]byte, error) {
 }
 
 // MarshalXML encodes the endpoint as MarshalJSON does, its headers as
-// Header elements with a name attribute.
+// Header elements and its models as Model elements, each with a name
+// attribute.
 func (e Endpoint) MarshalXML(enc *xml.Encoder, start xml.StartElement) error {
 	r := e.redacted()
 	type header struct {
 		Name   string   `xml:"name,attr"`
 		Values []string `xml:"Value"`
 	}
+	type model struct {
+		Name     string `xml:"name,attr"`
+		Upstream string `xml:",chardata"`
+	}
 	out := struct {
 		plainEndpoint
 		Header []header `xml:"Header"`
+		Models []model  `xml:"Models>Model"`
 	}{plainEndpoint: plainEndpoint(r)}
 	out.plainEndpoint.Header = nil
 	for _, k := range slices.Sorted(maps.Keys(r.Header)) {
 		out.Header = append(out.Header, header{Name: k, Values: r.Header[k]})
+	}
+	out.plainEndpoint.Models = nil
+	for _, k := range slices.Sorted(maps.Keys(r.Models)) {
+		out.Models = append(out.Models, model{Name: k, Upstream: r.Models[k]})
 	}
 	return enc.EncodeElement(out, start)
 }

@@ -176,7 +176,7 @@ func rewrite(ctx context.Context, in *http.Request, tg *target, m match) *http.R
 		h = make(http.Header, len(tg.header)+1)
 	}
 	if tg.auth != nil {
-		h["Authorization"] = tg.auth
+		h[tg.authKey] = tg.auth
 	}
 	if len(tg.drop) > 0 {
 		for k := range h {
@@ -244,7 +244,8 @@ type target struct {
 	rawPath  bool   // escPath is not the default escaping of path
 	query    url.Values
 	rawQuery string   // BaseURL's query as written, sent before the caller's
-	auth     []string // {"Bearer <key>"}, nil when APIKey is empty
+	auth     []string // {"Bearer <key>"} ({"<key>"} for Azure), nil when APIKey is empty
+	authKey  string   // the header auth goes in: Authorization, or Api-Key for Azure
 	header   http.Header
 	// drop are the caller's headers removed, in any spelling, from each
 	// request to this endpoint: those it sets itself (Authorization when
@@ -252,6 +253,9 @@ type target struct {
 	// travels beside its own, and with a key, OpenAI-Organization and
 	// OpenAI-Project, which qualify the caller's key, not this one.
 	drop []headerName
+	// deploy is set for an Azure endpoint with an APIVersion: a request
+	// that names a model goes under /deployments/<name> (withDeployment).
+	deploy bool
 }
 
 // newTarget returns the target of cfg, a checked and defaulted Endpoint
@@ -274,13 +278,19 @@ func newTarget(cfg Endpoint, u *url.URL) target {
 		tg.query, _ = url.ParseQuery(u.RawQuery) // parseBaseURL checked it
 		tg.rawQuery = u.RawQuery
 	}
+	tg.authKey = "Authorization"
+	auth := "Bearer " + cfg.APIKey
+	if cfg.APIType == APITypeAzure {
+		tg.authKey, auth = "Api-Key", cfg.APIKey
+		tg.azure(cfg)
+	}
 	if cfg.APIKey != "" {
-		tg.auth = []string{"Bearer " + cfg.APIKey}
-		tg.drop = append(tg.drop, headerName{"Authorization", true})
+		tg.auth = []string{auth}
+		tg.drop = append(tg.drop, headerName{tg.authKey, true})
 	}
 	if cfg.APIKey != "" || !cfg.ForwardCallerAuth {
 		for _, k := range callerCredentials {
-			if _, set := cfg.Header[k]; !set && (k != "Authorization" || tg.auth == nil) {
+			if _, set := cfg.Header[k]; !set && (k != tg.authKey || tg.auth == nil) {
 				tg.drop = append(tg.drop, headerName{k, false})
 			}
 		}

@@ -7,8 +7,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"html/template"
+	"maps"
 	"net/http"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -25,9 +28,9 @@ const (
 // endpoint of [Transport.Health] as a row (name, URL, priority, weight,
 // state and since when, attempts in flight, requests and failures, the
 // last error, latency, time to first token, cooldown left, rate tokens,
-// recovery probes, slow start and the balancer's latency estimate), its
-// state coloured,
-// and is readable on a phone.
+// recovery probes, slow start and the balancer's latency estimate, and
+// the models it serves with the requests that skipped it for another),
+// its state coloured, and is readable on a phone.
 //
 // The page is complete as served. A small script then refreshes it every
 // 2 seconds from the same URL with the query format=json, which
@@ -128,6 +131,7 @@ type statusRow struct {
 	LastError, Latency, Cooldown string
 	FirstToken, Tokens           string
 	Probe, SlowStart, LatencyEst string
+	Models                       string
 }
 
 func (d statusDocument) view() statusView {
@@ -186,6 +190,7 @@ func newStatusRow(h EndpointHealth, now time.Time) statusRow {
 		r.Tokens = strconv.FormatFloat(h.Tokens, 'f', 1, 64)
 	}
 	r.Probe, r.SlowStart, r.LatencyEst = healCells(h, now)
+	r.Models = modelsCell(h.Models, h.ModelSkips)
 	return r
 }
 
@@ -222,6 +227,27 @@ func humanLatency(d time.Duration) string {
 	return "<1ms"
 }
 
+// modelsCell formats the Models cell: "all" for an endpoint without
+// Models, else each model and, where it differs, the name sent
+// ("gpt-4o-mini → prod-4o-mini"), sorted; and the skips, if any.
+func modelsCell(models map[string]string, skips uint64) string {
+	text := "all"
+	if models != nil {
+		parts := make([]string, 0, len(models))
+		for _, name := range slices.Sorted(maps.Keys(models)) {
+			if up := models[name]; up != name {
+				name += " \u2192 " + up
+			}
+			parts = append(parts, name)
+		}
+		text = strings.Join(parts, ", ")
+	}
+	if skips > 0 {
+		text += " (" + strconv.FormatUint(skips, 10) + " skipped)"
+	}
+	return text
+}
+
 // statusCSP allows the page its own inline style and script (by hash), and
 // its script to fetch from the page's origin: nothing else.
 var statusCSP = "default-src 'none'; " +
@@ -254,7 +280,7 @@ var statusPage = template.Must(template.New("status").Parse(`<!doctype html>
 <span id="stale" hidden>(not refreshing: the last refresh failed)</span></p>
 </header>
 <table>
-<thead><tr><th>Endpoint</th><th>URL</th><th>Priority</th><th>Weight</th><th>State</th><th>In flight</th><th>Requests</th><th>Failures</th><th>Last error</th><th>Latency</th><th>First token</th><th>Cooldown left</th><th>Rate tokens</th><th>Probe</th><th>Slow start</th><th>Latency estimate</th></tr></thead>
+<thead><tr><th>Endpoint</th><th>URL</th><th>Priority</th><th>Weight</th><th>State</th><th>In flight</th><th>Requests</th><th>Failures</th><th>Last error</th><th>Latency</th><th>First token</th><th>Cooldown left</th><th>Rate tokens</th><th>Probe</th><th>Slow start</th><th>Latency estimate</th><th>Models</th></tr></thead>
 <tbody id="endpoints">
 {{- range .Rows}}
 <tr data-endpoint="{{.Name}}" data-state="{{.State}}" class="state-{{.State}}">
@@ -274,6 +300,7 @@ var statusPage = template.Must(template.New("status").Parse(`<!doctype html>
 <td data-label="Probe" data-field="probe">{{.Probe}}</td>
 <td data-label="Slow start" data-field="slow_start">{{.SlowStart}}</td>
 <td data-label="Latency estimate" data-field="latency_estimate">{{.LatencyEst}}</td>
+<td data-label="Models" data-field="models" class="models">{{.Models}}</td>
 </tr>
 {{- end}}
 </tbody>
@@ -306,7 +333,7 @@ header p { margin: 0 0 1rem; display: flex; flex-wrap: wrap; gap: .3rem 1rem; al
 table { border-collapse: collapse; width: 100%; }
 th, td { text-align: left; padding: .4rem .4rem; border-bottom: 1px solid var(--line); vertical-align: top; }
 th { font-size: .8rem; text-transform: uppercase; letter-spacing: .03em; color: var(--muted); }
-td.url, td.error { overflow-wrap: anywhere; }
+td.url, td.error, td.models { overflow-wrap: anywhere; }
 td.url { min-width: 6.5rem; }
 td.name { font-weight: 600; }
 tbody tr { border-left: .35rem solid var(--line); }
@@ -329,7 +356,7 @@ footer { margin-top: 1rem; font-size: .85rem; }
   td:last-child { border-bottom: 0; }
   td::before { content: attr(data-label); color: var(--muted); font-size: .85rem; flex: none; }
   td > *:first-child { margin-left: auto; }
-  td.url, td.error { text-align: right; }
+  td.url, td.error, td.models { text-align: right; }
 }
 `
 
@@ -349,6 +376,15 @@ const pageScript = `
     if (s < 3600) return pair(Math.floor(s / 60), "m", s % 60, "s");
     if (s < 86400) return pair(Math.floor(s / 3600), "h", Math.floor(s / 60) % 60, "m");
     return pair(Math.floor(s / 86400), "d", Math.floor(s / 3600) % 24, "h");
+  }
+  function models(e) {
+    var text = "all";
+    if (e.models) {
+      text = Object.keys(e.models).sort().map(function (n) {
+        return e.models[n] === n ? n : n + " \u2192 " + e.models[n];
+      }).join(", ");
+    }
+    return e.model_skips > 0 ? text + " (" + e.model_skips + " skipped)" : text;
   }
   function set(row, field, text) {
     var el = row.querySelector('[data-field="' + field + '"]');
@@ -390,6 +426,7 @@ const pageScript = `
       set(row, "slow_start", e.slow_start > 0 ? Math.round(e.slow_start * 100) + "%" : "-");
       var le = Math.round((e.latency_estimate_ns || 0) / 1e6);
       set(row, "latency_estimate", e.latency_estimate_ns > 0 ? (le > 0 ? le + "ms" : "<1ms") : "-");
+      set(row, "models", models(e));
     });
     var overall = document.getElementById("overall");
     overall.textContent = doc.status;

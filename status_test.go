@@ -306,6 +306,33 @@ func TestHumanDuration(t *testing.T) {
 	}
 }
 
+// TestStatusHandlerModels: the Models cell shows each endpoint's models
+// and the names it sends them under ("all" without Models) and how many
+// requests skipped it for another model; the JSON carries the same.
+func TestStatusHandlerModels(t *testing.T) {
+	log := &sendLog{}
+	tr, _ := newTestTransport(t, Config{Base: log, Endpoints: []Endpoint{
+		{Name: "router", BaseURL: "https://router.test/v1", Priority: 1, Models: map[string]string{"gpt-4o-mini": "openai/gpt-4o-mini", "gpt-4o": ""}},
+		{Name: "openai", BaseURL: "https://openai.test/v1", Priority: 2},
+	}})
+	sendModel(t, tr, modelRequest(t, "/chat/completions", "application/json", chatFor("o1"), false))
+	_, page := getStatus(t, tr.StatusHandler(), http.MethodGet, "/status")
+	want := map[string]string{"router": "gpt-4o, gpt-4o-mini \u2192 openai/gpt-4o-mini (1 skipped)", "openai": "all"}
+	rows := rowRE.FindAllStringSubmatch(page, -1)
+	if len(rows) != 2 {
+		t.Fatalf("%d rows, want 2", len(rows))
+	}
+	for _, row := range rows {
+		if got := cell(t, row[3], "models"); got != want[row[1]] {
+			t.Errorf("%s: models cell %q, want %q", row[1], got, want[row[1]])
+		}
+	}
+	_, doc := getStatus(t, tr.StatusHandler(), http.MethodGet, "/status?format=json")
+	if !strings.Contains(doc, `"models": {`) || !strings.Contains(doc, `"gpt-4o": "gpt-4o"`) || !strings.Contains(doc, `"model_skips": 1`) {
+		t.Errorf("JSON lacks the models or the skips:\n%s", doc)
+	}
+}
+
 // TestStatusHealCells: the cells of recovery probes, slow start and the
 // latency estimate, as the page shows them (its script formats the JSON
 // the same way, which the browser test checks).

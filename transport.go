@@ -57,7 +57,11 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	r := request{s: s, req: req, ctx: req.Context(), m: m}
-	if err := r.body.init(req, s.maxBody); err != nil {
+	if s.models != nil {
+		if resp, err := r.byModel(s.models); resp != nil || err != nil {
+			return resp, err
+		}
+	} else if err := r.body.init(req, s.maxBody); err != nil {
 		return nil, err
 	}
 	defer r.body.close()
@@ -119,6 +123,9 @@ func (r *request) attempt(n int, e *endpoint, done func(error)) *http.Response {
 	}
 	out := rewrite(r.ctx, r.req, &e.target, r.m)
 	out.Body, out.GetBody = rc, r.body.getBody
+	if r.st.model != nil {
+		r.st.model.apply(out, e)
+	}
 	resp, errBody, err := r.send(e, out)
 	if r.ctx.Err() != nil {
 		r.canceled(n, e, resp)
@@ -126,6 +133,9 @@ func (r *request) attempt(n int, e *endpoint, done func(error)) *http.Response {
 	}
 	v := r.s.classify(resp, decodedPrefix(resp, errBody, r.s.maxErrBody), err)
 	e.record(n, v, resp, err)
+	if r.st.model != nil && v.Outcome.Failed() {
+		r.st.model.noteFailure(e)
+	}
 	r.s.observe(r.ctx, e, n, v, resp, err, false, r.sent)
 	result = v.breakerResult()
 	if result == errKeyRejected {

@@ -41,7 +41,8 @@ transport would reach it: DNS and connection, TLS, and GET /models with the
 endpoint's key (accepted, refused with the provider's reason, or absent on
 servers without that route). With -model, it also sends each endpoint one
 chat completion to that model with max_tokens 1: a real request, billed by
-the provider (a token or two).
+the provider (a token or two), under the name the endpoint's
+OPENAI_MODELS_N maps it to (an endpoint whose list lacks it fails).
 
 It prints one row per endpoint (name, URL without query, priority, result,
 latency, models listed, and what went wrong in a few words; never a key),
@@ -239,7 +240,11 @@ func (p prober) run(ctx context.Context, r probeResult) probeResult {
 	e := p.endpoint
 	// One attempt, at once: the check is not traffic to limit.
 	e.Disabled, e.MaxRPS, e.Burst = false, 0, 0
-	t, err := failover.New(failover.Config{Endpoints: []failover.Endpoint{e}, MaxRetries: -1, Base: base})
+	// GET /models asks the endpoint itself: with its Models, the
+	// transport would answer from the configuration.
+	listing := e
+	listing.Models = nil
+	t, err := p.transport(listing, base)
 	if err != nil { // cannot happen: the whole configuration passed New
 		r.Result, r.Error = "failed", "configuration: "+p.scrub(err.Error())
 		return r
@@ -278,12 +283,26 @@ func (p prober) run(ctx context.Context, r probeResult) probeResult {
 		r.Error = "GET /models: " + p.reason(code, body)
 	}
 	if p.model != "" && r.Result == "ok" {
+		if e.Models != nil {
+			// The chat probe sends the model as the endpoint's Models
+			// map it, as the proxy would.
+			if t, err = p.transport(e, base); err != nil {
+				r.Result, r.Error = "failed", "configuration: "+p.scrub(err.Error())
+				return r
+			}
+		}
 		r.Chat = p.chat(ctx, t)
 		if !r.Chat.Passed {
 			r.Result, r.Error = "failed", "chat "+p.model+": "+r.Chat.Error
 		}
 	}
 	return r
+}
+
+// transport returns a transport of e alone, one attempt per request, over
+// base.
+func (p prober) transport(e failover.Endpoint, base http.RoundTripper) (*failover.Transport, error) {
+	return failover.New(failover.Config{Endpoints: []failover.Endpoint{e}, MaxRetries: -1, Base: base})
 }
 
 // chat sends the -model chat completion.

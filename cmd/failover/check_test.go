@@ -311,6 +311,7 @@ func TestEnvNamesAreRead(t *testing.T) {
 		"OPENAI_FIRST_TOKEN_TIMEOUT": "x", "OPENAI_STREAM_IDLE_TIMEOUT": "x",
 		"OPENAI_PROBE_INTERVAL": "10ms", "OPENAI_SLOW_START": "x", "OPENAI_BALANCER": "fastest",
 		"OPENAI_AFFINITY": "user", "OPENAI_PROBE_MODEL": "\xff",
+		"OPENAI_MODELS": "a,,b", "OPENAI_API_TYPE": "bedrock", "OPENAI_API_VERSION": "v/1",
 	}
 	check := func(name string) {
 		t.Helper()
@@ -357,5 +358,56 @@ func TestCheckEnvFile(t *testing.T) {
 	}
 	if strings.Contains(stdout+stderr, goodKey) {
 		t.Errorf("the output shows the file's key:\n%s%s", stdout, stderr)
+	}
+}
+
+// TestCheckModels: an endpoint with OPENAI_MODELS_N is still asked for its
+// own /models (not answered from the configuration), and -model sends the
+// chat probe under the name its Models give, or fails the endpoint whose
+// list lacks the model; an Azure endpoint is probed on its own paths with
+// its api-key.
+func TestCheckModels(t *testing.T) {
+	router := startUpstream(t, fakeopenai.WithName("router"))
+	local := startUpstream(t, fakeopenai.WithName("local"))
+	az := startUpstream(t, fakeopenai.WithName("az"), fakeopenai.WithAzure(fakeopenai.Azure{APIKey: goodKey, APIVersion: "2024-10-21", Deployments: []string{"prod-mini"}}))
+	env := []string{
+		"OPENAI_BASE_URL_1=" + router.URL(), "OPENAI_NAME_1=router", "OPENAI_MODELS_1=gpt-4o-mini=openai/gpt-4o-mini",
+		"OPENAI_BASE_URL_2=" + local.URL(), "OPENAI_NAME_2=local", "OPENAI_MODELS_2=llama",
+		"OPENAI_BASE_URL_3=" + az.URL(), "OPENAI_NAME_3=az", "OPENAI_API_KEY_3=" + goodKey,
+		"OPENAI_API_TYPE_3=azure", "OPENAI_API_VERSION_3=2024-10-21", "OPENAI_MODELS_3=gpt-4o-mini=prod-mini",
+	}
+	code, stdout, stderr := runCommand(t, env, "check", "-model", "gpt-4o-mini")
+	if code != exitFailure {
+		t.Errorf("exit code %d, want 1 (local does not serve the model); stderr %s", code, stderr)
+	}
+	checkNoSecret(t, stdout, stderr)
+	for _, want := range []*regexp.Regexp{
+		regexp.MustCompile(`(?m)^router +\S+ +1 +ok +[\d.]+ms +1 +ok [\d.]+ms$`),
+		regexp.MustCompile(`(?m)^local +\S+ +2 +FAILED +[\d.]+ms +1 +FAILED +chat gpt-4o-mini: failover: no endpoint serves model "gpt-4o-mini"$`),
+		regexp.MustCompile(`(?m)^az +\S+ +3 +ok +[\d.]+ms +1 +ok [\d.]+ms$`),
+	} {
+		if !want.MatchString(stdout) {
+			t.Errorf("the output does not match %q:\n%s", want, stdout)
+		}
+	}
+	for _, tc := range []struct {
+		up    *fakeopenai.Server
+		paths []string
+		model string
+	}{
+		{router, []string{"GET /v1/models", "POST /v1/chat/completions"}, "openai/gpt-4o-mini"},
+		{local, []string{"GET /v1/models"}, ""},
+		{az, []string{"GET /openai/models", "POST /openai/deployments/prod-mini/chat/completions"}, "prod-mini"},
+	} {
+		var paths []string
+		for _, r := range tc.up.Requests() {
+			paths = append(paths, r.Method+" "+r.Path)
+			if r.Method == http.MethodPost && !strings.Contains(string(r.Body), `"model":"`+tc.model+`"`) {
+				t.Errorf("%s got %s, want the model as %q", tc.up.Name(), r.Body, tc.model)
+			}
+		}
+		if !slices.Equal(paths, tc.paths) {
+			t.Errorf("%s got %q, want %q", tc.up.Name(), paths, tc.paths)
+		}
 	}
 }

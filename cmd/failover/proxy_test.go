@@ -714,3 +714,28 @@ func TestProxyAllAttemptsTimedOut(t *testing.T) {
 		t.Errorf("the error %q does not say each endpoint timed out", e.Error.Message)
 	}
 }
+
+// TestProxyStartupLogShowsModels: the start-up line of an endpoint with
+// OPENAI_MODELS_N shows its models and names (never a key), and that of an
+// Azure endpoint its type and api-version.
+func TestProxyStartupLogShowsModels(t *testing.T) {
+	first := startUpstream(t, fakeopenai.WithName("first"))
+	az := startUpstream(t, fakeopenai.WithName("az"), fakeopenai.WithAzure(fakeopenai.Azure{APIKey: firstKey}))
+	p := startProxy(t, []string{
+		"OPENAI_BASE_URL_1=" + first.URL(), "OPENAI_NAME_1=first", "OPENAI_MODELS_1=gpt-4o-mini=local-mini, gpt-4o",
+		"OPENAI_BASE_URL_2=" + az.URL(), "OPENAI_NAME_2=az", "OPENAI_API_KEY_2=" + firstKey,
+		"OPENAI_API_TYPE_2=azure", "OPENAI_API_VERSION_2=2024-10-21",
+	})
+	logs := p.logs.String()
+	for _, want := range []string{
+		"msg=endpoint name=first url=" + first.URL() + ` priority=1 weight=1 key=(none) models="gpt-4o,gpt-4o-mini=local-mini"`,
+		"msg=endpoint name=az url=" + az.URL() + " priority=2 weight=1 key=…1111 api_type=azure api_version=2024-10-21",
+	} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("the start-up output lacks %q:\n%s", want, logs)
+		}
+	}
+	if strings.Contains(logs, firstKey) {
+		t.Errorf("the start-up output shows the key:\n%s", logs)
+	}
+}

@@ -18,6 +18,10 @@
 //	GET  /models                a list with the model ModelID (404 with
 //	                            WithoutModels, as on servers without that route)
 //
+// With WithAzure, it answers as Azure OpenAI instead, on the classic
+// deployments path and the v1 path (see WithAzure). Every response
+// reports in ModelHeader the model the request named.
+//
 // With WithAPIKey, a request that does not present that key as its bearer
 // token gets a 401 invalid_api_key, as OpenAI answers a wrong key.
 // Anything else gets a 404 and a body that is not valid JSON (or not valid
@@ -87,6 +91,7 @@ type config struct {
 	seed     uint64
 	apiKey   string // "" accepts any Authorization
 	noModels bool   // GET /models is an unknown route
+	azure    *Azure // answer as Azure OpenAI; nil for OpenAI's shape
 }
 
 // WithName sets the Server's name, which appears in its answers (the reply
@@ -148,6 +153,7 @@ type Server struct {
 	prefix   string
 	apiKey   string
 	noModels bool
+	azure    *Azure
 	addr     string
 	srv      *http.Server
 	done     chan struct{} // closed by Close to release waiting handlers
@@ -187,6 +193,7 @@ func New(opts ...Option) *Server {
 		prefix:   cfg.prefix,
 		apiKey:   cfg.apiKey,
 		noModels: cfg.noModels,
+		azure:    cfg.azure,
 		addr:     ln.Addr().String(),
 		done:     make(chan struct{}),
 		conns:    make(map[net.Conn]struct{}),
@@ -536,10 +543,15 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		resp = statusResponse(f)
 	case tooLarge != nil:
 		resp = bodyResponse(http.StatusRequestEntityTooLarge, defaultErrorBody(http.StatusRequestEntityTooLarge))
+	case s.azure != nil:
+		resp = s.azureRoute(r, body, seq, f)
 	case s.apiKey != "" && r.Header.Get("Authorization") != "Bearer "+s.apiKey:
 		resp = wrongKey(r.Header.Get("Authorization"))
 	default:
-		resp = s.route(r, body, seq)
+		resp = s.route(r, body, seq, "", f)
+	}
+	if resp.model == "" {
+		resp.model = receivedModel(r, body)
 	}
 	s.write(ctx, w, f, resp)
 }
@@ -547,6 +559,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 // response is an answer before the fault's writing mode is applied.
 type response struct {
 	status int
+	model  string // the model the request named, for ModelHeader
 	header http.Header
 	body   []byte   // the body of a non-streaming answer
 	chunks [][]byte // the events of a streaming answer, each formatted and ending in a blank line, the terminal one last; nil if not streaming
@@ -598,17 +611,19 @@ func mustJSON(v any) []byte {
 	return b
 }
 
-// route answers a request under the API prefix, or with a 404.
-func (s *Server) route(r *http.Request, body []byte, seq int64) response {
+// route answers a request under the API prefix, or with a 404. model,
+// when not empty, is the model the request is for whatever its body says
+// (an Azure deployment); f is the fault in force.
+func (s *Server) route(r *http.Request, body []byte, seq int64, model string, f Fault) response {
 	rest, ok := strings.CutPrefix(r.URL.Path, s.prefix)
 	if ok {
 		switch r.Method + " " + rest {
 		case "POST /chat/completions":
-			return s.chat(body, seq)
+			return s.chat(body, seq, model, f.Kind == KindContentFilter)
 		case "POST /embeddings":
-			return s.embeddings(body)
+			return s.embeddings(body, model)
 		case "POST /responses":
-			return s.responses(body, seq)
+			return s.responses(body, seq, model)
 		case "POST /audio/transcriptions", "POST /files":
 			up, err := parseUpload(r.Header.Get("Content-Type"), body)
 			if err != nil {
@@ -670,8 +685,9 @@ func maskKey(key string) string {
 // promptTokens is a deterministic stand-in for a token count of raw.
 func promptTokens(raw []byte) int { return (len(raw) + 3) / 4 }
 
-// chat answers POST /chat/completions.
-func (s *Server) chat(body []byte, seq int64) response {
+// chat answers POST /chat/completions; filtered answers as a content
+// filter that stops the reply (finish_reason content_filter, no content).
+func (s *Server) chat(body []byte, seq int64, model string, filtered bool) response {
 	var req struct {
 		Model    string          `json:"model"`
 		Messages json.RawMessage `json:"messages"`
@@ -680,7 +696,13 @@ func (s *Server) chat(body []byte, seq int64) response {
 	if err := json.Unmarshal(body, &req); err != nil {
 		return badRequest("We could not parse the JSON body of your request: " + err.Error())
 	}
+	if model != "" {
+		req.Model = model
+	}
 	id := fmt.Sprintf("chatcmpl-%s-%d", s.name, seq)
+	if filtered {
+		return filteredChat(id, req.Model, req.Stream)
+	}
 	parts := replyParts(s.name)
 	if !req.Stream {
 		prompt := promptTokens(req.Messages)
@@ -731,13 +753,16 @@ func dataEvent(payload []byte) []byte {
 // object, or with "stream": true its typed events, response.created and
 // response.in_progress first (no output), one response.output_text.delta
 // per part of the reply, and response.completed last.
-func (s *Server) responses(body []byte, seq int64) response {
+func (s *Server) responses(body []byte, seq int64, model string) response {
 	var req struct {
 		Model  string `json:"model"`
 		Stream bool   `json:"stream"`
 	}
 	if err := json.Unmarshal(body, &req); err != nil {
 		return badRequest("We could not parse the JSON body of your request: " + err.Error())
+	}
+	if model != "" {
+		req.Model = model
 	}
 	id := fmt.Sprintf("resp_%s_%d", s.name, seq)
 	final := obj{
@@ -768,13 +793,16 @@ func (s *Server) responses(body []byte, seq int64) response {
 }
 
 // embeddings answers POST /embeddings.
-func (s *Server) embeddings(body []byte) response {
+func (s *Server) embeddings(body []byte, model string) response {
 	var req struct {
 		Model string          `json:"model"`
 		Input json.RawMessage `json:"input"`
 	}
 	if err := json.Unmarshal(body, &req); err != nil {
 		return badRequest("We could not parse the JSON body of your request: " + err.Error())
+	}
+	if model != "" {
+		req.Model = model
 	}
 	prompt := promptTokens(req.Input)
 	return jsonResponse(obj{
@@ -836,6 +864,9 @@ func parseUpload(contentType string, body []byte) (upload, error) {
 func (s *Server) write(ctx context.Context, w http.ResponseWriter, f Fault, resp response) {
 	h := w.Header()
 	h.Set("X-Fake-Upstream", s.name)
+	if resp.model != "" {
+		h.Set(ModelHeader, resp.model)
+	}
 	for k, v := range resp.header {
 		h[k] = slices.Clone(v)
 	}

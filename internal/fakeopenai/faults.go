@@ -42,6 +42,11 @@ const (
 	// response.completed event: a proxy that dropped the tail.
 	// Non-streaming responses are answered normally.
 	KindStreamTruncate
+	// KindContentFilter answers chat completions with 200 and
+	// finish_reason content_filter and no content, as Azure OpenAI does
+	// when its filter stops the output (see ContentFilterStop). Other
+	// routes are answered normally.
+	KindContentFilter
 )
 
 // String returns the kind's name, e.g. "status".
@@ -67,6 +72,8 @@ func (k Kind) String() string {
 		return "stream-stall"
 	case KindStreamTruncate:
 		return "stream-truncate"
+	case KindContentFilter:
+		return "content-filter"
 	}
 	return "Kind(" + strconv.Itoa(int(k)) + ")"
 }

@@ -15,7 +15,9 @@
 // reach an endpoint. Web browsers are kept in check (see
 // [Config.AllowOrigins] and [Config.AnyHost]), a request that comes back
 // to the proxy that sent it is refused ([HopHeader]), and a request body
-// must arrive within [Config.ReadTimeout]. /metrics (Prometheus), /healthz
+// must arrive within [Config.ReadTimeout]. A request for a model no
+// endpoint serves ([failover.Endpoint].Models) gets OpenAI's 404
+// model_not_found. /metrics (Prometheus), /healthz
 // ([failover.Transport.HealthHandler]) and /status
 // ([failover.Transport.StatusHandler]) are served beside the API or on a
 // listener of their own.
@@ -86,7 +88,8 @@ type Config struct {
 	// Logger means Config.Logger; its OnAttempt is the proxy's, which
 	// records each attempt for the access log; a zero MaxBodyBuffer means
 	// [DefaultMaxBody] (negative: no body is buffered, and a request with
-	// one goes to one endpoint only).
+	// one goes to one endpoint only; an error with endpoints that route by
+	// model, which read every body).
 	Failover failover.Config
 
 	// BasePath is the path under which clients send API requests: a client

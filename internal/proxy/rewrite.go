@@ -79,8 +79,8 @@ func (p *Proxy) authorized(r *http.Request) bool {
 const statusClientClosed = 499
 
 // proxyError answers a request that got no upstream response at all: every
-// attempt failed without one, no endpoint was available, or the client
-// went away. (When an upstream answered, even with an error status, its
+// attempt failed without one, no endpoint was available, no endpoint
+// serves its model (a 404 model_not_found), or the client went away. (When an upstream answered, even with an error status, its
 // response is passed through instead.)
 func (p *Proxy) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	markNoResponse(r)
@@ -104,6 +104,12 @@ func (p *Proxy) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 			rec.code = statusClientClosed
 		}
 		p.logger.DebugContext(ctx, "request abandoned", "path", cutPath(r.URL.Path), "error", err)
+		return
+	}
+	if errors.Is(err, failover.ErrNoEndpointForModel) {
+		// The client's request, not an endpoint, is at fault.
+		p.logger.InfoContext(ctx, "no endpoint serves the model", "path", cutPath(r.URL.Path), "error", err)
+		writeError(w, http.StatusNotFound, "invalid_request_error", "model_not_found", modelNotServed(err))
 		return
 	}
 	status, code := errorStatus(err)
@@ -180,6 +186,17 @@ func describe(err error) string {
 	}
 	b.WriteString(".")
 	return b.String()
+}
+
+// modelNotServed is the message of a request whose model no endpoint
+// serves ([failover.ErrNoEndpointForModel]), naming the model as the
+// error does.
+func modelNotServed(err error) string {
+	model, ok := strings.CutPrefix(err.Error(), "failover: no endpoint serves model ")
+	if !ok {
+		return "No endpoint of this proxy serves the request's model."
+	}
+	return "The model " + model + " is not served by any endpoint of this proxy; GET /v1/models lists those it serves when every endpoint lists its models (OPENAI_MODELS_N)."
 }
 
 // writeError writes an OpenAI-format error, which the SDKs parse.

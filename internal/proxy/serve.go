@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -215,6 +217,14 @@ type EndpointInfo struct {
 	Disabled bool
 	// Key is [KeyFingerprint] of the endpoint's APIKey.
 	Key string
+	// Models lists the models the endpoint serves, sorted, each as name
+	// or name=upstream-name as OPENAI_MODELS_N writes them; nil when it
+	// serves every model.
+	Models []string
+	// APIType is "azure" for an Azure OpenAI endpoint, else "".
+	APIType string
+	// APIVersion is an Azure endpoint's api-version, if any.
+	APIVersion string
 }
 
 // Endpoints describes the configured endpoints, in configuration order, as
@@ -238,7 +248,27 @@ func describeEndpoints(hs []failover.EndpointHealth, cfgs []failover.Endpoint) [
 			Weight:   h.Weight,
 			Disabled: cfgs[i].Disabled,
 			Key:      KeyFingerprint(cfgs[i].APIKey),
+			Models:   modelList(h.Models),
 		}
+		if strings.EqualFold(cfgs[i].APIType, failover.APITypeAzure) {
+			out[i].APIType, out[i].APIVersion = failover.APITypeAzure, cfgs[i].APIVersion
+		}
+	}
+	return out
+}
+
+// modelList writes an endpoint's models as OPENAI_MODELS_N does: name, or
+// name=upstream-name where they differ; sorted.
+func modelList(models map[string]string) []string {
+	if models == nil {
+		return nil
+	}
+	out := make([]string, 0, len(models))
+	for _, name := range slices.Sorted(maps.Keys(models)) {
+		if up := models[name]; up != name {
+			name += "=" + up
+		}
+		out = append(out, name)
 	}
 	return out
 }

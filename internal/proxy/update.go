@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"log/slog"
+	"maps"
 	"net/http"
 	"reflect"
 	"slices"
@@ -39,6 +40,7 @@ func (p *Proxy) prepare(cfg failover.Config) failover.Config {
 	cfg.Endpoints = slices.Clone(cfg.Endpoints)
 	for i := range cfg.Endpoints {
 		cfg.Endpoints[i].Header = cfg.Endpoints[i].Header.Clone()
+		cfg.Endpoints[i].Models = maps.Clone(cfg.Endpoints[i].Models)
 	}
 	cfg.ClientBaseURLs = []string{InternalBaseURL}
 	cfg.Registerer = p.registry
@@ -167,11 +169,22 @@ func (p *Proxy) logChanges(oldInfos, newInfos []EndpointInfo, oldCfgs, newCfgs [
 
 // LogAttrs returns the endpoint's attributes for a log line, as
 // alternating keys and values: name, url (without query), priority,
-// weight, key (the fingerprint), and disabled=true for a disabled one.
+// weight, key (the fingerprint), disabled=true for a disabled one, and
+// for an endpoint with Models its models (as OPENAI_MODELS_N writes
+// them), for an Azure one api_type (and api_version).
 func (e EndpointInfo) LogAttrs() []any {
 	attrs := []any{"name", e.Name, "url", e.BaseURL, "priority", e.Priority, "weight", e.Weight, "key", e.Key}
 	if e.Disabled {
 		attrs = append(attrs, "disabled", true)
+	}
+	if e.Models != nil {
+		attrs = append(attrs, "models", strings.Join(e.Models, ","))
+	}
+	if e.APIType != "" {
+		attrs = append(attrs, "api_type", e.APIType)
+		if e.APIVersion != "" {
+			attrs = append(attrs, "api_version", e.APIVersion)
+		}
 	}
 	return attrs
 }
