@@ -22,6 +22,7 @@ type replayBody struct {
 	sentOrig   bool          // the caller's body went to an attempt
 	replayable bool
 	getBody    func() (io.ReadCloser, error) // set on outgoing requests
+	held       []byte                        // the buffered body, when buffered
 }
 
 // init prepares req's body for replay. A body above limit bytes without
@@ -46,7 +47,7 @@ func (b *replayBody) init(req *http.Request, limit int64) error {
 		return nil
 	}
 	_ = req.Body.Close()
-	b.buffered = true
+	b.buffered, b.held = true, prefix
 	b.getBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(prefix)), nil }
 	return nil
 }

@@ -137,8 +137,10 @@ func (b *breaker) changed(from, to gobreaker.State) {
 		// reopens.
 		b.openUntil.Store(now.Add(time.Duration(b.openTimeout.Load())).UnixNano())
 		b.trialShown.Store(false)
+		b.s.bud.fleet.breakerChanged(b.s.name, true, b.openUntil.Load())
 	case gobreaker.StateClosed:
 		b.openUntil.Store(0)
+		b.s.bud.fleet.breakerChanged(b.s.name, false, 0)
 	case gobreaker.StateHalfOpen:
 		// gobreaker turns half-open at its first call after opening,
 		// which may be before openUntil: the change shows, and is

@@ -18,6 +18,9 @@ type requestState struct {
 	// keyRefused is set once an attempt's key was refused: a second
 	// refusal counts as an ordinary failure.
 	keyRefused bool
+	tokens     tokenEstimate // the request's token estimate, made when first needed (tokens.go)
+	charged    int64         // the tokens the chosen endpoint's budgets took for it
+	trial      bool          // the chosen attempt is the fleet's trial (shared.go)
 }
 
 // bitset is a set of endpoint indexes.
@@ -119,17 +122,18 @@ type pickResult struct {
 	cooling   int
 	limited   int
 	avoided   int
+	paced     int
 }
 
 func (p *pickResult) unavailable() error {
-	if p.open+p.cooling+p.limited+p.avoided == 0 {
+	if p.open+p.cooling+p.limited+p.avoided+p.paced == 0 {
 		return ErrNoEndpointAvailable
 	}
 	var parts []string
 	for _, c := range []struct {
 		n    int
 		what string
-	}{{p.open, "breaker open"}, {p.cooling, "cooling down"}, {p.limited, "at rate limit"}, {p.avoided, "asked not to be retried"}} {
+	}{{p.open, "breaker open"}, {p.cooling, "cooling down"}, {p.limited, "at rate limit"}, {p.avoided, "asked not to be retried"}, {p.paced, "out of the provider's rate limit"}} {
 		if c.n > 0 {
 			parts = append(parts, fmt.Sprintf("%d %s", c.n, c.what))
 		}
@@ -209,6 +213,9 @@ func (e *endpoint) take(clk *lazyClock, st *requestState, p *pickResult) (func(e
 			st.spilled.add(e.index) // count each request once
 			e.m.spilled()
 		}
+		return nil, false
+	}
+	if (e.budget != nil || e.bud.pace.active.Load()) && !e.admit(clk, st, p, done) {
 		return nil, false
 	}
 	return done, true

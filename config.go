@@ -155,6 +155,19 @@ type Config struct {
 	// and be safe for concurrent use. Nil means none.
 	OnAttempt func(ctx context.Context, a AttemptInfo)
 
+	// Shared, when set, shares the endpoints' rate budgets (MaxRPS and
+	// MaxTPM become the fleet's totals) and health (open breakers,
+	// cooldowns, pacing) with the other processes of a fleet that use the
+	// same Shared state, endpoints matched by Name; see [Shared] and the
+	// README's "Running many replicas". The package
+	// github.com/failover-go/failover/redisshare provides one on Redis.
+	// Nil means each process alone. It cannot change after New.
+	Shared Shared
+
+	// SharedTimeout bounds each call to Shared. Zero means
+	// [DefaultSharedTimeout], 10ms; negative is an error.
+	SharedTimeout time.Duration
+
 	// EndpointHeader, when set, names a response header that every
 	// response of a routed request carries, set to the Name of the
 	// endpoint that answered (for instance "Failover-Endpoint"), so that
@@ -198,6 +211,7 @@ func newTransport(cfg Config, c clock) (*Transport, error) {
 		t.base = http.DefaultTransport
 	}
 	t.metrics = newMetrics(cfg.Registerer != nil, t)
+	t.fleet = newFleet(t, cfg.Shared, cfg.SharedTimeout)
 	t.snap.Store(t.build(p, nil))
 	// Registered last: a scrape may come at once and reads the endpoints.
 	if err := t.metrics.register(cfg.Registerer); err != nil {
@@ -287,7 +301,8 @@ func checkSettings(cfg Config) []error {
 		v    time.Duration
 	}{{"BackoffMin", cfg.BackoffMin}, {"BackoffMax", cfg.BackoffMax}, {"Cooldown", cfg.Cooldown},
 		{"MaxCooldown", cfg.MaxCooldown}, {"Breaker.OpenTimeout", cfg.Breaker.OpenTimeout},
-		{"FirstTokenTimeout", cfg.FirstTokenTimeout}, {"StreamIdleTimeout", cfg.StreamIdleTimeout}} {
+		{"FirstTokenTimeout", cfg.FirstTokenTimeout}, {"StreamIdleTimeout", cfg.StreamIdleTimeout},
+		{"SharedTimeout", cfg.SharedTimeout}} {
 		if f.v < 0 {
 			errs = append(errs, fmt.Errorf("failover: %s %v is negative", f.name, f.v))
 		}
@@ -434,6 +449,7 @@ func (t *Transport) build(p *prepared, old *snapshot) *snapshot {
 			streamIdle:    cmp.Or(ec.StreamIdleTimeout, cfg.StreamIdleTimeout),
 			cool:          cool,
 			limiter:       st.limiterFor(ec),
+			budget:        st.budgetFor(ec, t.fleet),
 		}
 	}
 	s.tiers = buildTiers(s.endpoints)

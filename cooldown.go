@@ -70,6 +70,7 @@ func (e *endpoint) startCooldown(resp *http.Response) {
 	if d <= 0 || !e.cooling.extend(now.Add(d).UnixNano()) {
 		return
 	}
+	e.bud.fleet.cooled(e.name, now.Add(d).UnixNano())
 	e.m.cooldown()
 	if e.logger != nil {
 		e.logger.Warn("failover: endpoint cooling down",

@@ -26,9 +26,12 @@ const (
 	StateCoolingDown
 	// StateDisabled: the endpoint is configured Disabled and never chosen.
 	StateDisabled
+	// StatePaced: the breaker is closed but the provider's rate limit
+	// headers said its remaining requests are spent until PacedUntil.
+	StatePaced
 )
 
-var stateNames = [...]string{"closed", "half-open", "open", "cooling-down", "disabled"}
+var stateNames = [...]string{"closed", "half-open", "open", "cooling-down", "disabled", "paced"}
 
 // String returns the state's name: "closed", "half-open", "open",
 // "cooling-down" or "disabled".
@@ -94,6 +97,19 @@ type EndpointHealth struct {
 	// Tokens is the rate limiter's available tokens; -1 when the endpoint
 	// is not rate limited.
 	Tokens float64 `json:"tokens"`
+	// Provider is what the provider's x-ratelimit-* headers said last of
+	// its limits; nil when no window they gave is running.
+	Provider *ProviderLimits `json:"provider,omitempty"`
+	// PacedUntil is when the provider's spent request window resets, for
+	// an endpoint in StatePaced; zero otherwise.
+	PacedUntil time.Time `json:"paced_until,omitzero"`
+	// TokenBudget is the MaxTPM limiter's available tokens; -1 when the
+	// endpoint has no MaxTPM.
+	TokenBudget float64 `json:"token_budget"`
+	// FleetOpenUntil is when another process's open period ends, for an
+	// endpoint that is open because the fleet said so ([Config].Shared);
+	// zero otherwise.
+	FleetOpenUntil time.Time `json:"fleet_open_until,omitzero"`
 }
 
 // Health returns a snapshot of every endpoint, in configuration order. It is
@@ -142,6 +158,7 @@ func (e *endpoint) health(now time.Time) EndpointHealth {
 	if e.cfg.Disabled {
 		h.State = StateDisabled
 	}
+	e.budgetHealth(&h, now)
 	return h
 }
 

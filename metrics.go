@@ -25,6 +25,7 @@ type metrics struct {
 	streams    *prometheus.CounterVec
 	state      *stateCollector
 	waitBy     [waitReasons]prometheus.Observer
+	budget     *budgetMetrics // pacing, token budgets, shared state (budgetmetrics.go)
 }
 
 // waitReason indexes metrics.waitBy.
@@ -35,10 +36,11 @@ const (
 	waitCooldown
 	waitBackoff
 	waitBreaker
+	waitPacing
 	waitReasons
 )
 
-var waitReasonNames = [waitReasons]string{"rate_limit", "cooldown", "backoff", "breaker_open"}
+var waitReasonNames = [waitReasons]string{"rate_limit", "cooldown", "backoff", "breaker_open", "pacing"}
 
 // commonCodes are the status codes whose attempt counters are cached per
 // endpoint after their first use; others are looked up each time they occur.
@@ -66,6 +68,7 @@ type endpointMetrics struct {
 	spillovers prometheus.Counter
 	firstTok   prometheus.Observer
 	streams    *prometheus.CounterVec
+	budget     *budgetEndpointMetrics
 	gone       atomic.Bool // the endpoint was removed: make no new series
 }
 
@@ -127,6 +130,7 @@ func newMetrics(enabled bool, t *Transport) *metrics {
 	for i, name := range waitReasonNames {
 		m.waitBy[i] = m.wait.WithLabelValues(name)
 	}
+	m.budget = newBudgetMetrics(t)
 	return m
 }
 
@@ -138,6 +142,7 @@ func (m *metrics) register(reg prometheus.Registerer) error {
 	}
 	collectors := []prometheus.Collector{m.attempts, m.duration, m.state, m.cooldowns, m.spillovers, m.wait, m.failedOver, m.exhausted,
 		m.firstToken, m.streams}
+	collectors = append(collectors, m.budget.collectors()...)
 	for i, c := range collectors {
 		if err := reg.Register(c); err != nil {
 			for _, done := range collectors[:i] {
@@ -163,6 +168,7 @@ func (m *metrics) forEndpoint(name string) *endpointMetrics {
 		duration:   m.duration.WithLabelValues(name),
 		cooldowns:  m.cooldowns.WithLabelValues(name),
 		spillovers: m.spillovers.WithLabelValues(name),
+		budget:     m.budget.forEndpoint(name),
 	}
 }
 
@@ -180,6 +186,7 @@ func (m *metrics) forget(em *endpointMetrics) {
 	m.spillovers.Delete(labels)
 	m.firstToken.Delete(labels)
 	m.streams.DeletePartialMatch(labels)
+	m.budget.forget(labels)
 }
 
 // attempt counts an attempt by its outcome: resp's status code, else

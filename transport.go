@@ -29,6 +29,7 @@ type Transport struct {
 	logger     *slog.Logger
 	metrics    *metrics
 	clock      clock
+	fleet      *fleet // Config.Shared's link; nil without (shared.go)
 
 	mu     sync.Mutex // serializes Update
 	warned sync.Map   // hosts warnUnrouted has warned of
@@ -59,6 +60,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	defer r.body.close()
+	r.st.tokens = tokenEstimate{body: &r.body, rest: m.rest}
 	attempts := s.attempts
 	if !r.body.replayable {
 		attempts = 1
@@ -125,6 +127,7 @@ func (r *request) attempt(n int, e *endpoint, done func(error)) *http.Response {
 	}
 	v := r.s.classify(resp, decodedPrefix(resp, errBody, r.s.maxErrBody), err)
 	e.record(n, v, resp, err)
+	r.afterResponse(e, resp, v.Outcome.Failed())
 	r.s.observe(r.ctx, e, n, v, resp, err, false, r.sent)
 	result = v.breakerResult()
 	if result == errKeyRejected {
@@ -139,6 +142,7 @@ func (r *request) attempt(n int, e *endpoint, done func(error)) *http.Response {
 		closeBody(r.failed.last)
 		r.s.metrics.requestDone(len(r.failed.errs), true)
 		r.watch(e, resp)
+		r.tapUsage(e, resp)
 		return r.s.deliver(resp, r.req, e)
 	}
 	if resp != nil && (v.Outcome == OutcomeThrottled || resp.StatusCode == http.StatusServiceUnavailable) {
