@@ -91,7 +91,7 @@ func (m *budgetEndpointMetrics) estimated(est, usage int64) {
 // budgetCollector reports, at scrape time, the figures the budgets keep
 // in atomics anyway.
 type budgetCollector struct {
-	t                                          *Transport
+	t                                         *Transport
 	remaining, leases, degraded, calls, procs *prometheus.Desc
 }
 
