@@ -313,7 +313,7 @@ func (u *usageBody) finish() {
 		return
 	}
 	u.closed = true
-	if u.total >= 0 {
+	if u.total >= 0 && u.e != nil {
 		u.e.correctTokens(u.est, u.total)
 	}
 }
