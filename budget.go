@@ -148,7 +148,7 @@ func (l *tokenLimiter) refund(lim *rate.Limiter, c clock, n int64) {
 func (r *request) afterResponse(e *endpoint, resp *http.Response, failed bool) {
 	now := r.s.clock.now()
 	if resp != nil {
-		if until := e.bud.pace.observe(resp, r.sent, now, e.cool.max); until != 0 {
+		if until := e.bud.pace.observe(resp, r.sent, now, e.cool.max, e.hot.inflight(), r.st.tokens.n); until != 0 {
 			if f := e.bud.fleet.f.Load(); f != nil {
 				f.publish(SharedEvent{Endpoint: e.name, Kind: SharedPaced, Until: time.Unix(0, until)})
 			}

@@ -116,12 +116,14 @@ type pacing struct {
 }
 
 // observe applies the rate limit headers of resp, an answer to an attempt
-// sent at sent, at now. A response sent before the one applied last is
-// ignored: its counts are older. Headers from a failed response apply
-// like any other, for exactly as long as they say (capped at limit),
-// never longer. It returns the instant until which the endpoint is out of
-// requests, 0 when it is not.
-func (p *pacing) observe(resp *http.Response, sent time.Duration, now time.Time, limit time.Duration) (exhaustedUntil int64) {
+// sent at sent, at now, while inflight other attempts are on their way
+// (each of about est tokens): the provider may not have counted them yet,
+// so they are taken off its counts. A response sent before the one
+// applied last is ignored: its counts are older. Headers from a failed
+// response apply like any other, for exactly as long as they say (capped
+// at limit), never longer. It returns the instant until which the
+// endpoint is out of requests, 0 when it is not.
+func (p *pacing) observe(resp *http.Response, sent time.Duration, now time.Time, limit time.Duration, inflight, est int64) (exhaustedUntil int64) {
 	if resp == nil {
 		return 0
 	}
@@ -143,16 +145,17 @@ func (p *pacing) observe(resp *http.Response, sent time.Duration, now time.Time,
 	}
 	p.limitReq.Store(rh.limitReq)
 	p.limitTok.Store(rh.limitTok)
+	inflight = max(inflight, 0)
 	if rh.leftReq >= 0 {
-		p.leftReq.Store(rh.leftReq)
+		p.leftReq.Store(rh.leftReq - inflight)
 		p.resetReq.Store(at(rh.resetReq))
 	}
 	if rh.leftTok >= 0 {
-		p.leftTok.Store(rh.leftTok)
+		p.leftTok.Store(rh.leftTok - inflight*max(est, 0))
 		p.resetTok.Store(at(rh.resetTok))
 	}
 	p.active.Store(true)
-	if rh.leftReq == 0 {
+	if rh.leftReq >= 0 && rh.leftReq <= inflight {
 		return p.resetReq.Load()
 	}
 	return 0

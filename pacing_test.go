@@ -5,11 +5,14 @@ import (
 	"errors"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/failover-go/failover/internal/fakeopenai"
 )
 
 func TestParseRateHeaders(t *testing.T) {
@@ -172,15 +175,15 @@ func TestPacingOrdersResponses(t *testing.T) {
 	var p pacing
 	now := time.Unix(1_800_000_000, 0)
 	resp := func(left, reset string) *http.Response { return limitedReply(200, left, reset, "", "") }
-	p.observe(resp("5", "10s"), 2*time.Second, now, time.Minute)
-	if until := p.observe(resp("0", "10s"), 1*time.Second, now, time.Minute); until != 0 || p.block(now.UnixNano(), nil) != 0 {
+	p.observe(resp("5", "10s"), 2*time.Second, now, time.Minute, 0, 0)
+	if until := p.observe(resp("0", "10s"), 1*time.Second, now, time.Minute, 0, 0); until != 0 || p.block(now.UnixNano(), nil) != 0 {
 		t.Fatal("an older response's 0 was applied")
 	}
-	p.observe(resp("0", "10s"), 3*time.Second, now, time.Minute)
+	p.observe(resp("0", "10s"), 3*time.Second, now, time.Minute, 0, 0)
 	if p.block(now.UnixNano(), nil) == 0 {
 		t.Fatal("a newer response's 0 was not applied")
 	}
-	p.observe(resp("7", "10s"), 4*time.Second, now, time.Minute)
+	p.observe(resp("7", "10s"), 4*time.Second, now, time.Minute, 0, 0)
 	if p.block(now.UnixNano(), nil) != 0 {
 		t.Fatal("a newer response's 7 left the endpoint blocked")
 	}
@@ -204,7 +207,7 @@ func TestPacingNeverExtendsAReset(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var p pacing
 			now := time.Unix(1_800_000_000, 0)
-			until := p.observe(limitedReply(tc.code, "0", tc.reset, "", ""), time.Second, now, time.Minute)
+			until := p.observe(limitedReply(tc.code, "0", tc.reset, "", ""), time.Second, now, time.Minute, 0, 0)
 			if want := now.Add(tc.want).UnixNano(); until != want {
 				t.Fatalf("blocked until %v, want %v", time.Unix(0, until), time.Unix(0, want))
 			}
@@ -216,10 +219,76 @@ func TestPacingNeverExtendsAReset(t *testing.T) {
 	t.Run("spent locally", func(t *testing.T) {
 		var p pacing
 		now := time.Unix(1_800_000_000, 0)
-		p.observe(limitedReply(200, "1", "1s", "", ""), time.Second, now, time.Minute)
+		p.observe(limitedReply(200, "1", "1s", "", ""), time.Second, now, time.Minute, 0, 0)
 		p.spend(now.UnixNano(), 0)
 		if p.block(now.UnixNano(), nil) == 0 {
 			t.Fatal("the last request left was sent, and the endpoint still takes more")
 		}
 	})
+}
+
+// stripRemaining is a base that removes the provider's remaining counts
+// from every response, so that a Transport over it cannot pace: only its
+// cooldowns after a 429 hold it back.
+type stripRemaining struct{ base http.RoundTripper }
+
+func (s stripRemaining) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := s.base.RoundTrip(req)
+	if resp != nil {
+		resp.Header.Del(hdrRemainingRequests)
+		resp.Header.Del(hdrRemainingTokens)
+	}
+	return resp, err
+}
+
+// TestPacingTurnsA429StormIntoAHandful: 16 clients send for three
+// windows through one Transport to an upstream that allows 20 requests
+// per 200ms window and says so in OpenAI's headers, with a backup for the
+// rest (both answer in 2ms). Without the remaining counts (only the
+// cooldown after each 429 to hold it back) the upstream throttles a storm
+// of requests at each window's end; with them, a handful.
+func TestPacingTurnsA429StormIntoAHandful(t *testing.T) {
+	const window = 200 * time.Millisecond
+	run := func(pace bool) (throttled, served int64) {
+		limited := upstream(t, "limited", fakeopenai.WithRateLimits(fakeopenai.RateLimits{Requests: 20, Window: window}))
+		backup := upstream(t, "backup")
+		limited.SetFault(fakeopenai.Fault{Delay: 2 * time.Millisecond})
+		backup.SetFault(fakeopenai.Fault{Delay: 2 * time.Millisecond})
+		var base http.RoundTripper = httpBase(t)
+		if !pace {
+			base = stripRemaining{base}
+		}
+		tr, err := New(Config{Base: base, Endpoints: []Endpoint{ep(limited, 0), ep(backup, 1)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		const workers, most = 16, 500
+		deadline := time.Now().Add(3 * window)
+		var wg sync.WaitGroup
+		for range workers {
+			wg.Go(func() {
+				for i := 0; i < most && time.Now().Before(deadline); i++ {
+					ctx, cancel := context.WithTimeout(context.Background(), waitBound)
+					resp, err := tr.RoundTrip(chatRequest(t, ctx, clientBase, false))
+					if err != nil {
+						t.Errorf("request failed: %v", err)
+					} else {
+						closeBody(resp)
+					}
+					cancel()
+				}
+			})
+		}
+		wg.Wait()
+		return limited.Throttled(), limited.Hits() - limited.Throttled()
+	}
+	stormed, _ := run(false)
+	paced, served := run(true)
+	t.Logf("429s from the limited upstream: %d without pacing, %d with (%d served)", stormed, paced, served)
+	if paced > 12 || stormed < 3*max(paced, 4) {
+		t.Fatalf("429s: %d without pacing, %d with; want a handful (at most 12 in three windows) with, and at least three times as many without", stormed, paced)
+	}
+	if served == 0 {
+		t.Fatal("the limited upstream served nothing with pacing")
+	}
 }

@@ -87,6 +87,7 @@ type config struct {
 	seed     uint64
 	apiKey   string // "" accepts any Authorization
 	noModels bool   // GET /models is an unknown route
+	limits   *RateLimits
 }
 
 // WithName sets the Server's name, which appears in its answers (the reply
@@ -132,6 +133,8 @@ type Request struct {
 	Header http.Header
 	// Body holds the first MaxRecordedBody bytes of the body.
 	Body []byte
+	// At is when the request reached the handler.
+	At time.Time
 }
 
 // clone returns a deep copy of r.
@@ -148,6 +151,7 @@ type Server struct {
 	prefix   string
 	apiKey   string
 	noModels bool
+	limits   *limiter // nil without RateLimits
 	addr     string
 	srv      *http.Server
 	done     chan struct{} // closed by Close to release waiting handlers
@@ -187,6 +191,7 @@ func New(opts ...Option) *Server {
 		prefix:   cfg.prefix,
 		apiKey:   cfg.apiKey,
 		noModels: cfg.noModels,
+		limits:   newLimiter(cfg.limits),
 		addr:     ln.Addr().String(),
 		done:     make(chan struct{}),
 		conns:    make(map[net.Conn]struct{}),
@@ -436,6 +441,7 @@ func (s *Server) admit(r *http.Request, body []byte) (int64, Fault) {
 		RawQuery: r.URL.RawQuery,
 		Header:   r.Header.Clone(),
 		Body:     body,
+		At:       time.Now(),
 	}
 	if len(body) > MaxRecordedBody {
 		rec.Body = bytes.Clone(body[:MaxRecordedBody])
@@ -538,6 +544,8 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		resp = bodyResponse(http.StatusRequestEntityTooLarge, defaultErrorBody(http.StatusRequestEntityTooLarge))
 	case s.apiKey != "" && r.Header.Get("Authorization") != "Bearer "+s.apiKey:
 		resp = wrongKey(r.Header.Get("Authorization"))
+	case s.limits != nil:
+		resp = s.limitedRoute(r, body, seq)
 	default:
 		resp = s.route(r, body, seq)
 	}
