@@ -79,6 +79,10 @@ func ConfigFromEnv() (Config, error) {
 //	                    keyless endpoint receives the caller's credentials.
 //	                    Default: false.
 //	OPENAI_NAME_N       Endpoint.Name, unique. Default: the host of the base URL.
+//	OPENAI_MAX_TPM_N    Endpoint.MaxTPM, tokens per minute, a non-negative
+//	                    finite number. Default: 0, unlimited.
+//	OPENAI_TOKEN_BURST_N  Endpoint.TokenBurst, a non-negative integer.
+//	                    Default: ceil(MAX_TPM).
 //
 // A boolean is one of 1, t, true, yes, on, 0, f, false, no, off, in any case.
 //
@@ -314,6 +318,14 @@ var endpointVars = []endpointVar{
 			return quoteEnv(v) + " is not valid UTF-8"
 		}
 		return ""
+	})},
+	{"OPENAI_MAX_TPM_", problemOf(func(e *Endpoint, v string) (problem string) {
+		e.MaxTPM, problem = parseEnvRate(v)
+		return problem
+	})},
+	{"OPENAI_TOKEN_BURST_", problemOf(func(e *Endpoint, v string) (problem string) {
+		e.TokenBurst, problem = parseEnvNonNegative(v)
+		return problem
 	})},
 }
 

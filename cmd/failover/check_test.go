@@ -11,6 +11,7 @@ import (
 
 	"github.com/failover-go/failover"
 	"github.com/failover-go/failover/internal/fakeopenai"
+	"github.com/failover-go/failover/redisshare"
 )
 
 // Keys of the check tests; no output may show any of them.
@@ -309,6 +310,7 @@ func TestEnvNamesAreRead(t *testing.T) {
 		"OPENAI_ENABLED": "maybe", "OPENAI_NAME": "\xff", "OPENAI_FALLBACK_ENABLED": "maybe",
 		"OPENAI_MAX_RETRIES": "x", "OPENAI_BACKOFF_MS": "x", "OPENAI_FORWARD_AUTH": "maybe",
 		"OPENAI_FIRST_TOKEN_TIMEOUT": "x", "OPENAI_STREAM_IDLE_TIMEOUT": "x",
+		"OPENAI_MAX_TPM": "x", "OPENAI_TOKEN_BURST": "-1",
 	}
 	check := func(name string) {
 		t.Helper()
@@ -325,7 +327,7 @@ func TestEnvNamesAreRead(t *testing.T) {
 		check(p + "_1")
 	}
 	for _, g := range envGlobals {
-		if g != envProxyKey { // the proxy's, not ConfigFromEnviron's
+		if g != envProxyKey && g != redisshare.EnvURL && g != redisshare.EnvPrefix { // the proxy's, not ConfigFromEnviron's
 			check(g)
 		}
 	}

@@ -86,7 +86,8 @@ type Config struct {
 	// Logger means Config.Logger; its OnAttempt is the proxy's, which
 	// records each attempt for the access log; a zero MaxBodyBuffer means
 	// [DefaultMaxBody] (negative: no body is buffered, and a request with
-	// one goes to one endpoint only).
+	// one goes to one endpoint only). Its Shared, like its Base, is kept
+	// for every Update.
 	Failover failover.Config
 
 	// BasePath is the path under which clients send API requests: a client
@@ -230,6 +231,7 @@ func New(cfg Config) (*Proxy, error) {
 		logger:         cfg.Failover.Logger,
 		endpointHeader: cfg.Failover.EndpointHeader,
 		maxBody:        cfg.Failover.MaxBodyBuffer,
+		shared:         cfg.Failover.Shared,
 	}
 	if p.own.logger == nil {
 		p.own.logger = cfg.Logger
