@@ -138,7 +138,26 @@ func parseURL(rawURL string) (*redis.Options, error) {
 	ro.DisableIdentity = true       // no CLIENT SETINFO (Redis before 7.2 refuses it)
 	ro.Protocol = 2                 // plain replies, no push notifications
 	ro.DialTimeout = time.Second
+	ro.DialerRetries = 1 // one dial per call: a Redis that is down fails the call at once
 	return ro, nil
+}
+
+// RouteClientLogs sends the log lines of the Redis client (go-redis's, such
+// as "connection pool: failed to dial", printed to stderr by default, one
+// per failed call while Redis is down) to logger at Debug; a nil logger
+// drops them. It sets go-redis's logger for the whole process: call it
+// once, from main. The lines carry Redis's address, never a password.
+func RouteClientLogs(logger *slog.Logger) {
+	redis.SetLogger(clientLogger{logger})
+}
+
+// clientLogger adapts go-redis's logging to log/slog.
+type clientLogger struct{ l *slog.Logger }
+
+func (c clientLogger) Printf(ctx context.Context, format string, v ...any) {
+	if c.l != nil {
+		c.l.DebugContext(ctx, "redis client: "+fmt.Sprintf(format, v...))
+	}
 }
 
 // New returns a Store on the client c, which it does not close. It starts

@@ -16,6 +16,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	RouteClientLogs(nil) // go-redis's dial failures while a test's Redis is down
 	goleak.VerifyTestMain(m)
 }
 

@@ -271,6 +271,7 @@ func (s configSource) openShared(flagURL string, logger *slog.Logger) (*redissha
 	if flagURL != "" {
 		environ = append([]string{redisshare.EnvURL + "=" + flagURL}, environ...)
 	}
+	redisshare.RouteClientLogs(logger) // the client's own lines, at Debug
 	store, err := redisshare.FromEnviron(environ, redisshare.Options{Logger: logger})
 	if err != nil {
 		if flagURL != "" {
