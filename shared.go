@@ -113,6 +113,11 @@ const DefaultSharedTimeout = 10 * time.Millisecond
 // state alone before trying it again.
 const sharedRetry = time.Second
 
+// sharedFailures is how many calls in a row must fail for the shared
+// state to count as unreachable: one slow call on a loaded machine is not
+// an outage (a Redis that is down refuses each call at once).
+const sharedFailures = 3
+
 // errSharedDown is the error of a call not made: the shared state is
 // unreachable and its next try is not due.
 var errSharedDown = errors.New("failover: shared state unreachable")
@@ -128,6 +133,7 @@ type fleet struct {
 	t       *Transport
 
 	down    atomic.Bool
+	failing atomic.Int32 // calls failed in a row
 	retryAt atomic.Int64 // unix nanoseconds: the next call allowed while down
 	calls   atomic.Uint64
 	errs    atomic.Uint64
@@ -156,8 +162,9 @@ func cmpOr(d, def time.Duration) time.Duration {
 func (f *fleet) isDown() bool { return f.down.Load() }
 
 // call runs op against the shared state, bounded by the timeout, unless
-// the state is down and its retry not due. A failure marks it down (and
-// logs that once); a success after one marks it back (and logs that).
+// the state is down and its retry not due. sharedFailures failures in a
+// row mark it down (and log that once); a success marks it back (and logs
+// that).
 func (f *fleet) call(op func(ctx context.Context) error) error {
 	if f.down.Load() && f.clock.now().UnixNano() < f.retryAt.Load() {
 		return errSharedDown
@@ -168,6 +175,9 @@ func (f *fleet) call(op func(ctx context.Context) error) error {
 	f.calls.Add(1)
 	if err != nil {
 		f.errs.Add(1)
+		if f.failing.Add(1) < sharedFailures && !f.down.Load() {
+			return err
+		}
 		f.retryAt.Store(f.clock.now().Add(sharedRetry).UnixNano())
 		if f.down.CompareAndSwap(false, true) && f.logger != nil {
 			f.logger.Warn("failover: shared state unreachable; each budget falls back to a local share, each breaker to its own",
@@ -175,6 +185,7 @@ func (f *fleet) call(op func(ctx context.Context) error) error {
 		}
 		return err
 	}
+	f.failing.Store(0)
 	if f.down.Load() && f.down.CompareAndSwap(true, false) && f.logger != nil {
 		f.logger.Warn("failover: shared state reachable again; budgets and health are shared with the fleet")
 	}

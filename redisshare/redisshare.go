@@ -298,9 +298,12 @@ func (s *Store) heartbeat() {
 	}
 }
 
+// beatLoop beats every s.beat; at first more often (from 50ms, doubling),
+// so that processes started together soon count each other.
 func (s *Store) beatLoop() {
 	defer s.wg.Done()
-	t := time.NewTicker(s.beat)
+	every := min(50*time.Millisecond, s.beat)
+	t := time.NewTimer(every)
 	defer t.Stop()
 	for {
 		select {
@@ -308,6 +311,8 @@ func (s *Store) beatLoop() {
 			return
 		case <-t.C:
 			s.heartbeat()
+			every = min(2*every, s.beat)
+			t.Reset(every)
 		}
 	}
 }
