@@ -46,7 +46,7 @@ func (st *endpointState) budgetFor(cfg Endpoint, f *fleet) *endpointBudget {
 	if cfg.MaxRPS > 0 {
 		burst := int64(max(cfg.Burst, 1))
 		if b.rpsLease = st.bud.rpsLease.Load(); b.rpsLease == nil {
-			b.rpsLease = newLeaseBudget(f, "rps:"+st.name, "requests", cfg.MaxRPS, burst)
+			b.rpsLease = newLeaseBudget(f, "rps:"+st.name, "requests", cfg.MaxRPS, burst, 1)
 			st.bud.rpsLease.Store(b.rpsLease)
 		} else {
 			b.rpsLease.configure(cfg.MaxRPS, burst)
@@ -55,7 +55,7 @@ func (st *endpointState) budgetFor(cfg Endpoint, f *fleet) *endpointBudget {
 	if cfg.MaxTPM > 0 {
 		tr, burst := cfg.MaxTPM/60, int64(tokenBurst(cfg))
 		if b.tpmLease = st.bud.tpmLease.Load(); b.tpmLease == nil {
-			b.tpmLease = newLeaseBudget(f, "tpm:"+st.name, "tokens", tr, burst)
+			b.tpmLease = newLeaseBudget(f, "tpm:"+st.name, "tokens", tr, burst, DefaultCompletionTokens)
 			st.bud.tpmLease.Store(b.tpmLease)
 		} else {
 			b.tpmLease.configure(tr, burst)

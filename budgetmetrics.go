@@ -1,6 +1,11 @@
 package failover
 
 import (
+	"math"
+	"strconv"
+	"strings"
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -137,4 +142,41 @@ func (c *budgetCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.calls, prometheus.CounterValue, float64(f.calls.Load()-errs), "ok")
 	ch <- prometheus.MustNewConstMetric(c.calls, prometheus.CounterValue, float64(errs), "error")
 	ch <- prometheus.MustNewConstMetric(c.procs, prometheus.GaugeValue, float64(f.shared.Processes()))
+}
+
+// budgetText formats an endpoint's rate limits for the status page:
+// what the provider's headers say is left and the soonest reset, and the
+// MaxTPM budget; "-" for none. The page's script formats them the same
+// way (limits, in pageScript).
+func budgetText(h EndpointHealth, now time.Time) string {
+	var parts []string
+	if p := h.Provider; p != nil {
+		var left []string
+		if p.RemainingRequests >= 0 {
+			left = append(left, strconv.FormatInt(p.RemainingRequests, 10)+" req")
+		}
+		if p.RemainingTokens >= 0 {
+			left = append(left, strconv.FormatInt(p.RemainingTokens, 10)+" tok")
+		}
+		var reset time.Duration
+		for _, r := range []time.Time{p.RequestsReset, p.TokensReset} {
+			if at := r.Sub(now); !r.IsZero() && at > 0 && (reset == 0 || at < reset) {
+				reset = at
+			}
+		}
+		if len(left) > 0 {
+			s := strings.Join(left, ", ") + " left"
+			if reset > 0 {
+				s += " (resets in " + humanDuration(reset) + ")"
+			}
+			parts = append(parts, s)
+		}
+	}
+	if h.TokenBudget >= 0 {
+		parts = append(parts, "TPM budget "+strconv.FormatInt(int64(math.Floor(h.TokenBudget)), 10))
+	}
+	if len(parts) == 0 {
+		return "-"
+	}
+	return strings.Join(parts, "; ")
 }

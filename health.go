@@ -178,6 +178,10 @@ type HealthReport struct {
 	Eligible int `json:"eligible"`
 	// Endpoints is [Transport.Health].
 	Endpoints []EndpointHealth `json:"endpoints"`
+	// Shared is the state of [Config].Shared: "connected", or "degraded"
+	// while it is unreachable (each budget in a local share, each breaker
+	// on its own); empty without Shared.
+	Shared string `json:"shared,omitempty"`
 }
 
 // HealthHandler returns an http.Handler serving a [HealthReport] as JSON,
@@ -191,7 +195,7 @@ func (t *Transport) HealthHandler() http.Handler {
 			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 			return
 		}
-		rep := HealthReport{Status: "ok", Endpoints: t.Health()}
+		rep := HealthReport{Status: "ok", Endpoints: t.Health(), Shared: t.fleet.state()}
 		for _, h := range rep.Endpoints {
 			if h.Eligible() {
 				rep.Eligible++

@@ -17,7 +17,9 @@ import (
 // low, so that no request waits on the shared state in the steady state.
 // A lease's size follows this process's own spending: about leaseWindow
 // of it, at most ceil(R*leaseWindow), so a process doing 1,000 requests a
-// second renews about 10 times a second.
+// second renews about 10 times a second; and at least two requests'
+// worth (for a token budget, two of the latest request's estimate), so
+// that a request never needs a renewal of its own.
 //
 // Bound: every unit the fleet spends was granted by the bucket, which
 // grants at most R*T + B in any interval of length T; a unit leased
@@ -46,6 +48,7 @@ type leaseBudget struct {
 	pool     atomic.Int64 // leased units not yet spent; negative: a debt (tokens corrected up)
 	spent    atomic.Int64 // units spent, ever
 	need     atomic.Int64 // the largest spend refused since the last renewal
+	unit     atomic.Int64 // the latest spend: what one request takes
 	lease    atomic.Int64 // the size of the last lease asked
 	renewing atomic.Bool
 	dryUntil atomic.Int64 // unix nanoseconds: the bucket was short, no renewal before
@@ -69,8 +72,9 @@ type leaseConfig struct {
 }
 
 // newLeaseBudget returns the budget key of kind for the fleet f.
-func newLeaseBudget(f *fleet, key, kind string, r float64, burst int64) *leaseBudget {
+func newLeaseBudget(f *fleet, key, kind string, r float64, burst int64, unit int64) *leaseBudget {
 	b := &leaseBudget{f: f, key: key, kind: kind}
+	b.unit.Store(unit)
 	b.configure(r, burst)
 	return b
 }
@@ -98,6 +102,9 @@ func (c *leaseConfig) maxLease() int64 {
 func (b *leaseBudget) take(now time.Time, n int64) (ok bool, wait time.Duration) {
 	if n <= 0 {
 		return true, 0
+	}
+	if b.unit.Load() != n {
+		b.unit.Store(n)
 	}
 	if b.f.isDown() {
 		if b.f.clock.now().UnixNano() >= b.f.retryAt.Load() {
@@ -214,7 +221,10 @@ func (b *leaseBudget) renewNow() {
 	}
 	b.lastAt, b.lastSpent = now, spent
 	want := max(1, int64(math.Ceil(b.rate*leaseWindow.Seconds())))
-	want = min(want, cfg.maxLease())
+	want = max(min(want, cfg.maxLease()), 2*b.unit.Load())
+	if b.lastSpent == 0 && spent == 0 {
+		want = max(want, cfg.maxLease()) // the first: a window's worth of the rate
+	}
 	if debt := -b.pool.Load(); debt > 0 {
 		want += debt
 	}

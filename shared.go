@@ -158,6 +158,18 @@ func cmpOr(d, def time.Duration) time.Duration {
 	return d
 }
 
+// state is the shared state's for health: "connected" or "degraded"; ""
+// for a nil f (no Shared).
+func (f *fleet) state() string {
+	switch {
+	case f == nil:
+		return ""
+	case f.isDown():
+		return "degraded"
+	}
+	return "connected"
+}
+
 // isDown reports whether the shared state is held unreachable.
 func (f *fleet) isDown() bool { return f.down.Load() }
 
