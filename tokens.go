@@ -81,20 +81,40 @@ func quarter(c int) int64 { return (int64(c) + 3) / 4 }
 
 // tokenEstimate is a request's token estimate, computed at most once, when
 // a choice first needs it: a request to endpoints with no token limit and
-// no provider token window never reads its body for it.
+// no provider token window never reads its body for it. It holds what it
+// needs of the request's replayBody by value (a pointer into the request
+// would move the request to the heap).
 type tokenEstimate struct {
-	body *replayBody
+	src  replaySource
 	rest string
 	n    int64
 	done bool
+}
+
+// replaySource is where an estimate reads a request's body: the bytes
+// buffered for replay, else the request's GetBody.
+type replaySource struct {
+	req     *http.Request
+	held    []byte // the buffered body, when buffered
+	getBody func() (io.ReadCloser, error)
+}
+
+// newTokenEstimate returns the estimate of the request whose body b
+// replays, to the routed path rest.
+func newTokenEstimate(b *replayBody, rest string) tokenEstimate {
+	src := replaySource{req: b.req, held: b.held}
+	if !b.buffered {
+		src.getBody = b.getBody
+	}
+	return tokenEstimate{src: src, rest: rest}
 }
 
 // get returns the estimate, computing it on first use.
 func (t *tokenEstimate) get() int64 {
 	if !t.done {
 		t.done = true
-		if t.body != nil {
-			t.n = t.body.estimate(t.rest)
+		if t.src.req != nil {
+			t.n = t.src.estimate(t.rest)
 		}
 	}
 	return t.n
@@ -104,17 +124,17 @@ func (t *tokenEstimate) get() int64 {
 // GetBody, for an estimate.
 var estimatePool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
-// estimate returns the token estimate of the body b replays for the routed
-// path rest: from the bytes b holds (a buffered body), else read once more
-// through the request's GetBody into a pooled buffer, else (a body too
-// large, or unreadable) from its length alone.
-func (b *replayBody) estimate(rest string) int64 {
+// estimate returns the token estimate of the body for the routed path
+// rest: from the bytes held (a buffered body), else read once more through
+// the request's GetBody into a pooled buffer, else (a body too large, or
+// unreadable) from its length alone.
+func (b replaySource) estimate(rest string) int64 {
 	req := b.req
+	if b.held != nil {
+		return estimateTokens(b.held, rest)
+	}
 	if req.Body == nil || req.Body == http.NoBody {
 		return 0
-	}
-	if b.buffered {
-		return estimateTokens(b.held, rest)
 	}
 	if b.getBody == nil || req.ContentLength > maxEstimateBody {
 		return quarter(int(min(max(req.ContentLength, 0), math.MaxInt32)))
@@ -131,10 +151,34 @@ func (b *replayBody) estimate(rest string) int64 {
 			estimatePool.Put(buf)
 		}
 	}()
-	if _, err := buf.ReadFrom(io.LimitReader(rc, maxEstimateBody+1)); err != nil || buf.Len() > maxEstimateBody {
+	if err := readAtMost(buf, rc, maxEstimateBody+1, req.ContentLength); err != nil || buf.Len() > maxEstimateBody {
 		return quarter(buf.Len())
 	}
 	return estimateTokens(buf.Bytes(), rest)
+}
+
+// readAtMost reads r into buf until EOF or limit bytes, growing buf once
+// to size (the body's length, when known) first. It allocates nothing
+// but buf's growth.
+func readAtMost(buf *bytes.Buffer, r io.Reader, limit, size int64) error {
+	if size > 0 {
+		buf.Grow(int(min(size, limit)) + 1)
+	}
+	for int64(buf.Len()) < limit {
+		if buf.Available() == 0 {
+			buf.Grow(4 << 10)
+		}
+		room := buf.AvailableBuffer()[:min(int64(buf.Available()), limit-int64(buf.Len()))]
+		n, err := r.Read(room)
+		buf.Write(room[:n])
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // tokenLimiter is an endpoint's MaxTPM limiter (golang.org/x/time/rate, in

@@ -60,7 +60,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	defer r.body.close()
-	r.st.tokens = tokenEstimate{body: &r.body, rest: m.rest}
+	r.st.tokens = newTokenEstimate(&r.body, m.rest)
 	attempts := s.attempts
 	if !r.body.replayable {
 		attempts = 1
