@@ -51,12 +51,20 @@ type Config struct {
 	//	failover_cooldowns_total{endpoint}              counter: cooldowns started (429, Retry-After)
 	//	failover_rate_limit_spillovers_total{endpoint}  counter: requests that found it at its rate limit
 	//	failover_wait_seconds{reason}                   histogram: waits before an attempt, by
-	//	                                                rate_limit, cooldown, breaker_open or backoff
+	//	                                                rate_limit, cooldown, breaker_open, backoff or pacing
 	//	failover_requests_failed_over_total             counter: answered after a failed attempt
 	//	failover_requests_exhausted_total               counter: ended without a successful attempt
 	//	failover_first_token_seconds{endpoint}          histogram: to a stream's first content event
 	//	failover_streams_total{endpoint,outcome}        counter: streams by how they ended (complete,
 	//	                                                truncated, stalled, canceled, error)
+	//	failover_pacing_skips_total{endpoint}           counter: requests that found it out of the
+	//	                                                provider's rate limit (its x-ratelimit-* headers)
+	//	failover_token_estimate_ratio{endpoint}         histogram: token estimate / usage counted
+	//	failover_provider_remaining{endpoint,budget}    gauge: the provider's remaining requests or tokens
+	//	failover_shared_leases_total{endpoint,budget}   counter: leases from the fleet's shared budget
+	//	failover_shared_degraded                        gauge: 1 while Shared is unreachable
+	//	failover_shared_calls_total{result}             counter: calls to Shared, ok or error
+	//	failover_shared_processes                       gauge: the fleet's processes last seen
 	Registerer prometheus.Registerer
 
 	// Logger receives the Transport's logs: breaker state changes and
