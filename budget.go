@@ -13,7 +13,12 @@ import (
 // MaxTPM limiter, the shared leases and the fleet's view of its health.
 // Like the rest of endpointState it outlives configurations.
 type budgetState struct {
+	// pace is written by every request to an endpoint that sends the
+	// headers: on cache lines of its own, away from the read-mostly
+	// fields every request reads.
+	_     [64]byte
 	pace  pacing
+	_     [64]byte
 	tpm   tokenLimiter
 	fleet fleetEndpoint
 

@@ -97,9 +97,9 @@ func parseCount(s string) int64 {
 }
 
 // pacing is an endpoint's view of the provider's limits, from the newest
-// response that carried them. Reads are atomics (every request's choice
-// reads them); updates, one per response, are ordered by a short lock so
-// that a response sent before the one already applied never replaces it.
+// response that carried them: atomics, read by every request's choice and
+// written by every response that carries the headers; a response sent
+// before the one already applied never replaces it.
 type pacing struct {
 	active atomic.Bool // a window is known: the choice must look
 
@@ -110,19 +110,26 @@ type pacing struct {
 	limitReq atomic.Int64 // as the provider said; -1 unknown (for health)
 	limitTok atomic.Int64
 
-	mu   sync.Mutex
-	sent time.Duration // the send time (clock since) of the applied response
-	any  bool          // a response was applied
+	sent atomic.Int64 // the send time (clock since, at least 1) of the applied response; 0 none
+	mu   sync.Mutex   // serializes pause, and clearing active
 }
+
+// reorderSlack is how close in time two requests may be sent for the
+// provider to count them in either order: a response to a request sent
+// within it of the one applied last may only lower the counts.
+const reorderSlack = 20 * time.Millisecond
 
 // observe applies the rate limit headers of resp, an answer to an attempt
 // sent at sent, at now, while inflight other attempts are on their way
 // (each of about est tokens): the provider may not have counted them yet,
-// so they are taken off its counts. A response sent before the one
-// applied last is ignored: its counts are older. Headers from a failed
-// response apply like any other, for exactly as long as they say (capped
-// at limit), never longer. It returns the instant until which the
-// endpoint is out of requests, 0 when it is not.
+// so they are taken off its counts. A response to a request sent more
+// than reorderSlack after the one applied last (or after its window
+// ended) replaces the counts and their resets; any other may only lower
+// the counts (the provider counts requests sent together in any order,
+// and within a window its count only falls), never move a reset. Headers
+// from a failed response apply like any other, for exactly as long as
+// they say (capped at limit), never longer. It returns the instant until
+// which the endpoint is out of requests, 0 when it is not.
 func (p *pacing) observe(resp *http.Response, sent time.Duration, now time.Time, limit time.Duration, inflight, est int64) (exhaustedUntil int64) {
 	if resp == nil {
 		return 0
@@ -131,34 +138,57 @@ func (p *pacing) observe(resp *http.Response, sent time.Duration, now time.Time,
 	if !ok {
 		return 0
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.any && sent < p.sent {
-		return 0
+	fresh := false
+	for {
+		last := p.sent.Load()
+		if last != 0 && int64(sent) <= last+int64(reorderSlack) {
+			break
+		}
+		if p.sent.CompareAndSwap(last, max(int64(sent), 1)) {
+			fresh = true
+			break
+		}
 	}
-	p.any, p.sent = true, sent
 	at := func(d time.Duration) int64 {
 		if d <= 0 {
 			d = defaultPacingReset
 		}
 		return now.Add(min(d, limit)).UnixNano()
 	}
-	p.limitReq.Store(rh.limitReq)
-	p.limitTok.Store(rh.limitTok)
+	ns := now.UnixNano()
+	if fresh {
+		p.limitReq.Store(rh.limitReq)
+		p.limitTok.Store(rh.limitTok)
+	}
 	inflight = max(inflight, 0)
 	if rh.leftReq >= 0 {
-		p.leftReq.Store(rh.leftReq - inflight)
-		p.resetReq.Store(at(rh.resetReq))
+		applyCount(&p.leftReq, &p.resetReq, rh.leftReq-inflight, at(rh.resetReq), fresh, ns)
 	}
 	if rh.leftTok >= 0 {
-		p.leftTok.Store(rh.leftTok - inflight*max(est, 0))
-		p.resetTok.Store(at(rh.resetTok))
+		applyCount(&p.leftTok, &p.resetTok, rh.leftTok-inflight*max(est, 0), at(rh.resetTok), fresh, ns)
 	}
 	p.active.Store(true)
-	if rh.leftReq >= 0 && rh.leftReq <= inflight {
-		return p.resetReq.Load()
+	if until := p.resetReq.Load(); rh.leftReq >= 0 && rh.leftReq <= inflight && until > ns {
+		return until
 	}
 	return 0
+}
+
+// applyCount sets a window's count to n until until when the response is
+// fresh or the window has passed at now; otherwise it only lowers the
+// count to n.
+func applyCount(left, reset *atomic.Int64, n, until int64, fresh bool, now int64) {
+	if fresh || reset.Load() <= now {
+		left.Store(n)
+		reset.Store(until)
+		return
+	}
+	for {
+		cur := left.Load()
+		if n >= cur || left.CompareAndSwap(cur, n) {
+			return
+		}
+	}
 }
 
 // block reports until when (unix nanoseconds) the endpoint must be skipped
@@ -173,8 +203,12 @@ func (p *pacing) block(now int64, est func() int64) int64 {
 		// next response. Under the lock, so that a response applied
 		// meanwhile is not forgotten.
 		p.mu.Lock()
-		if p.resetReq.Load() <= now && p.resetTok.Load() <= now {
-			p.active.Store(false)
+		p.active.Store(false)
+		if p.resetReq.Load() > now || p.resetTok.Load() > now {
+			// observe stores the resets before it sets active: a
+			// window it opened meanwhile is seen here, or its own
+			// store of active comes after this one.
+			p.active.Store(true)
 		}
 		p.mu.Unlock()
 		return 0

@@ -168,25 +168,45 @@ func TestPacingTokens(t *testing.T) {
 	}
 }
 
-// TestPacingOrdersResponses: a response sent before the one applied last
-// is older news and changes nothing; a newer one replaces the counts, so
-// a window the provider reopened early is used at once.
+// TestPacingOrdersResponses: a response to a request sent well after the
+// one applied last replaces the counts, so a window the provider reopened
+// early is used at once; one sent at about the same time, or before, may
+// only lower them (the provider counts requests sent together in any
+// order), never raise them or move the reset.
 func TestPacingOrdersResponses(t *testing.T) {
-	var p pacing
 	now := time.Unix(1_800_000_000, 0)
+	ns := now.UnixNano()
 	resp := func(left, reset string) *http.Response { return limitedReply(200, left, reset, "", "") }
-	p.observe(resp("5", "10s"), 2*time.Second, now, time.Minute, 0, 0)
-	if until := p.observe(resp("0", "10s"), 1*time.Second, now, time.Minute, 0, 0); until != 0 || p.block(now.UnixNano(), nil) != 0 {
-		t.Fatal("an older response's 0 was applied")
-	}
-	p.observe(resp("0", "10s"), 3*time.Second, now, time.Minute, 0, 0)
-	if p.block(now.UnixNano(), nil) == 0 {
-		t.Fatal("a newer response's 0 was not applied")
-	}
-	p.observe(resp("7", "10s"), 4*time.Second, now, time.Minute, 0, 0)
-	if p.block(now.UnixNano(), nil) != 0 {
-		t.Fatal("a newer response's 7 left the endpoint blocked")
-	}
+	t.Run("older or together: lower only", func(t *testing.T) {
+		var p pacing
+		p.observe(resp("5", "10s"), 2*time.Second, now, time.Minute, 0, 0)
+		p.observe(resp("9", "30s"), 1*time.Second, now, time.Minute, 0, 0)
+		p.observe(resp("7", "30s"), 2*time.Second+time.Millisecond, now, time.Minute, 0, 0)
+		if got, reset := p.leftReq.Load(), p.resetReq.Load(); got != 5 || reset != now.Add(10*time.Second).UnixNano() {
+			t.Fatalf("count %d until %v, want 5 until the first response's 10s", got, time.Unix(0, reset))
+		}
+		p.observe(resp("0", "30s"), 1*time.Second, now, time.Minute, 0, 0)
+		if until := p.block(ns, nil); until != now.Add(10*time.Second).UnixNano() {
+			t.Fatalf("blocked until %v, want the 10s the applied window says (an older 0 lowers the count, not the reset)", time.Unix(0, until))
+		}
+	})
+	t.Run("newer: replaces", func(t *testing.T) {
+		var p pacing
+		p.observe(resp("0", "10s"), 2*time.Second, now, time.Minute, 0, 0)
+		if p.block(ns, nil) == 0 {
+			t.Fatal("a 0 was not applied")
+		}
+		p.observe(resp("7", "10s"), 3*time.Second, now, time.Minute, 0, 0)
+		if p.block(ns, nil) != 0 {
+			t.Fatal("a newer response's 7 left the endpoint blocked")
+		}
+	})
+	t.Run("in flight", func(t *testing.T) {
+		var p pacing
+		if until := p.observe(resp("3", "10s"), time.Second, now, time.Minute, 3, 0); until == 0 || p.block(ns, nil) == 0 {
+			t.Fatal("3 left with 3 requests in flight did not block the endpoint")
+		}
+	})
 }
 
 // TestPacingNeverExtendsAReset: headers, from a success or a failure,
@@ -285,10 +305,10 @@ func TestPacingTurnsA429StormIntoAHandful(t *testing.T) {
 	stormed, _ := run(false)
 	paced, served := run(true)
 	t.Logf("429s from the limited upstream: %d without pacing, %d with (%d served)", stormed, paced, served)
-	if paced > 12 || stormed < 3*max(paced, 4) {
-		t.Fatalf("429s: %d without pacing, %d with; want a handful (at most 12 in three windows) with, and at least three times as many without", stormed, paced)
+	if paced > 5 || stormed < 3*max(paced, 5) {
+		t.Fatalf("429s: %d without pacing, %d with; want a handful (at most 5) with, and at least three times as many without", stormed, paced)
 	}
-	if served == 0 {
-		t.Fatal("the limited upstream served nothing with pacing")
+	if served < 30 {
+		t.Fatalf("the limited upstream served %d requests in three windows of 20 with pacing, want at least half", served)
 	}
 }

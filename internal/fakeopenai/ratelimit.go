@@ -81,7 +81,9 @@ func (l *limiter) admit(body []byte, now time.Time) (http.Header, bool) {
 		l.requests++
 		l.tokens += tokens
 	}
-	reset := (l.l.Window - now.Sub(l.start)).Round(time.Millisecond)
+	// Rounded up: a client that waits exactly this long finds the new
+	// window.
+	reset := (l.l.Window - now.Sub(l.start) + time.Millisecond - 1).Truncate(time.Millisecond)
 	h := http.Header{}
 	if l.l.Requests > 0 {
 		h.Set("X-Ratelimit-Limit-Requests", strconv.Itoa(l.l.Requests))
