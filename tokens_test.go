@@ -3,6 +3,7 @@ package failover
 import (
 	"bytes"
 	"io"
+	"math"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -219,5 +220,38 @@ func TestTokenLimiterAdjust(t *testing.T) {
 	l.adjust(lim, clk, -50)
 	if got := lim.TokensAt(clk.Now()); got != 100 {
 		t.Fatalf("tokens %v after giving back more than the burst holds, want the burst, 100", got)
+	}
+}
+
+// TestMaxTPMSettings: MaxTPM and TokenBurst come from OPENAI_MAX_TPM_N and
+// OPENAI_TOKEN_BURST_N, and New refuses bad values naming the field.
+func TestMaxTPMSettings(t *testing.T) {
+	cfg, err := ConfigFromEnviron([]string{"OPENAI_API_KEY_1=k", "OPENAI_MAX_TPM_1=90000", "OPENAI_TOKEN_BURST_1=5000"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := cfg.Endpoints[0]; e.MaxTPM != 90000 || e.TokenBurst != 5000 {
+		t.Fatalf("MaxTPM %v, TokenBurst %d; want 90000 and 5000", e.MaxTPM, e.TokenBurst)
+	}
+	for _, tc := range []struct {
+		name string
+		e    func(*Endpoint)
+		want string
+	}{
+		{"negative MaxTPM", func(e *Endpoint) { e.MaxTPM = -1 }, "MaxTPM -1"},
+		{"NaN MaxTPM", func(e *Endpoint) { e.MaxTPM = math.NaN() }, "MaxTPM NaN"},
+		{"negative TokenBurst", func(e *Endpoint) { e.TokenBurst = -2 }, "TokenBurst -2"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := hostEndpoint("a", 0)
+			tc.e(&e)
+			if _, err := New(Config{Endpoints: []Endpoint{e}}); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("New: %v, want an error naming %q", err, tc.want)
+			}
+		})
+	}
+	if _, err := New(Config{SharedTimeout: -time.Second, Endpoints: []Endpoint{hostEndpoint("a", 0)}}); err == nil ||
+		!strings.Contains(err.Error(), "SharedTimeout") {
+		t.Fatalf("New with a negative SharedTimeout: %v, want an error naming it", err)
 	}
 }
