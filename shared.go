@@ -54,7 +54,8 @@ type Shared interface {
 	Processes() int
 }
 
-// SharedEventKind says what a [SharedEvent] announces.
+// SharedEventKind says what a [SharedEvent] announces. The zero value is
+// no kind: an event of it is ignored.
 type SharedEventKind uint8
 
 const (
@@ -94,7 +95,8 @@ func ParseSharedEventKind(s string) (SharedEventKind, bool) {
 
 // SharedEvent is a change of an endpoint's health that one process of a
 // fleet tells the others through [Shared]. Only transitions are shared:
-// each process counts its own failures.
+// each process counts its own failures. The zero value announces
+// nothing.
 type SharedEvent struct {
 	// Endpoint is the endpoint's Name.
 	Endpoint string
