@@ -223,6 +223,9 @@ func newTransport(cfg Config, c clock) (*Transport, error) {
 	t.snap.Store(t.build(p, nil))
 	// Registered last: a scrape may come at once and reads the endpoints.
 	if err := t.metrics.register(cfg.Registerer); err != nil {
+		if t.fleet != nil {
+			t.fleet.stop() // no Transport: no subscriber
+		}
 		return nil, err
 	}
 	return t, nil

@@ -3,6 +3,7 @@ package failover
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math"
 	"net/http"
@@ -295,6 +296,46 @@ func TestUpdateKeepsShared(t *testing.T) {
 			err := tr.Update(Config{Shared: tc.shared, Endpoints: []Endpoint{hostEndpoint("x", 0)}})
 			if (err != nil) != tc.wantErr || (err != nil && !strings.Contains(err.Error(), "Shared cannot change")) {
 				t.Fatalf("Update: %v, want error %v", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+// flakyShared fails its first failures calls, then is memShared.
+type flakyShared struct {
+	*memShared
+	failures atomic.Int64
+}
+
+func (f *flakyShared) Lease(ctx context.Context, key string, r float64, burst, want int64) (int64, error) {
+	if f.failures.Add(-1) >= 0 {
+		return 0, errMemDown
+	}
+	return f.memShared.Lease(ctx, key, r, burst, want)
+}
+
+// TestSharedOneFailureIsNoOutage: a call that fails now and then (a slow
+// Redis on a loaded machine) does not send the process to its local
+// shares; three in a row do.
+func TestSharedOneFailureIsNoOutage(t *testing.T) {
+	for _, tc := range []struct {
+		failures int64
+		down     bool
+	}{{1, false}, {2, false}, {3, true}} {
+		t.Run(fmt.Sprintf("%d failures", tc.failures), func(t *testing.T) {
+			sh := &flakyShared{memShared: newMemHub(newFakeClock()).join()}
+			sh.failures.Store(tc.failures)
+			x := hostEndpoint("x", 0)
+			x.MaxRPS = 100
+			tr, _ := newTestTransport(t, Config{Base: newScriptedBase(alwaysOK), Shared: sh, Endpoints: []Endpoint{x}})
+			b := endpointsOf(tr)[0].budget.rpsLease
+			for range tc.failures - 1 {
+				settle(tr)
+				b.renew(tr.clock.now())
+			}
+			settle(tr)
+			if got := tr.fleet.isDown(); got != tc.down {
+				t.Fatalf("down %v after %d failed calls in a row, want %v", got, tc.failures, tc.down)
 			}
 		})
 	}
