@@ -169,8 +169,9 @@ func TestSharedHealth(t *testing.T) {
 		t.Fatal("b's gate let a request through before claiming the trial")
 	}
 	settle(b) // b's claim is in: it won
+	answeredBy(t, a, "y") // a claims too
+	settle(a)             // a's claim is in: it lost
 	answeredBy(t, a, "y")
-	settle(a)
 	if got := baseA.Hits("x.test"); got != 1 {
 		t.Fatalf("a sent %d requests to x in all while b held the trial, want only its first failure", got)
 	}

@@ -31,6 +31,8 @@ func TestEstimateTokens(t *testing.T) {
 		{"max_tokens", "/chat/completions", chat(`,"max_tokens":100`), q(chat(`,"max_tokens":100`)) + 100},
 		{"max_completion_tokens wins over max_tokens", "/chat/completions", chat(`,"max_tokens":100,"max_completion_tokens":7`),
 			q(chat(`,"max_tokens":100,"max_completion_tokens":7`)) + 7},
+		{"max_completion_tokens wins, in any order", "/chat/completions", chat(`,"max_completion_tokens":7,"max_tokens":100`),
+			q(chat(`,"max_completion_tokens":7,"max_tokens":100`)) + 7},
 		{"times n", "/chat/completions", chat(`,"max_tokens":100,"n":3`), q(chat(`,"max_tokens":100,"n":3`)) + 300},
 		{"Responses API max_output_tokens", "/responses", `{"input":"hi","max_output_tokens":50}`, q(`{"input":"hi","max_output_tokens":50}`) + 50},
 		{"embeddings: input only", "/embeddings", `{"model":"e","input":"abcdefgh"}`, q(`"abcdefgh"`)},
