@@ -168,7 +168,7 @@ func TestSharedHealth(t *testing.T) {
 	if wait, _ := ex.bud.fleet.gate(ex, b.fleet, clk.Now().UnixNano()); wait == 0 {
 		t.Fatal("b's gate let a request through before claiming the trial")
 	}
-	settle(b) // b's claim is in: it won
+	settle(b)             // b's claim is in: it won
 	answeredBy(t, a, "y") // a claims too
 	settle(a)             // a's claim is in: it lost
 	answeredBy(t, a, "y")
