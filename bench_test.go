@@ -34,11 +34,13 @@ func (cannedBase) RoundTrip(req *http.Request) (*http.Response, error) {
 	return &http.Response{StatusCode: http.StatusOK, Body: http.NoBody, Request: req}, nil
 }
 
-// rateHeaders are OpenAI's rate limit headers, plenty left: one map that
-// every response of rateHeaderBase shares (read only).
+// benchRateHeaders are OpenAI's rate limit headers, plenty left (more
+// than a benchmark spends between two responses the pacing takes as news,
+// 20ms apart): one map that every response of rateHeaderBase shares (read
+// only).
 var benchRateHeaders = http.Header{
-	hdrLimitRequests: {"10000"}, hdrRemainingRequests: {"9999"}, hdrResetRequests: {"6ms"},
-	hdrLimitTokens: {"2000000"}, hdrRemainingTokens: {"1999000"}, hdrResetTokens: {"30ms"},
+	hdrLimitRequests: {"10000000"}, hdrRemainingRequests: {"9999999"}, hdrResetRequests: {"6ms"},
+	hdrLimitTokens: {"10000000000"}, hdrRemainingTokens: {"9999999000"}, hdrResetTokens: {"30ms"},
 }
 
 // rateHeaderBase is cannedBase with OpenAI's rate limit headers.

@@ -150,18 +150,19 @@ func (l *tokenLimiter) refund(lim *rate.Limiter, c clock, n int64) {
 // afterResponse reads the provider's limits from the headers of resp (any
 // response, failed or not), announces to the fleet that they are spent,
 // and, when this attempt was the fleet's trial, its result.
+// A response without the headers, and no trial, reads no clock.
 func (r *request) afterResponse(e *endpoint, resp *http.Response, failed bool) {
-	now := r.s.clock.now()
 	if resp != nil {
-		if until := e.bud.pace.observe(resp, r.sent, now, e.cool.max, e.hot.inflight(), r.st.tokens.n); until != 0 {
-			if f := e.bud.fleet.f.Load(); f != nil {
+		if rh, ok := parseRateHeaders(resp.Header); ok {
+			until := e.bud.pace.observe(rh, r.sent, r.s.clock.now(), e.cool.max, e.hot.inflight(), r.st.tokens.n)
+			if f := e.bud.fleet.f.Load(); f != nil && until != 0 {
 				f.publish(SharedEvent{Endpoint: e.name, Kind: SharedPaced, Until: time.Unix(0, until)})
 			}
 		}
 	}
 	if r.st.trial {
 		r.st.trial = false
-		e.bud.fleet.trialDone(e, failed, now)
+		e.bud.fleet.trialDone(e, failed, r.s.clock.now())
 	}
 }
 

@@ -119,7 +119,7 @@ type pacing struct {
 // within it of the one applied last may only lower the counts.
 const reorderSlack = 20 * time.Millisecond
 
-// observe applies the rate limit headers of resp, an answer to an attempt
+// observe applies rh, the rate limit headers of a response to an attempt
 // sent at sent, at now, while inflight other attempts are on their way
 // (each of about est tokens): the provider may not have counted them yet,
 // so they are taken off its counts. A response to a request sent more
@@ -130,14 +130,7 @@ const reorderSlack = 20 * time.Millisecond
 // from a failed response apply like any other, for exactly as long as
 // they say (capped at limit), never longer. It returns the instant until
 // which the endpoint is out of requests, 0 when it is not.
-func (p *pacing) observe(resp *http.Response, sent time.Duration, now time.Time, limit time.Duration, inflight, est int64) (exhaustedUntil int64) {
-	if resp == nil {
-		return 0
-	}
-	rh, ok := parseRateHeaders(resp.Header)
-	if !ok {
-		return 0
-	}
+func (p *pacing) observe(rh rateHeaders, sent time.Duration, now time.Time, limit time.Duration, inflight, est int64) (exhaustedUntil int64) {
 	fresh := false
 	for {
 		last := p.sent.Load()

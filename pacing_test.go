@@ -179,31 +179,31 @@ func TestPacingOrdersResponses(t *testing.T) {
 	resp := func(left, reset string) *http.Response { return limitedReply(200, left, reset, "", "") }
 	t.Run("older or together: lower only", func(t *testing.T) {
 		var p pacing
-		p.observe(resp("5", "10s"), 2*time.Second, now, time.Minute, 0, 0)
-		p.observe(resp("9", "30s"), 1*time.Second, now, time.Minute, 0, 0)
-		p.observe(resp("7", "30s"), 2*time.Second+time.Millisecond, now, time.Minute, 0, 0)
+		p.observe(rhOf(resp("5", "10s")), 2*time.Second, now, time.Minute, 0, 0)
+		p.observe(rhOf(resp("9", "30s")), 1*time.Second, now, time.Minute, 0, 0)
+		p.observe(rhOf(resp("7", "30s")), 2*time.Second+time.Millisecond, now, time.Minute, 0, 0)
 		if got, reset := p.leftReq.Load(), p.resetReq.Load(); got != 5 || reset != now.Add(10*time.Second).UnixNano() {
 			t.Fatalf("count %d until %v, want 5 until the first response's 10s", got, time.Unix(0, reset))
 		}
-		p.observe(resp("0", "30s"), 1*time.Second, now, time.Minute, 0, 0)
+		p.observe(rhOf(resp("0", "30s")), 1*time.Second, now, time.Minute, 0, 0)
 		if until := p.block(ns, nil); until != now.Add(10*time.Second).UnixNano() {
 			t.Fatalf("blocked until %v, want the 10s the applied window says (an older 0 lowers the count, not the reset)", time.Unix(0, until))
 		}
 	})
 	t.Run("newer: replaces", func(t *testing.T) {
 		var p pacing
-		p.observe(resp("0", "10s"), 2*time.Second, now, time.Minute, 0, 0)
+		p.observe(rhOf(resp("0", "10s")), 2*time.Second, now, time.Minute, 0, 0)
 		if p.block(ns, nil) == 0 {
 			t.Fatal("a 0 was not applied")
 		}
-		p.observe(resp("7", "10s"), 3*time.Second, now, time.Minute, 0, 0)
+		p.observe(rhOf(resp("7", "10s")), 3*time.Second, now, time.Minute, 0, 0)
 		if p.block(ns, nil) != 0 {
 			t.Fatal("a newer response's 7 left the endpoint blocked")
 		}
 	})
 	t.Run("in flight", func(t *testing.T) {
 		var p pacing
-		if until := p.observe(resp("3", "10s"), time.Second, now, time.Minute, 3, 0); until == 0 || p.block(ns, nil) == 0 {
+		if until := p.observe(rhOf(resp("3", "10s")), time.Second, now, time.Minute, 3, 0); until == 0 || p.block(ns, nil) == 0 {
 			t.Fatal("3 left with 3 requests in flight did not block the endpoint")
 		}
 	})
@@ -227,7 +227,7 @@ func TestPacingNeverExtendsAReset(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var p pacing
 			now := time.Unix(1_800_000_000, 0)
-			until := p.observe(limitedReply(tc.code, "0", tc.reset, "", ""), time.Second, now, time.Minute, 0, 0)
+			until := p.observe(rhOf(limitedReply(tc.code, "0", tc.reset, "", "")), time.Second, now, time.Minute, 0, 0)
 			if want := now.Add(tc.want).UnixNano(); until != want {
 				t.Fatalf("blocked until %v, want %v", time.Unix(0, until), time.Unix(0, want))
 			}
@@ -239,7 +239,7 @@ func TestPacingNeverExtendsAReset(t *testing.T) {
 	t.Run("spent locally", func(t *testing.T) {
 		var p pacing
 		now := time.Unix(1_800_000_000, 0)
-		p.observe(limitedReply(200, "1", "1s", "", ""), time.Second, now, time.Minute, 0, 0)
+		p.observe(rhOf(limitedReply(200, "1", "1s", "", "")), time.Second, now, time.Minute, 0, 0)
 		p.spend(now.UnixNano(), 0)
 		if p.block(now.UnixNano(), nil) == 0 {
 			t.Fatal("the last request left was sent, and the endpoint still takes more")
@@ -311,4 +311,10 @@ func TestPacingTurnsA429StormIntoAHandful(t *testing.T) {
 	if served < 30 {
 		t.Fatalf("the limited upstream served %d requests in three windows of 20 with pacing, want at least half", served)
 	}
+}
+
+// rhOf is what resp's rate limit headers say.
+func rhOf(resp *http.Response) rateHeaders {
+	rh, _ := parseRateHeaders(resp.Header)
+	return rh
 }
