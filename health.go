@@ -163,8 +163,8 @@ func (e *endpoint) health(now time.Time) EndpointHealth {
 }
 
 // Eligible reports whether the endpoint can take a request now, as far as
-// its state tells: enabled, breaker not open, not cooling down. (A
-// momentarily exhausted rate limiter does not make it ineligible.)
+// its state tells: enabled, breaker not open, not cooling down, not paced.
+// (A momentarily exhausted rate limiter does not make it ineligible.)
 func (h EndpointHealth) Eligible() bool {
 	return h.State == StateClosed || h.State == StateHalfOpen
 }
