@@ -37,6 +37,25 @@ func (cannedBase) RoundTrip(req *http.Request) (*http.Response, error) {
 	return &http.Response{StatusCode: http.StatusOK, Body: http.NoBody, Request: req}, nil
 }
 
+// benchRateHeaders are OpenAI's rate limit headers, plenty left (more
+// than a benchmark spends between two responses the pacing takes as news,
+// 20ms apart): one map that every response of rateHeaderBase shares (read
+// only).
+var benchRateHeaders = http.Header{
+	hdrLimitRequests: {"10000000"}, hdrRemainingRequests: {"9999999"}, hdrResetRequests: {"6ms"},
+	hdrLimitTokens: {"10000000000"}, hdrRemainingTokens: {"9999999000"}, hdrResetTokens: {"30ms"},
+}
+
+// rateHeaderBase is cannedBase with OpenAI's rate limit headers.
+type rateHeaderBase struct{}
+
+func (rateHeaderBase) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.Body != nil {
+		_ = req.Body.Close()
+	}
+	return &http.Response{StatusCode: http.StatusOK, Body: http.NoBody, Request: req, Header: benchRateHeaders}, nil
+}
+
 // failingBase answers 503 for host "down.test" and 200 for the rest.
 type failingBase struct{}
 
@@ -179,6 +198,27 @@ func BenchmarkRoundTrip(b *testing.B) {
 		b.Run(mode+"/endpoints=3/metrics", func(b *testing.B) {
 			tr := mustNew(b, Config{Base: cannedBase{}, Endpoints: benchEndpoints(3), Registerer: prometheus.NewRegistry()})
 			runRT(b, tr, url, parallel)
+		})
+		// Issue 12's budgets, on: the provider's headers on every
+		// response (pacing reads them), a MaxTPM (the estimate reads
+		// the body through GetBody; the usage tap wraps the body), and
+		// a Shared state in memory (leases spent locally; no call on
+		// the request's path).
+		b.Run(mode+"/endpoints=1/pacing", func(b *testing.B) {
+			runRT(b, mustNew(b, Config{Base: rateHeaderBase{}, Endpoints: benchEndpoints(1)}), url, parallel)
+		})
+		b.Run(mode+"/endpoints=1/max-tpm", func(b *testing.B) {
+			eps := benchEndpoints(1)
+			eps[0].MaxTPM = 1e9
+			runRT(b, mustNew(b, Config{Base: cannedBase{}, Endpoints: eps}), url, parallel)
+		})
+		b.Run(mode+"/endpoints=1/shared", func(b *testing.B) {
+			eps := benchEndpoints(1)
+			eps[0].MaxRPS, eps[0].Burst = 1e7, 1e7
+			tr := mustNew(b, Config{Base: cannedBase{}, Endpoints: eps, Shared: newMemHub(newFakeClock()).join()})
+			settle(tr)
+			runRT(b, tr, url, parallel)
+			settle(tr)
 		})
 		b.Run(mode+"/endpoints=3/weighted", func(b *testing.B) {
 			eps := benchEndpoints(3)

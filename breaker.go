@@ -143,10 +143,12 @@ func (b *breaker) changed(from, to gobreaker.State) {
 		b.trialShown.Store(false)
 		b.keyOpened.Store(b.forced.Load() > 0)
 		defer b.s.heal.opened(b.s, from == gobreaker.StateClosed)
+		b.s.bud.fleet.breakerChanged(b.s.name, true, b.openUntil.Load())
 	case gobreaker.StateClosed:
 		b.openUntil.Store(0)
 		b.keyOpened.Store(false)
 		defer b.s.heal.recovered(b.s, now.UnixNano())
+		b.s.bud.fleet.breakerChanged(b.s.name, false, 0)
 	case gobreaker.StateHalfOpen:
 		// gobreaker turns half-open at its first call after opening,
 		// which may be before openUntil: the change shows, and is

@@ -23,7 +23,10 @@ type requestState struct {
 	key uint64
 	// model is the model the request's body names, when its
 	// configuration routes by model; nil otherwise.
-	model *requestModel
+	model   *requestModel
+	tokens  tokenEstimate // the request's token estimate, made when first needed (tokens.go)
+	charged int64         // the tokens the chosen endpoint's budgets took for it
+	trial   bool          // the chosen attempt is the fleet's trial (shared.go)
 }
 
 // bitset is a set of endpoint indexes.
@@ -127,10 +130,11 @@ type pickResult struct {
 	avoided   int
 	unserved  int           // endpoints that do not serve the request's model
 	model     *requestModel // that model
+	paced     int
 }
 
 func (p *pickResult) unavailable() error {
-	if p.open+p.cooling+p.limited+p.avoided+p.unserved == 0 {
+	if p.open+p.cooling+p.limited+p.avoided+p.unserved+p.paced == 0 {
 		return ErrNoEndpointAvailable
 	}
 	var parts []string
@@ -138,7 +142,7 @@ func (p *pickResult) unavailable() error {
 		n    int
 		what string
 	}{{p.open, "breaker open"}, {p.cooling, "cooling down"}, {p.limited, "at rate limit"}, {p.avoided, "asked not to be retried"},
-		{p.unserved, "do not serve model " + p.model.quoted()}} {
+		{p.unserved, "do not serve model " + p.model.quoted()}, {p.paced, "out of the provider's rate limit"}} {
 		if c.n > 0 {
 			parts = append(parts, fmt.Sprintf("%d %s", c.n, c.what))
 		}
@@ -233,6 +237,9 @@ func (e *endpoint) take(clk *lazyClock, st *requestState, p *pickResult) (func(e
 			st.spilled.add(e.index) // count each request once
 			e.m.spilled()
 		}
+		return nil, false
+	}
+	if (e.budget != nil || e.bud.pace.active.Load()) && !e.admit(clk, st, p, done) {
 		return nil, false
 	}
 	return done, true

@@ -51,7 +51,7 @@ type Config struct {
 	//	failover_cooldowns_total{endpoint}              counter: cooldowns started (429, Retry-After)
 	//	failover_rate_limit_spillovers_total{endpoint}  counter: requests that found it at its rate limit
 	//	failover_wait_seconds{reason}                   histogram: waits before an attempt, by
-	//	                                                rate_limit, cooldown, breaker_open or backoff
+	//	                                                rate_limit, cooldown, breaker_open, backoff or pacing
 	//	failover_requests_failed_over_total             counter: answered after a failed attempt
 	//	failover_requests_exhausted_total               counter: ended without a successful attempt
 	//	failover_first_token_seconds{endpoint}          histogram: to a stream's first content event
@@ -65,6 +65,14 @@ type Config struct {
 	//	failover_latency_estimate_seconds{endpoint}     gauge: the least-latency balancer's estimate
 	//	failover_model_skips_total{endpoint}            counter: requests that passed it by for a model
 	//	                                                it does not serve (Endpoint.Models)
+	//	failover_pacing_skips_total{endpoint}           counter: requests that found it out of the
+	//	                                                provider's rate limit (its x-ratelimit-* headers)
+	//	failover_token_estimate_ratio{endpoint}         histogram: token estimate / usage counted
+	//	failover_provider_remaining{endpoint,budget}    gauge: the provider's remaining requests or tokens
+	//	failover_shared_leases_total{endpoint,budget}   counter: leases from the fleet's shared budget
+	//	failover_shared_degraded                        gauge: 1 while Shared is unreachable
+	//	failover_shared_calls_total{result}             counter: calls to Shared, ok or error
+	//	failover_shared_processes                       gauge: the fleet's processes last seen
 	Registerer prometheus.Registerer
 
 	// Logger receives the Transport's logs: breaker state changes and
@@ -174,6 +182,19 @@ type Config struct {
 	// and be safe for concurrent use. Nil means none.
 	OnAttempt func(ctx context.Context, a AttemptInfo)
 
+	// Shared, when set, shares the endpoints' rate budgets (MaxRPS and
+	// MaxTPM become the fleet's totals) and health (open breakers,
+	// cooldowns, pacing) with the other processes of a fleet that use the
+	// same Shared state, endpoints matched by Name; see [Shared] and the
+	// README's "Running many replicas". The package
+	// github.com/failover-go/failover/redisshare provides one on Redis.
+	// Nil means each process alone. It cannot change after New.
+	Shared Shared
+
+	// SharedTimeout bounds each call to Shared. Zero means
+	// [DefaultSharedTimeout], 10ms; negative is an error.
+	SharedTimeout time.Duration
+
 	// EndpointHeader, when set, names a response header that every
 	// response of a routed request carries, set to the Name of the
 	// endpoint that answered (for instance "Failover-Endpoint"), so that
@@ -243,9 +264,13 @@ func newTransport(cfg Config, c clock) (*Transport, error) {
 	}
 	t.metrics = newMetrics(cfg.Registerer != nil, t)
 	t.heal.init(t)
+	t.fleet = newFleet(t, cfg.Shared, cfg.SharedTimeout)
 	t.snap.Store(t.build(p, nil))
 	// Registered last: a scrape may come at once and reads the endpoints.
 	if err := t.metrics.register(cfg.Registerer); err != nil {
+		if t.fleet != nil {
+			t.fleet.stop() // no Transport: no subscriber
+		}
 		return nil, err
 	}
 	return t, nil
@@ -332,7 +357,8 @@ func checkSettings(cfg Config) []error {
 		v    time.Duration
 	}{{"BackoffMin", cfg.BackoffMin}, {"BackoffMax", cfg.BackoffMax}, {"Cooldown", cfg.Cooldown},
 		{"MaxCooldown", cfg.MaxCooldown}, {"Breaker.OpenTimeout", cfg.Breaker.OpenTimeout},
-		{"FirstTokenTimeout", cfg.FirstTokenTimeout}, {"StreamIdleTimeout", cfg.StreamIdleTimeout}} {
+		{"FirstTokenTimeout", cfg.FirstTokenTimeout}, {"StreamIdleTimeout", cfg.StreamIdleTimeout},
+		{"SharedTimeout", cfg.SharedTimeout}} {
 		if f.v < 0 {
 			errs = append(errs, fmt.Errorf("failover: %s %v is negative", f.name, f.v))
 		}
@@ -497,6 +523,7 @@ func (t *Transport) build(p *prepared, old *snapshot) *snapshot {
 			limiter:       st.limiterFor(ec),
 			probes:        cfg.Probe.Interval > 0 && !ec.Disabled,
 			hrw:           nameHash(ec.Name),
+			budget:        st.budgetFor(ec, t.fleet),
 		}
 	}
 	s.tiers = buildTiers(s.endpoints)

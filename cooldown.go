@@ -73,6 +73,7 @@ func (e *endpoint) startCooldown(resp *http.Response) {
 	}
 	e.cooling.guessed.Store(!ok)
 	e.heal.watch(e.endpointState) // probes decide whether it is theirs
+	e.bud.fleet.cooled(e.name, now.Add(d).UnixNano())
 
 	e.m.cooldown()
 	if e.logger != nil {

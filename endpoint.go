@@ -150,6 +150,20 @@ type Endpoint struct {
 	// the body's model and no api-version is needed. Set for an endpoint
 	// that is not Azure, it is an error.
 	APIVersion string
+
+	// MaxTPM is the most tokens per minute this endpoint is sent, as the
+	// provider counts them: each request is charged its estimate (see
+	// the README's "Rate limits": its characters divided by four, plus
+	// its max_completion_tokens or max_tokens times n, else
+	// [DefaultCompletionTokens]), corrected to the usage the response
+	// reports. Zero means unlimited; negative is an error. With
+	// [Config].Shared it is the fleet's total.
+	MaxTPM float64
+
+	// TokenBurst is how many tokens the endpoint may take at once above
+	// its steady MaxTPM. Zero means one minute's worth, ceil(MaxTPM);
+	// negative is an error. Ignored when MaxTPM is zero.
+	TokenBurst int
 }
 
 // minRPS is the smallest MaxRPS accepted: one request an hour. A rate
@@ -181,6 +195,12 @@ func (e *Endpoint) check(i int) []error {
 	}
 	if e.Burst < 0 {
 		bad("Burst %d is negative", e.Burst)
+	}
+	if e.MaxTPM < 0 || math.IsNaN(e.MaxTPM) || math.IsInf(e.MaxTPM, 0) || e.MaxTPM > math.MaxInt32 {
+		bad("MaxTPM %v is not a non-negative finite number of at most %d", e.MaxTPM, math.MaxInt32)
+	}
+	if e.TokenBurst < 0 || e.TokenBurst > math.MaxInt32 {
+		bad("TokenBurst %d is negative or above %d", e.TokenBurst, math.MaxInt32)
 	}
 	if e.Timeout < 0 {
 		bad("Timeout %v is negative", e.Timeout)
@@ -291,9 +311,10 @@ type endpoint struct {
 	firstToken time.Duration // FirstTokenTimeout, defaulted; 0 for none
 	streamIdle time.Duration // StreamIdleTimeout, defaulted; 0 for none
 	cool       cooldownPolicy
-	limiter    *rate.Limiter // the state's limiter; nil when unlimited
-	probes     bool          // recovery probes watch it (Config.Probe, not Disabled)
-	hrw        uint64        // its name's hash, for affinity's rendezvous scores
+	limiter    *rate.Limiter   // the state's limiter; nil when unlimited
+	probes     bool            // recovery probes watch it (Config.Probe, not Disabled)
+	hrw        uint64          // its name's hash, for affinity's rendezvous scores
+	budget     *endpointBudget // MaxTPM and shared budgets; nil for none (budget.go)
 }
 
 // endpointState is the live state of an endpoint: breaker, cooldown, rate
@@ -313,6 +334,7 @@ type endpointState struct {
 
 	stats endpointStats
 	m     *endpointMetrics // nil when metrics are off
+	bud   budgetState      // pacing, MaxTPM, shared leases and health (budget.go)
 
 	heal  *healer // the Transport's probes and slow-start hint
 	probe probeState

@@ -96,6 +96,10 @@ func ConfigFromEnv() (Config, error) {
 //	OPENAI_API_VERSION_N  Endpoint.APIVersion, for azure: the api-version of
 //	                    the classic deployments API, such as 2024-10-21.
 //	                    Default: none, Azure's v1 API.
+//	OPENAI_MAX_TPM_N    Endpoint.MaxTPM, tokens per minute, a non-negative
+//	                    finite number. Default: 0, unlimited.
+//	OPENAI_TOKEN_BURST_N  Endpoint.TokenBurst, a non-negative integer.
+//	                    Default: ceil(MAX_TPM).
 //
 // A boolean is one of 1, t, true, yes, on, 0, f, false, no, off, in any case.
 //
@@ -390,6 +394,14 @@ var endpointVars = []endpointVar{
 	{"OPENAI_API_VERSION_", problemOf(func(e *Endpoint, v string) string {
 		e.APIVersion = v
 		return checkAPIVersion(v)
+	})},
+	{"OPENAI_MAX_TPM_", problemOf(func(e *Endpoint, v string) (problem string) {
+		e.MaxTPM, problem = parseEnvRate(v)
+		return problem
+	})},
+	{"OPENAI_TOKEN_BURST_", problemOf(func(e *Endpoint, v string) (problem string) {
+		e.TokenBurst, problem = parseEnvNonNegative(v)
+		return problem
 	})},
 }
 

@@ -26,9 +26,12 @@ const (
 	StateCoolingDown
 	// StateDisabled: the endpoint is configured Disabled and never chosen.
 	StateDisabled
+	// StatePaced: the breaker is closed but the provider's rate limit
+	// headers said its remaining requests are spent until PacedUntil.
+	StatePaced
 )
 
-var stateNames = [...]string{"closed", "half-open", "open", "cooling-down", "disabled"}
+var stateNames = [...]string{"closed", "half-open", "open", "cooling-down", "disabled", "paced"}
 
 // String returns the state's name: "closed", "half-open", "open",
 // "cooling-down" or "disabled".
@@ -125,6 +128,19 @@ type EndpointHealth struct {
 	// ModelSkips counts the requests that passed the endpoint by because
 	// it does not serve the model they name: not failures.
 	ModelSkips uint64 `json:"model_skips,omitempty"`
+	// Provider is what the provider's x-ratelimit-* headers said last of
+	// its limits; nil when no window they gave is running.
+	Provider *ProviderLimits `json:"provider,omitempty"`
+	// PacedUntil is when the provider's spent request window resets, for
+	// an endpoint in StatePaced; zero otherwise.
+	PacedUntil time.Time `json:"paced_until,omitzero"`
+	// TokenBudget is the MaxTPM limiter's available tokens; -1 when the
+	// endpoint has no MaxTPM.
+	TokenBudget float64 `json:"token_budget"`
+	// FleetOpenUntil is when another process's open period ends, for an
+	// endpoint that is open because the fleet said so ([Config].Shared);
+	// zero otherwise.
+	FleetOpenUntil time.Time `json:"fleet_open_until,omitzero"`
 }
 
 // Health returns a snapshot of every endpoint, in configuration order. It is
@@ -176,12 +192,13 @@ func (e *endpoint) health(now time.Time) EndpointHealth {
 	if e.cfg.Disabled {
 		h.State = StateDisabled
 	}
+	e.budgetHealth(&h, now)
 	return h
 }
 
 // Eligible reports whether the endpoint can take a request now, as far as
-// its state tells: enabled, breaker not open, not cooling down. (A
-// momentarily exhausted rate limiter does not make it ineligible.)
+// its state tells: enabled, breaker not open, not cooling down, not paced.
+// (A momentarily exhausted rate limiter does not make it ineligible.)
 func (h EndpointHealth) Eligible() bool {
 	return h.State == StateClosed || h.State == StateHalfOpen
 }
@@ -195,6 +212,10 @@ type HealthReport struct {
 	Eligible int `json:"eligible"`
 	// Endpoints is [Transport.Health].
 	Endpoints []EndpointHealth `json:"endpoints"`
+	// Shared is the state of [Config].Shared: "connected", or "degraded"
+	// while it is unreachable (each budget in a local share, each breaker
+	// on its own); empty without Shared.
+	Shared string `json:"shared,omitempty"`
 }
 
 // HealthHandler returns an http.Handler serving a [HealthReport] as JSON,
@@ -208,7 +229,7 @@ func (t *Transport) HealthHandler() http.Handler {
 			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 			return
 		}
-		rep := HealthReport{Status: "ok", Endpoints: t.Health()}
+		rep := HealthReport{Status: "ok", Endpoints: t.Health(), Shared: t.fleet.state()}
 		for _, h := range rep.Endpoints {
 			if h.Eligible() {
 				rep.Eligible++

@@ -27,6 +27,7 @@ type metrics struct {
 	state      *stateCollector
 	waitBy     [waitReasons]prometheus.Observer
 	probes     *prometheus.CounterVec
+	budget     *budgetMetrics // pacing, token budgets, shared state (budgetmetrics.go)
 }
 
 // waitReason indexes metrics.waitBy.
@@ -37,10 +38,11 @@ const (
 	waitCooldown
 	waitBackoff
 	waitBreaker
+	waitPacing
 	waitReasons
 )
 
-var waitReasonNames = [waitReasons]string{"rate_limit", "cooldown", "backoff", "breaker_open"}
+var waitReasonNames = [waitReasons]string{"rate_limit", "cooldown", "backoff", "breaker_open", "pacing"}
 
 // commonCodes are the status codes whose attempt counters are cached per
 // endpoint after their first use; others are looked up each time they occur.
@@ -69,6 +71,7 @@ type endpointMetrics struct {
 	firstTok   prometheus.Observer
 	streams    *prometheus.CounterVec
 	modelSkips prometheus.Counter
+	budget     *budgetEndpointMetrics
 	gone       atomic.Bool // the endpoint was removed: make no new series
 	probes     *prometheus.CounterVec
 }
@@ -145,6 +148,7 @@ func newMetrics(enabled bool, t *Transport) *metrics {
 	for i, name := range waitReasonNames {
 		m.waitBy[i] = m.wait.WithLabelValues(name)
 	}
+	m.budget = newBudgetMetrics(t)
 	return m
 }
 
@@ -156,6 +160,7 @@ func (m *metrics) register(reg prometheus.Registerer) error {
 	}
 	collectors := []prometheus.Collector{m.attempts, m.duration, m.state, m.cooldowns, m.spillovers, m.wait, m.failedOver, m.exhausted,
 		m.firstToken, m.streams, m.probes, m.modelSkips}
+	collectors = append(collectors, m.budget.collectors()...)
 	for i, c := range collectors {
 		if err := reg.Register(c); err != nil {
 			for _, done := range collectors[:i] {
@@ -183,6 +188,7 @@ func (m *metrics) forEndpoint(name string) *endpointMetrics {
 		spillovers: m.spillovers.WithLabelValues(name),
 		probes:     m.probes,
 		modelSkips: m.modelSkips.WithLabelValues(name),
+		budget:     m.budget.forEndpoint(name),
 	}
 }
 
@@ -202,6 +208,7 @@ func (m *metrics) forget(em *endpointMetrics) {
 	m.streams.DeletePartialMatch(labels)
 	m.probes.DeletePartialMatch(labels)
 	m.modelSkips.Delete(labels)
+	m.budget.forget(labels)
 }
 
 // attempt counts an attempt by its outcome: resp's status code, else

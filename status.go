@@ -50,6 +50,7 @@ func (t *Transport) StatusHandler() http.Handler {
 			return
 		}
 		doc := newStatusDocument(t.Health(), t.clock.now())
+		doc.Shared = t.fleet.state()
 		var (
 			body  []byte
 			code  = http.StatusOK
@@ -113,6 +114,7 @@ func newStatusDocument(hs []EndpointHealth, now time.Time) statusDocument {
 // statusView is the page's data, formatted as the script formats it.
 type statusView struct {
 	Status    string
+	Shared    string // the shared state's, "" without
 	Eligible  int
 	Total     int
 	Updated   string
@@ -132,11 +134,13 @@ type statusRow struct {
 	FirstToken, Tokens           string
 	Probe, SlowStart, LatencyEst string
 	Models                       string
+	Limits                       string // budgetText
 }
 
 func (d statusDocument) view() statusView {
 	v := statusView{
 		Status:    d.Status,
+		Shared:    d.Shared,
 		Eligible:  d.Eligible,
 		Total:     len(d.Endpoints),
 		Updated:   d.Now.UTC().Format(time.TimeOnly) + " UTC",
@@ -191,6 +195,7 @@ func newStatusRow(h EndpointHealth, now time.Time) statusRow {
 	}
 	r.Probe, r.SlowStart, r.LatencyEst = healCells(h, now)
 	r.Models = modelsCell(h.Models, h.ModelSkips)
+	r.Limits = budgetText(h, now)
 	return r
 }
 
@@ -276,11 +281,12 @@ var statusPage = template.Must(template.New("status").Parse(`<!doctype html>
 <h1>failover</h1>
 <p><span id="overall" class="badge status-{{.Status}}">{{.Status}}</span>
 <span id="eligible">{{.Eligible}} of {{.Total}} endpoints eligible</span>
+<span id="shared"{{if not .Shared}} hidden{{end}}>fleet state: <strong data-shared="{{.Shared}}">{{.Shared}}</strong></span>
 <span class="updated">updated <time id="updated">{{.Updated}}</time></span>
 <span id="stale" hidden>(not refreshing: the last refresh failed)</span></p>
 </header>
 <table>
-<thead><tr><th>Endpoint</th><th>URL</th><th>Priority</th><th>Weight</th><th>State</th><th>In flight</th><th>Requests</th><th>Failures</th><th>Last error</th><th>Latency</th><th>First token</th><th>Cooldown left</th><th>Rate tokens</th><th>Probe</th><th>Slow start</th><th>Latency estimate</th><th>Models</th></tr></thead>
+<thead><tr><th>Endpoint</th><th>URL</th><th>Priority</th><th>Weight</th><th>State</th><th>In flight</th><th>Requests</th><th>Failures</th><th>Last error</th><th>Latency</th><th>First token</th><th>Cooldown left</th><th>Rate tokens</th><th>Rate limits</th><th>Probe</th><th>Slow start</th><th>Latency estimate</th><th>Models</th></tr></thead>
 <tbody id="endpoints">
 {{- range .Rows}}
 <tr data-endpoint="{{.Name}}" data-state="{{.State}}" class="state-{{.State}}">
@@ -297,6 +303,7 @@ var statusPage = template.Must(template.New("status").Parse(`<!doctype html>
 <td data-label="First token" data-field="first_token">{{.FirstToken}}</td>
 <td data-label="Cooldown left" data-field="cooldown">{{.Cooldown}}</td>
 <td data-label="Rate tokens" data-field="tokens">{{.Tokens}}</td>
+<td data-label="Rate limits" data-field="limits">{{.Limits}}</td>
 <td data-label="Probe" data-field="probe">{{.Probe}}</td>
 <td data-label="Slow start" data-field="slow_start">{{.SlowStart}}</td>
 <td data-label="Latency estimate" data-field="latency_estimate">{{.LatencyEst}}</td>
@@ -309,8 +316,10 @@ var statusPage = template.Must(template.New("status").Parse(`<!doctype html>
 <span class="badge state-half-open">half-open</span> lets a trial through,
 <span class="badge state-open">open</span> is out until its trial,
 <span class="badge state-cooling-down">cooling-down</span> rests after a 429,
-<span class="badge state-disabled">disabled</span> is never chosen.
-Requests and failures count attempts. Probe: the recovery probes of an endpoint that is out.
+<span class="badge state-disabled">disabled</span> is never chosen,
+<span class="badge state-paced">paced</span> waits for its provider's rate limit to reset.
+Requests and failures count attempts. Rate limits: what the provider's headers say is left, and the MaxTPM budget.
+Probe: the recovery probes of an endpoint that is out.
 Slow start: the share of its weight a recovered endpoint takes. Latency estimate: the least-latency balancer's.
 <span id="mode">Reloads every {{.ReloadS}}s.</span></p></footer>
 </main>
@@ -321,7 +330,7 @@ Slow start: the share of its weight a recovered endpoint takes. Latency estimate
 
 const pageStyle = `
 :root { color-scheme: light dark; --fg: #1f2328; --bg: #fff; --muted: #59636e; --line: #d1d9e0;
-  --closed: #1a7f37; --half-open: #9a6700; --open: #cf222e; --cooling-down: #bc4c00; --disabled: #6e7781; }
+  --closed: #1a7f37; --half-open: #9a6700; --open: #cf222e; --cooling-down: #bc4c00; --disabled: #6e7781; --paced: #8250df; }
 @media (prefers-color-scheme: dark) { :root { --fg: #e6edf3; --bg: #0d1117; --muted: #9198a1; --line: #3d444d; } }
 * { box-sizing: border-box; }
 body { margin: 0; font: 15px/1.4 system-ui, -apple-system, "Segoe UI", sans-serif; color: var(--fg); background: var(--bg); }
@@ -330,6 +339,7 @@ h1 { font-size: 1.3rem; margin: 0 0 .3rem; }
 header p { margin: 0 0 1rem; display: flex; flex-wrap: wrap; gap: .3rem 1rem; align-items: center; }
 .updated, footer, small { color: var(--muted); }
 #stale { color: var(--open); font-weight: 600; }
+#shared strong[data-shared="degraded"] { color: var(--open); }
 table { border-collapse: collapse; width: 100%; }
 th, td { text-align: left; padding: .4rem .4rem; border-bottom: 1px solid var(--line); vertical-align: top; }
 th { font-size: .8rem; text-transform: uppercase; letter-spacing: .03em; color: var(--muted); }
@@ -343,9 +353,10 @@ tbody tr { border-left: .35rem solid var(--line); }
 .state-open, .status-unavailable { --state: var(--open); }
 .state-cooling-down { --state: var(--cooling-down); }
 .state-disabled { --state: var(--disabled); }
+.state-paced { --state: var(--paced); }
 .badge[class*="state-"], .badge[class*="status-"], tr[class*="state-"] .badge { background: var(--state); }
 tbody tr[class*="state-"] { border-left-color: var(--state); }
-tr.state-open td, tr.state-cooling-down td { background: color-mix(in srgb, var(--state) 8%, transparent); }
+tr.state-open td, tr.state-cooling-down td, tr.state-paced td { background: color-mix(in srgb, var(--state) 8%, transparent); }
 footer { margin-top: 1rem; font-size: .85rem; }
 @media (max-width: 760px) {
   main { padding: .6rem; }
@@ -386,6 +397,21 @@ const pageScript = `
     }
     return e.model_skips > 0 ? text + " (" + e.model_skips + " skipped)" : text;
   }
+  function limits(e, now) {
+    var parts = [], p = e.provider, reset = 0;
+    if (p) {
+      var left = [];
+      if (p.remaining_requests >= 0) left.push(p.remaining_requests + " req");
+      if (p.remaining_tokens >= 0) left.push(p.remaining_tokens + " tok");
+      [p.requests_reset, p.tokens_reset].forEach(function (r) {
+        var at = r ? Date.parse(r) - now : 0;
+        if (at > 0 && (reset === 0 || at < reset)) reset = at;
+      });
+      if (left.length) parts.push(left.join(", ") + " left" + (reset > 0 ? " (resets in " + dur(reset) + ")" : ""));
+    }
+    if (e.token_budget >= 0) parts.push("TPM budget " + Math.floor(e.token_budget));
+    return parts.length ? parts.join("; ") : "-";
+  }
   function set(row, field, text) {
     var el = row.querySelector('[data-field="' + field + '"]');
     if (el && el.textContent !== text) el.textContent = text;
@@ -418,6 +444,7 @@ const pageScript = `
       var left = e.cooldown_until ? Date.parse(e.cooldown_until) - now : 0;
       set(row, "cooldown", left > 0 ? dur(left) : "-");
       set(row, "tokens", e.tokens >= 0 ? e.tokens.toFixed(1) : "no limit");
+      set(row, "limits", limits(e, now));
       var probe = [];
       if (e.probe_state === "probing") probe.push("probing");
       else if (e.probe_state === "scheduled") probe.push("next in " + dur(Date.parse(e.next_probe_at) - now));
@@ -433,6 +460,10 @@ const pageScript = `
     overall.className = "badge status-" + doc.status;
     root.dataset.status = doc.status;
     document.getElementById("eligible").textContent = doc.eligible + " of " + doc.endpoints.length + " endpoints eligible";
+    var shared = document.getElementById("shared");
+    shared.hidden = !doc.shared;
+    shared.querySelector("strong").textContent = doc.shared || "";
+    shared.querySelector("strong").dataset.shared = doc.shared || "";
     document.getElementById("updated").textContent = new Date(now).toISOString().slice(11, 19) + " UTC";
     document.getElementById("stale").hidden = true;
     root.dataset.refreshes = String(Number(root.dataset.refreshes) + 1);

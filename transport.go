@@ -30,6 +30,7 @@ type Transport struct {
 	logger     *slog.Logger
 	metrics    *metrics
 	clock      clock
+	fleet      *fleet // Config.Shared's link; nil without (shared.go)
 
 	mu     sync.Mutex // serializes Update
 	warned sync.Map   // hosts warnUnrouted has warned of
@@ -65,6 +66,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	defer r.body.close()
+	r.st.tokens = newTokenEstimate(&r.body, m.rest)
 	if s.affinity {
 		r.st.key = affinityKey(req, &r.body, cmp.Or(s.maxBody, defaultMaxBodyBuffer))
 	}
@@ -136,6 +138,7 @@ func (r *request) attempt(n int, e *endpoint, done func(error)) *http.Response {
 	if r.st.model != nil && v.Outcome.Failed() {
 		r.st.model.noteFailure(e)
 	}
+	r.afterResponse(e, resp, v.Outcome.Failed())
 	r.s.observe(r.ctx, e, n, v, resp, err, false, r.sent)
 	result = v.breakerResult()
 	if result == errKeyRejected {
@@ -150,6 +153,7 @@ func (r *request) attempt(n int, e *endpoint, done func(error)) *http.Response {
 		closeBody(r.failed.last)
 		r.s.metrics.requestDone(len(r.failed.errs), true)
 		r.watch(e, resp)
+		r.tapUsage(e, resp)
 		return r.s.deliver(resp, r.req, e)
 	}
 	if resp != nil && (v.Outcome == OutcomeThrottled || resp.StatusCode == http.StatusServiceUnavailable) {

@@ -20,8 +20,9 @@ import (
 // series are deleted. A change of [BreakerConfig].HalfOpenRequests gives
 // each kept breaker a new count of failures (an open one stays open).
 //
-// Base, Registerer and Logger cannot change: a nil one in cfg keeps the
-// Transport's, and any other value than the Transport's is an error.
+// Base, Registerer, Logger and Shared cannot change: a nil one in cfg
+// keeps the Transport's, and any other value than the Transport's is an
+// error.
 //
 // Update is safe for concurrent use with RoundTrip and with itself; a
 // request's hot path takes no lock for it.
@@ -63,6 +64,9 @@ func (t *Transport) checkFixed(cfg Config) []error {
 	}
 	if cfg.Logger != nil && cfg.Logger != t.logger {
 		errs = append(errs, errors.New("failover: Update: Logger cannot change after New"))
+	}
+	if cfg.Shared != nil && (t.fleet == nil || !same(cfg.Shared, t.fleet.shared)) {
+		errs = append(errs, errors.New("failover: Update: Shared cannot change after New"))
 	}
 	return errs
 }

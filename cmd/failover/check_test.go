@@ -11,6 +11,7 @@ import (
 
 	"github.com/failover-go/failover"
 	"github.com/failover-go/failover/internal/fakeopenai"
+	"github.com/failover-go/failover/redisshare"
 )
 
 // Keys of the check tests; no output may show any of them.
@@ -312,6 +313,7 @@ func TestEnvNamesAreRead(t *testing.T) {
 		"OPENAI_PROBE_INTERVAL": "10ms", "OPENAI_SLOW_START": "x", "OPENAI_BALANCER": "fastest",
 		"OPENAI_AFFINITY": "user", "OPENAI_PROBE_MODEL": "\xff",
 		"OPENAI_MODELS": "a,,b", "OPENAI_API_TYPE": "bedrock", "OPENAI_API_VERSION": "v/1",
+		"OPENAI_MAX_TPM": "x", "OPENAI_TOKEN_BURST": "-1",
 	}
 	check := func(name string) {
 		t.Helper()
@@ -328,7 +330,7 @@ func TestEnvNamesAreRead(t *testing.T) {
 		check(p + "_1")
 	}
 	for _, g := range envGlobals {
-		if g != envProxyKey { // the proxy's, not ConfigFromEnviron's
+		if g != envProxyKey && g != redisshare.EnvURL && g != redisshare.EnvPrefix { // the proxy's, not ConfigFromEnviron's
 			check(g)
 		}
 	}

@@ -8,12 +8,13 @@ import (
 	"github.com/agnivade/levenshtein"
 
 	"github.com/failover-go/failover"
+	"github.com/failover-go/failover/redisshare"
 )
 
 // The variables failover reads (failover.EnvVariables, and the proxy's
 // own), for spotting the ones that look like them and are not.
 var (
-	envGlobals, envPerEndpoint = splitEnvVariables(failover.EnvVariables(), envProxyKey)
+	envGlobals, envPerEndpoint = splitEnvVariables(failover.EnvVariables(), envProxyKey, redisshare.EnvURL, redisshare.EnvPrefix)
 	// envAliases are names people reach for, from other tools or by
 	// guess, normalised as normEnv does, and what failover reads instead.
 	envAliases = map[string]string{

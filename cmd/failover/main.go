@@ -6,6 +6,7 @@
 //	               [-allow-remote] [-allow-origin origins] [-read-timeout 60s]
 //	               [-max-body 32MiB] [-shutdown-timeout 30s] [-log-level info]
 //	               [-endpoint-header Failover-Endpoint] [-env-file file]
+//	               [-redis URL]
 //	failover check [-timeout 10s] [-model NAME] [-json] [-env-file file]
 //	failover version
 //

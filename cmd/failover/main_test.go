@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"os"
 	"regexp"
 	"strings"
 	"sync"
@@ -17,6 +18,10 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv(asCommandEnv) == "1" {
+		main() // a test started this binary as the command (see startCommand)
+		return
+	}
 	goleak.VerifyTestMain(m)
 }
 

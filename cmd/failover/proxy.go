@@ -17,6 +17,7 @@ import (
 	"github.com/failover-go/failover"
 	"github.com/failover-go/failover/internal/envfile"
 	"github.com/failover-go/failover/internal/proxy"
+	"github.com/failover-go/failover/redisshare"
 )
 
 // envProxyKey names the variable holding the key clients must present.
@@ -35,6 +36,7 @@ type proxyFlags struct {
 	logLevel        slog.Level
 	endpointHeader  string
 	envFile         string
+	redis           string // -redis: the shared state's URL, over FAILOVER_REDIS_URL
 }
 
 // parseProxyFlags parses the proxy command's arguments, reporting any error
@@ -75,6 +77,8 @@ func parseProxyFlags(args []string, stderr io.Writer) (proxyFlags, error) {
 		"response `header` naming the endpoint that answered; empty: none")
 	fs.StringVar(&f.envFile, "env-file", "",
 		"dotenv `file` of the same variables as the environment, which it overrides; reloaded on SIGHUP and when it changes")
+	fs.StringVar(&f.redis, "redis", "",
+		"`URL` of a Redis (redis:// or rediss://) through which the proxies of a fleet share their rate budgets and endpoint health; default: "+redisshare.EnvURL+" (keys under "+redisshare.EnvPrefix+", default "+redisshare.DefaultPrefix+")")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: failover proxy [flags]
 
@@ -167,6 +171,15 @@ func runProxyCommand(ctx context.Context, args, environ []string, hangup hangupF
 		configError(stderr, err)
 		return exitUsage
 	}
+	store, err := src.openShared(f.redis, logger)
+	if err != nil {
+		configError(stderr, err)
+		return exitUsage
+	}
+	if store != nil {
+		defer store.Close()
+		cfg.Shared = store
+	}
 	p, err := proxy.New(proxy.Config{
 		Failover:        cfg,
 		BasePath:        f.basePath,
@@ -234,15 +247,50 @@ type configSource struct {
 	maxBody        int64
 }
 
+// merged returns the environment with the -env-file's variables over it.
+func (s configSource) merged() ([]string, error) {
+	if s.envFile == "" {
+		return s.environ, nil
+	}
+	environ, err := envfile.LoadOver(s.environ, s.envFile)
+	if err != nil {
+		return nil, fmt.Errorf("-env-file: %w", err)
+	}
+	return environ, nil
+}
+
+// openShared returns the Store on the Redis of flagURL (-redis), else of
+// FAILOVER_REDIS_URL, with the prefix FAILOVER_REDIS_PREFIX; nil when
+// neither is set. Read at start only: the shared state cannot change
+// while the proxy runs. Its error never shows the URL's password.
+func (s configSource) openShared(flagURL string, logger *slog.Logger) (*redisshare.Store, error) {
+	environ, err := s.merged()
+	if err != nil {
+		return nil, err
+	}
+	if flagURL != "" {
+		environ = append([]string{redisshare.EnvURL + "=" + flagURL}, environ...)
+	}
+	redisshare.RouteClientLogs(logger) // the client's own lines, at Debug
+	store, err := redisshare.FromEnviron(environ, redisshare.Options{Logger: logger})
+	if err != nil {
+		if flagURL != "" {
+			return nil, fmt.Errorf("-redis: %w", errors.Unwrap(err))
+		}
+		return nil, err
+	}
+	if store != nil {
+		logger.Info("shared state: rate budgets and endpoint health shared with the fleet on Redis", "store", store.String())
+	}
+	return store, nil
+}
+
 // load returns the configuration and FAILOVER_PROXY_KEY. Its error names
 // the variable or the file's line, never a value.
 func (s configSource) load() (failover.Config, string, error) {
-	environ := s.environ
-	if s.envFile != "" {
-		var err error
-		if environ, err = envfile.LoadOver(s.environ, s.envFile); err != nil {
-			return failover.Config{}, "", fmt.Errorf("-env-file: %w", err)
-		}
+	environ, err := s.merged()
+	if err != nil {
+		return failover.Config{}, "", err
 	}
 	cfg, err := failover.ConfigFromEnviron(environ)
 	if err != nil {

@@ -24,9 +24,11 @@ const usageText = `Usage:
                  [-allow-remote] [-allow-origin origins] [-read-timeout 60s]
                  [-max-body 32MiB] [-shutdown-timeout 30s] [-log-level info]
                  [-endpoint-header Failover-Endpoint] [-env-file file]
+                 [-redis URL]
       An OpenAI-compatible reverse proxy with failover, configured by the
       OPENAI_* environment variables (and -env-file, reloaded on SIGHUP and
-      when it changes); FAILOVER_PROXY_KEY guards it.
+      when it changes); FAILOVER_PROXY_KEY guards it; with -redis (or
+      FAILOVER_REDIS_URL) a fleet of proxies shares budgets and health.
   failover check [-timeout 10s] [-model NAME] [-json] [-env-file file]
       Probes each endpoint of the environment (connection, TLS, key,
       GET /models) before a deploy; exits 1 when one fails.

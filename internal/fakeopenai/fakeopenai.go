@@ -92,6 +92,7 @@ type config struct {
 	apiKey   string // "" accepts any Authorization
 	noModels bool   // GET /models is an unknown route
 	azure    *Azure // answer as Azure OpenAI; nil for OpenAI's shape
+	limits   *RateLimits
 }
 
 // WithName sets the Server's name, which appears in its answers (the reply
@@ -137,6 +138,8 @@ type Request struct {
 	Header http.Header
 	// Body holds the first MaxRecordedBody bytes of the body.
 	Body []byte
+	// At is when the request reached the handler.
+	At time.Time
 }
 
 // clone returns a deep copy of r.
@@ -154,6 +157,7 @@ type Server struct {
 	apiKey   string
 	noModels bool
 	azure    *Azure
+	limits   *limiter // nil without RateLimits
 	addr     string
 	srv      *http.Server
 	done     chan struct{} // closed by Close to release waiting handlers
@@ -194,6 +198,7 @@ func New(opts ...Option) *Server {
 		apiKey:   cfg.apiKey,
 		noModels: cfg.noModels,
 		azure:    cfg.azure,
+		limits:   newLimiter(cfg.limits),
 		addr:     ln.Addr().String(),
 		done:     make(chan struct{}),
 		conns:    make(map[net.Conn]struct{}),
@@ -443,6 +448,7 @@ func (s *Server) admit(r *http.Request, body []byte) (int64, Fault) {
 		RawQuery: r.URL.RawQuery,
 		Header:   r.Header.Clone(),
 		Body:     body,
+		At:       time.Now(),
 	}
 	if len(body) > MaxRecordedBody {
 		rec.Body = bytes.Clone(body[:MaxRecordedBody])
@@ -547,6 +553,8 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		resp = s.azureRoute(r, body, seq, f)
 	case s.apiKey != "" && r.Header.Get("Authorization") != "Bearer "+s.apiKey:
 		resp = wrongKey(r.Header.Get("Authorization"))
+	case s.limits != nil:
+		resp = s.limitedRoute(r, body, seq, f)
 	default:
 		resp = s.route(r, body, seq, "", f)
 	}

@@ -89,7 +89,8 @@ type Config struct {
 	// records each attempt for the access log; a zero MaxBodyBuffer means
 	// [DefaultMaxBody] (negative: no body is buffered, and a request with
 	// one goes to one endpoint only; an error with endpoints that route by
-	// model, which read every body).
+	// model, which read every body). Its Shared, like its Base, is kept
+	// for every Update.
 	Failover failover.Config
 
 	// BasePath is the path under which clients send API requests: a client
@@ -233,6 +234,7 @@ func New(cfg Config) (*Proxy, error) {
 		logger:         cfg.Failover.Logger,
 		endpointHeader: cfg.Failover.EndpointHeader,
 		maxBody:        cfg.Failover.MaxBodyBuffer,
+		shared:         cfg.Failover.Shared,
 	}
 	if p.own.logger == nil {
 		p.own.logger = cfg.Logger

@@ -29,11 +29,12 @@ type ownedSettings struct {
 	logger         *slog.Logger
 	endpointHeader string
 	maxBody        int64
+	shared         failover.Shared // the fleet's shared state, nil for none
 }
 
 // prepare returns cfg with what the proxy sets in every transport Config:
 // ClientBaseURLs {InternalBaseURL}, its registry, and its ownedSettings
-// (Base, Logger, EndpointHeader and MaxBodyBuffer as at New).
+// (Base, Logger, EndpointHeader, MaxBodyBuffer and Shared as at New).
 func (p *Proxy) prepare(cfg failover.Config) failover.Config {
 	// A copy of the endpoints: the proxy compares the next Config with
 	// this one, whatever the caller does with its own later.
@@ -48,6 +49,7 @@ func (p *Proxy) prepare(cfg failover.Config) failover.Config {
 	cfg.Logger = p.own.logger
 	cfg.EndpointHeader = p.own.endpointHeader
 	cfg.MaxBodyBuffer = p.own.maxBody
+	cfg.Shared = p.own.shared
 	cfg.OnAttempt = recordAttempt
 	return cfg
 }

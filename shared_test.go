@@ -1,0 +1,343 @@
+package failover
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// memHub is an in-memory shared state for unit tests, on a test's clock:
+// token buckets, claims and event delivery between its members. The
+// real-server tests of redisshare check the same behaviour on Redis.
+type memHub struct {
+	clk *fakeClock
+
+	mu      sync.Mutex
+	buckets map[string]*memBucket
+	claims  map[string]time.Time
+	members []*memShared
+	procs   int
+}
+
+type memBucket struct {
+	level float64
+	at    time.Time
+}
+
+func newMemHub(clk *fakeClock) *memHub {
+	return &memHub{clk: clk, buckets: map[string]*memBucket{}, claims: map[string]time.Time{}, procs: 1}
+}
+
+// memShared is one process's Shared on a memHub; down makes every call
+// fail, as an unreachable Redis would.
+type memShared struct {
+	hub   *memHub
+	down  atomic.Bool
+	calls atomic.Int64
+
+	mu  sync.Mutex
+	fns []func(SharedEvent)
+}
+
+func (h *memHub) join() *memShared {
+	m := &memShared{hub: h}
+	h.mu.Lock()
+	h.members = append(h.members, m)
+	h.mu.Unlock()
+	return m
+}
+
+var errMemDown = errors.New("memShared: down")
+
+func (m *memShared) Lease(_ context.Context, key string, r float64, burst, want int64) (int64, error) {
+	m.calls.Add(1)
+	if m.down.Load() {
+		return 0, errMemDown
+	}
+	h := m.hub
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	now := h.clk.Now()
+	b := h.buckets[key]
+	if b == nil {
+		b = &memBucket{level: float64(burst), at: now}
+		h.buckets[key] = b
+	}
+	b.level = math.Min(float64(burst), b.level+now.Sub(b.at).Seconds()*r)
+	b.at = now
+	granted := min(want, int64(b.level))
+	b.level -= float64(granted)
+	return granted, nil
+}
+
+func (m *memShared) Publish(_ context.Context, ev SharedEvent) error {
+	m.calls.Add(1)
+	if m.down.Load() {
+		return errMemDown
+	}
+	m.hub.mu.Lock()
+	members := slices.Clone(m.hub.members)
+	m.hub.mu.Unlock()
+	for _, o := range members {
+		if o == m || o.down.Load() {
+			continue
+		}
+		o.mu.Lock()
+		fns := slices.Clone(o.fns)
+		o.mu.Unlock()
+		for _, fn := range fns {
+			fn(ev)
+		}
+	}
+	return nil
+}
+
+func (m *memShared) Subscribe(fn func(SharedEvent)) func() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.fns = append(m.fns, fn)
+	return func() {}
+}
+
+func (m *memShared) Claim(_ context.Context, key string, ttl time.Duration) (bool, error) {
+	m.calls.Add(1)
+	if m.down.Load() {
+		return false, errMemDown
+	}
+	h := m.hub
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	now := h.clk.Now()
+	if exp, held := h.claims[key]; held && now.Before(exp) {
+		return false, nil
+	}
+	h.claims[key] = now.Add(ttl)
+	return true, nil
+}
+
+func (m *memShared) Processes() int {
+	m.hub.mu.Lock()
+	defer m.hub.mu.Unlock()
+	return m.hub.procs
+}
+
+// settle waits for tr's background calls to the shared state.
+func settle(tr *Transport) { tr.fleet.wg.Wait() }
+
+// TestSharedHealth: one process's open breaker, cooldown and spent
+// provider window keep the other process off the endpoint at once, though
+// it saw no failure; at the end of the open period exactly one process
+// sends the trial, and its success reopens the endpoint to both.
+func TestSharedHealth(t *testing.T) {
+	clk := newFakeClock()
+	hub := newMemHub(clk)
+	repA, repB := newHostReplies(), newHostReplies()
+	baseA, baseB := newScriptedBase(repA.script), newScriptedBase(repB.script)
+	cfg := func(base http.RoundTripper) Config {
+		return Config{Base: base, Shared: hub.join(), Breaker: BreakerConfig{FailureThreshold: 1, OpenTimeout: 10 * time.Second},
+			Endpoints: []Endpoint{hostEndpoint("x", 0), hostEndpoint("y", 1)}}
+	}
+	a := newTestTransportOn(t, cfg(baseA), clk)
+	b := newTestTransportOn(t, cfg(baseB), clk)
+
+	repA.set("x", 500, `{"error":{"message":"down"}}`)
+	answeredBy(t, a, "y") // x failed, and its breaker opened
+	settle(a)
+	answeredBy(t, b, "y")
+	if got := baseB.Hits("x.test"); got != 0 {
+		t.Fatalf("b sent %d requests to x after a opened its breaker, want 0", got)
+	}
+	if h := healthOf(t, b, "x"); h.State != StateOpen || h.FleetOpenUntil.IsZero() {
+		t.Fatalf("b's x: %v (fleet open until %v), want open by the fleet", h.State, h.FleetOpenUntil)
+	}
+
+	clk.Advance(10 * time.Second) // the open period ends for both
+	repA.healthy("x")
+	ex := endpointsOf(b)[0]
+	if wait, _ := ex.bud.fleet.gate(ex, b.fleet, clk.Now().UnixNano()); wait == 0 {
+		t.Fatal("b's gate let a request through before claiming the trial")
+	}
+	settle(b)             // b's claim is in: it won
+	answeredBy(t, a, "y") // a claims too
+	settle(a)             // a's claim is in: it lost
+	answeredBy(t, a, "y")
+	if got := baseA.Hits("x.test"); got != 1 {
+		t.Fatalf("a sent %d requests to x in all while b held the trial, want only its first failure", got)
+	}
+	answeredBy(t, b, "x") // the fleet's trial
+	settle(b)
+	answeredBy(t, a, "x")
+	answeredBy(t, b, "x")
+	if h := healthOf(t, a, "x"); h.State != StateClosed {
+		t.Fatalf("a's x is %v after the fleet's trial succeeded, want closed", h.State)
+	}
+
+	t.Run("cooldown and pacing", func(t *testing.T) {
+		repA.set("x", 429, `{}`, "Retry-After", "5")
+		answeredBy(t, a, "y")
+		settle(a)
+		if h := healthOf(t, b, "x"); h.State != StateCoolingDown || !h.CooldownUntil.Equal(clk.Now().Add(5*time.Second)) {
+			t.Fatalf("b's x: %v until %v, want cooling down for a's 5s", h.State, h.CooldownUntil)
+		}
+		clk.Advance(5 * time.Second)
+		repA.set("x", 200, "x", hdrRemainingRequests, "0", hdrResetRequests, "3s")
+		answeredBy(t, a, "x")
+		settle(a)
+		if h := healthOf(t, b, "x"); h.State != StatePaced || !h.PacedUntil.Equal(clk.Now().Add(3*time.Second)) {
+			t.Fatalf("b's x: %v until %v, want paced for a's 3s", h.State, h.PacedUntil)
+		}
+	})
+}
+
+// TestSharedLeasesBoundTheFleet: three processes with MaxRPS 10 (burst
+// 10) on one shared budget send, together, no more than the bucket lets
+// out: 10 at once, then 10 a second.
+func TestSharedLeasesBoundTheFleet(t *testing.T) {
+	clk := newFakeClock()
+	hub := newMemHub(clk)
+	base := newScriptedBase(alwaysOK)
+	x := hostEndpoint("x", 0)
+	x.MaxRPS = 10
+	var trs []*Transport
+	for range 3 {
+		trs = append(trs, newTestTransportOn(t, Config{Base: base, Shared: hub.join(), MaxWait: -1,
+			Endpoints: []Endpoint{x, hostEndpoint("y", 1)}}, clk))
+	}
+	round := func(n int) {
+		for i := range n {
+			tr := trs[i%len(trs)]
+			chat(t, tr)
+			settle(tr)
+		}
+	}
+	for _, tr := range trs {
+		settle(tr)
+	}
+	round(60)
+	if got := base.Hits("x.test"); got > 10 || got < 5 {
+		t.Fatalf("x got %d requests from the fleet with no time passing, want at most its burst, 10 (and most of it)", got)
+	}
+	before := base.Hits("x.test")
+	clk.Advance(time.Second)
+	round(60)
+	if got := base.Hits("x.test") - before; got > 10 {
+		t.Fatalf("x got %d requests in the next second, want at most 10", got)
+	}
+}
+
+// TestSharedDownFallsBackToLocalShares: with the shared state unreachable,
+// a process spends a local share of each budget (MaxRPS over the processes
+// last seen), logs it once, and rejoins when the state is back.
+func TestSharedDownFallsBackToLocalShares(t *testing.T) {
+	clk := newFakeClock()
+	hub := newMemHub(clk)
+	hub.procs = 2
+	sh := hub.join()
+	sh.down.Store(true)
+	var logs syncBuffer
+	reg := prometheus.NewRegistry()
+	base := newScriptedBase(alwaysOK)
+	x := hostEndpoint("x", 0)
+	x.MaxRPS, x.Burst = 10, 10
+	tr := newTestTransportOn(t, Config{Base: base, Shared: sh, MaxWait: -1, Registerer: reg,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil)), Endpoints: []Endpoint{x, hostEndpoint("y", 1)}}, clk)
+	settle(tr)
+	for range 20 {
+		chat(t, tr)
+		settle(tr)
+	}
+	if got := base.Hits("x.test"); got != 5 {
+		t.Fatalf("x got %d requests while the shared state was down, want the local share of 2 processes, 5", got)
+	}
+	if n := strings.Count(logs.String(), "shared state unreachable"); n != 1 {
+		t.Fatalf("logged the fallback %d times, want once:\n%s", n, logs.String())
+	}
+	if got := metricValue(t, reg, "failover_shared_degraded", nil); got != 1 {
+		t.Fatalf("failover_shared_degraded = %v, want 1", got)
+	}
+	calls := sh.calls.Load()
+	sh.down.Store(false)
+	clk.Advance(sharedRetry)
+	for range 5 {
+		chat(t, tr)
+		settle(tr)
+	}
+	if sh.calls.Load() == calls || tr.fleet.isDown() {
+		t.Fatal("the transport did not rejoin the shared state once it was back")
+	}
+	if n := strings.Count(logs.String(), "reachable again"); n != 1 {
+		t.Fatalf("logged the rejoin %d times, want once:\n%s", n, logs.String())
+	}
+}
+
+// TestUpdateKeepsShared: Update takes the Shared of New, or none, and
+// refuses another.
+func TestUpdateKeepsShared(t *testing.T) {
+	hub := newMemHub(newFakeClock())
+	sh := hub.join()
+	tr, _ := newTestTransport(t, Config{Base: newScriptedBase(alwaysOK), Shared: sh, Endpoints: []Endpoint{hostEndpoint("x", 0)}})
+	settle(tr)
+	for _, tc := range []struct {
+		name    string
+		shared  Shared
+		wantErr bool
+	}{{"same", sh, false}, {"none", nil, false}, {"another", hub.join(), true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tr.Update(Config{Shared: tc.shared, Endpoints: []Endpoint{hostEndpoint("x", 0)}})
+			if (err != nil) != tc.wantErr || (err != nil && !strings.Contains(err.Error(), "Shared cannot change")) {
+				t.Fatalf("Update: %v, want error %v", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+// flakyShared fails its first failures calls, then is memShared.
+type flakyShared struct {
+	*memShared
+	failures atomic.Int64
+}
+
+func (f *flakyShared) Lease(ctx context.Context, key string, r float64, burst, want int64) (int64, error) {
+	if f.failures.Add(-1) >= 0 {
+		return 0, errMemDown
+	}
+	return f.memShared.Lease(ctx, key, r, burst, want)
+}
+
+// TestSharedOneFailureIsNoOutage: a call that fails now and then (a slow
+// Redis on a loaded machine) does not send the process to its local
+// shares; three in a row do.
+func TestSharedOneFailureIsNoOutage(t *testing.T) {
+	for _, tc := range []struct {
+		failures int64
+		down     bool
+	}{{1, false}, {2, false}, {3, true}} {
+		t.Run(fmt.Sprintf("%d failures", tc.failures), func(t *testing.T) {
+			sh := &flakyShared{memShared: newMemHub(newFakeClock()).join()}
+			sh.failures.Store(tc.failures)
+			x := hostEndpoint("x", 0)
+			x.MaxRPS = 100
+			tr, _ := newTestTransport(t, Config{Base: newScriptedBase(alwaysOK), Shared: sh, Endpoints: []Endpoint{x}})
+			b := endpointsOf(tr)[0].budget.rpsLease
+			for range tc.failures - 1 {
+				settle(tr)
+				b.renew(tr.clock.now())
+			}
+			settle(tr)
+			if got := tr.fleet.isDown(); got != tc.down {
+				t.Fatalf("down %v after %d failed calls in a row, want %v", got, tc.failures, tc.down)
+			}
+		})
+	}
+}
