@@ -395,3 +395,17 @@ func (fe *fleetEndpoint) trialDone(e *endpoint, failed bool, now time.Time) {
 	fe.closedAt.Store(now.UnixNano())
 	f.publish(SharedEvent{Endpoint: e.name, Kind: SharedBreakerClosed})
 }
+
+// claimProbe asks the fleet whether this process probes endpoint now: the
+// first process to claim it for ttl does, and the others look again a
+// period later. A fleet that cannot be reached leaves each process to
+// probe for itself, as its breakers are then its own. It runs in the
+// prober's goroutine, bounded by the fleet's timeout.
+func (f *fleet) claimProbe(_ context.Context, endpoint string, ttl time.Duration) bool {
+	won := false
+	err := f.call(func(ctx context.Context) (err error) {
+		won, err = f.shared.Claim(ctx, "probe:"+endpoint, ttl)
+		return err
+	})
+	return won || err != nil
+}

@@ -341,3 +341,40 @@ func TestSharedOneFailureIsNoOutage(t *testing.T) {
 		})
 	}
 }
+
+// TestProbeClaimedAcrossTheFleet: with Config.Shared, the recovery probes
+// of an endpoint are claimed in the fleet's shared state, so that one
+// process probes it; a process whose shared state is unreachable probes
+// for itself.
+func TestProbeClaimedAcrossTheFleet(t *testing.T) {
+	clk := newFakeClock()
+	hub := newMemHub(clk)
+	one, two := hub.join(), hub.join()
+	cfg := func(sh Shared) Config {
+		return Config{Base: newScriptedBase(alwaysOK), Shared: sh, Probe: ProbeConfig{Interval: 10 * time.Second},
+			Endpoints: []Endpoint{hostEndpoint("a", 0)}}
+	}
+	tr1, tr2 := newTestTransportOn(t, cfg(one), clk), newTestTransportOn(t, cfg(two), clk)
+	if tr1.heal.claim == nil || tr2.heal.claim == nil {
+		t.Fatal("a Transport with Shared has no probe claim")
+	}
+	ctx := context.Background()
+	if !tr1.heal.claim(ctx, "a", time.Second) {
+		t.Fatal("the first claim was lost")
+	}
+	if tr2.heal.claim(ctx, "a", time.Second) {
+		t.Fatal("a second process won the probe another holds")
+	}
+	if !tr2.heal.claim(ctx, "b", time.Second) {
+		t.Fatal("a claim for another endpoint was lost")
+	}
+	two.down.Store(true)
+	if !tr2.heal.claim(ctx, "a", time.Second) {
+		t.Fatal("a process whose shared state is down does not probe for itself")
+	}
+	clk.Advance(2 * time.Second)
+	two.down.Store(false)
+	if !tr2.heal.claim(ctx, "a", time.Second) {
+		t.Fatal("a claim after the holder's expired was lost")
+	}
+}
