@@ -64,10 +64,7 @@ func affinityKey(req *http.Request, b *replayBody, limit int64) uint64 {
 	if req.ContentLength > limit {
 		return 0
 	}
-	doc, buf := b.peek(limit)
-	key := keyOf(doc)
-	releaseBody(buf)
-	return key
+	return keyOf(b.peek(limit))
 }
 
 // jsonContent reports whether h's Content-Type is JSON, or absent.
@@ -118,23 +115,25 @@ var bodyPool = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &
 // maxPooledBody bounds the buffers kept in bodyPool.
 const maxPooledBody = 1 << 20
 
-// peek returns the request body's bytes without consuming it: the
-// Transport's own copy when it buffered one, else a copy read from
-// GetBody into a pooled buffer, which the caller hands to releaseBody
-// once done with the bytes; nil bytes when it has neither, or the body
-// exceeds limit.
-func (b *replayBody) peek(limit int64) (doc []byte, buf *[]byte) {
+// peek returns the whole body, for reading its fields: the bytes buffered
+// for replay, else the bytes read once through GetBody into a pooled slice
+// that b keeps until the request ends (close), so that every feature that
+// reads the body (affinity, the token estimate) reads it once. It returns
+// nil for a body it cannot read or above limit bytes.
+func (b *replayBody) peek(limit int64) []byte {
 	switch {
 	case b.buffered:
-		return b.data, nil
+		return b.data
+	case b.peekBuf != nil:
+		return b.peeked
 	case b.getBody == nil:
-		return nil, nil
+		return nil
 	}
 	rc, err := b.getBody()
 	if err != nil || rc == nil {
-		return nil, nil
+		return nil
 	}
-	buf = bodyPool.Get().(*[]byte)
+	buf := bodyPool.Get().(*[]byte)
 	d := (*buf)[:0]
 	if n := b.req.ContentLength; n > 0 && n <= limit && int(n) > cap(d) {
 		d = make([]byte, 0, n+1)
@@ -157,10 +156,12 @@ func (b *replayBody) peek(limit int64) (doc []byte, buf *[]byte) {
 	if d != nil {
 		*buf = d[:0]
 	}
+	b.peekBuf = buf
 	if int64(len(d)) > limit {
-		return nil, buf
+		d = nil
 	}
-	return d, buf
+	b.peeked = d
+	return d
 }
 
 // releaseBody returns a buffer of peek to the pool.

@@ -8,6 +8,7 @@ import (
 	"math"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -294,5 +295,37 @@ func TestAffinitySlowStart(t *testing.T) {
 			t.Errorf("factor %v: c took back %.3f of its %d keys", f, share, ofC)
 		}
 		prev = now
+	}
+}
+
+// TestAffinityAndTokensReadTheBodyOnce: with affinity on and a MaxTPM to
+// charge, the body is read once through GetBody, for both; the first
+// attempt still gets the caller's own body.
+func TestAffinityAndTokensReadTheBodyOnce(t *testing.T) {
+	base := newScriptedBase(alwaysOK)
+	a := hostEndpoint("a", 0)
+	a.MaxTPM = 1e6
+	tr, _ := newTestTransport(t, Config{Base: base, Affinity: AffinityPromptCacheKey, Endpoints: []Endpoint{a}})
+	body := `{"model":"m","messages":[{"role":"user","content":"hi"}],"prompt_cache_key":"conv-1","max_tokens":10}`
+	req := mustRequest(t, http.MethodPost, clientBase+"/chat/completions")
+	req.Header.Set("Content-Type", "application/json")
+	req.Body = io.NopCloser(strings.NewReader(body))
+	req.ContentLength = int64(len(body))
+	var gets atomic.Int64
+	req.GetBody = func() (io.ReadCloser, error) {
+		gets.Add(1)
+		return io.NopCloser(strings.NewReader(body)), nil
+	}
+	if code, _ := roundTrip(t, tr, req); code != 200 {
+		t.Fatalf("status %d", code)
+	}
+	if n := gets.Load(); n != 1 {
+		t.Errorf("GetBody called %d times, want once for affinity and the token estimate together", n)
+	}
+	if h := healthOf(t, tr, "a"); h.TokenBudget >= 1e6 {
+		t.Errorf("token budget %v, want the request charged", h.TokenBudget)
+	}
+	if seen := base.Seen(); len(seen) != 1 || seen[0].body != body {
+		t.Errorf("upstream saw %+v, want the body whole", seen)
 	}
 }

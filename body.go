@@ -20,8 +20,13 @@ import (
 // by the base transport that read it, or by close.
 type replayBody struct {
 	req      *http.Request
-	buffered bool                          // the body was read into memory (the request had no GetBody, or load read it)
-	data     []byte                        // the body, when buffered
+	buffered bool   // the body was read into memory (the request had no GetBody, or load read it)
+	data     []byte // the body, when buffered
+
+	// The body read once through GetBody for its fields (peek), in a
+	// pooled slice released by close; nil when not read.
+	peeked   []byte
+	peekBuf  *[]byte
 	sentOrig bool                          // the caller's body went to an attempt
 	getBody  func() (io.ReadCloser, error) // set on outgoing requests
 
@@ -163,8 +168,12 @@ func (b *replayBody) next() (io.ReadCloser, error) {
 }
 
 // close closes the caller's body if no attempt took it; a streamed body
-// once its last attempt is done with it.
+// once its last attempt is done with it. It releases the bytes peek read.
 func (b *replayBody) close() {
+	if b.peekBuf != nil {
+		releaseBody(b.peekBuf)
+		b.peekBuf, b.peeked = nil, nil
+	}
 	switch {
 	case b.stream != nil && b.current != nil:
 		b.current.release(b.req.Body)

@@ -104,7 +104,7 @@ type replaySource struct {
 func newTokenEstimate(b *replayBody, rest string) tokenEstimate {
 	src := replaySource{req: b.req, held: b.data}
 	if !b.buffered {
-		src.getBody = b.getBody
+		src.held, src.getBody = b.peeked, b.getBody // what affinity read, if anything
 	}
 	return tokenEstimate{src: src, rest: rest}
 }

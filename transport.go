@@ -66,10 +66,11 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	defer r.body.close()
-	r.st.tokens = newTokenEstimate(&r.body, m.rest)
 	if s.affinity {
 		r.st.key = affinityKey(req, &r.body, cmp.Or(s.maxBody, defaultMaxBodyBuffer))
 	}
+	r.st.tokens = newTokenEstimate(&r.body, m.rest) // after affinity: reads what it read
+
 	for n := 1; n <= s.attempts && r.cause == nil; n++ {
 		e, done, err := s.choose(r.ctx, &r.st)
 		if err != nil {
