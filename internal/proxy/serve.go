@@ -41,100 +41,12 @@ var ErrShutdownTimeout = errors.New("proxy: shutdown timed out; requests in flig
 // complete graceful shutdown, and a listener's error if one fails before
 // ctx is done (after shutting down the other).
 func (p *Proxy) Serve(ctx context.Context, ln, admin net.Listener) error {
-	baseCtx, cancelBase := context.WithCancel(context.WithoutCancel(ctx))
-	defer cancelBase()
-	// http.Server.Shutdown forgets a connection once it is hijacked, as
-	// the ReverseProxy does to relay an upgraded one: ups tracks those.
-	ups := newUpgrades()
-
-	type server struct {
-		srv *http.Server
-		ln  net.Listener
-	}
-	var (
-		servers  []server
-		draining sync.WaitGroup
-	)
-	add := func(h http.Handler, l net.Listener) {
-		srv := &http.Server{
-			Handler:           ups.wrap(h),
-			ReadHeaderTimeout: readHeaderTimeout,
-			IdleTimeout:       idleTimeout,
-			ErrorLog:          slog.NewLogLogger(p.logger.Handler(), slog.LevelWarn),
-			BaseContext:       func(net.Listener) context.Context { return baseCtx },
-		}
-		addr := l.Addr().String()
-		draining.Add(1)
-		// Shutdown runs this once the listener is closed.
-		srv.RegisterOnShutdown(func() {
-			defer draining.Done()
-			p.logger.Info("stopped accepting connections; waiting for requests in flight",
-				"listen", addr, "timeout", p.shutdownTimeout)
-		})
-		servers = append(servers, server{srv: srv, ln: l})
-	}
-	if admin == nil {
-		add(p.Handler(), ln)
-	} else {
-		add(p.APIHandler(), ln)
-		add(p.AdminHandler(), admin)
-	}
-
-	errc := make(chan error, len(servers))
-	for _, s := range servers {
-		go func() { errc <- s.srv.Serve(s.ln) }()
-	}
-	running := len(servers)
-	var err error
-	select {
-	case <-ctx.Done():
-		p.logger.Info("shutting down")
-	case err = <-errc:
-		running--
-		p.logger.Error("serving failed; shutting down", "error", err)
-	}
-
-	sctx, cancel := context.WithTimeout(context.Background(), p.shutdownTimeout)
-	defer cancel()
-	var (
-		wg       sync.WaitGroup
-		cutOnce  sync.Once
-		timedOut bool // set in cut, read after wg.Wait
-	)
-	// cut ends what is still in flight at the deadline by canceling the
-	// requests' contexts: that closes their upstream connections, and the
-	// ReverseProxy then closes an upgraded connection's client side too.
-	// Each server closes its own connections.
-	cut := func() {
-		cutOnce.Do(func() {
-			p.logger.Warn("shutdown timed out; closing the connections still in use",
-				"timeout", p.shutdownTimeout)
-			timedOut = true
-			cancelBase()
-		})
-	}
-	for _, s := range servers {
-		wg.Go(func() {
-			if s.srv.Shutdown(sctx) != nil {
-				cut()
-				_ = s.srv.Close()
-			}
-		})
-	}
-	wg.Wait()
-	// Every server is shut down, so no request starts any more: wait for
-	// the upgraded connections still relayed.
-	if n, idle := ups.inFlight(); n > 0 && !timedOut {
-		p.logger.Info("waiting for upgraded connections", "count", n)
-		select {
-		case <-idle:
-		case <-sctx.Done():
-			cut()
-		}
-	}
-	draining.Wait()
+	sv := p.newServing(ctx, ln, admin)
+	defer sv.cancelBase()
+	running, err := sv.run(ctx)
+	timedOut := sv.shutdown()
 	for ; running > 0; running-- {
-		if e := <-errc; err == nil && !errors.Is(e, http.ErrServerClosed) {
+		if e := <-sv.errc; err == nil && !errors.Is(e, http.ErrServerClosed) {
 			err = e
 		}
 	}
@@ -146,6 +58,121 @@ func (p *Proxy) Serve(ctx context.Context, ln, admin net.Listener) error {
 	}
 	p.logger.Info("shut down")
 	return nil
+}
+
+// serving is one run of Serve: its servers (the API's, and the admin
+// handlers' on a listener of their own), the requests' base context, and
+// the upgraded connections that http.Server.Shutdown forgets once they are
+// hijacked, as the ReverseProxy does to relay them.
+type serving struct {
+	p          *Proxy
+	servers    []server
+	draining   sync.WaitGroup // until each server has closed its listener
+	ups        *upgrades
+	cancelBase context.CancelFunc // cuts every request still in flight
+	errc       chan error         // each server's Serve result
+}
+
+type server struct {
+	srv *http.Server
+	ln  net.Listener
+}
+
+func (p *Proxy) newServing(ctx context.Context, ln, admin net.Listener) *serving {
+	baseCtx, cancelBase := context.WithCancel(context.WithoutCancel(ctx))
+	sv := &serving{p: p, ups: newUpgrades(), cancelBase: cancelBase}
+	if admin == nil {
+		sv.add(baseCtx, p.Handler(), ln)
+	} else {
+		sv.add(baseCtx, p.APIHandler(), ln)
+		sv.add(baseCtx, p.AdminHandler(), admin)
+	}
+	sv.errc = make(chan error, len(sv.servers))
+	return sv
+}
+
+// add serves h on l, its requests under baseCtx.
+func (sv *serving) add(baseCtx context.Context, h http.Handler, l net.Listener) {
+	p := sv.p
+	srv := &http.Server{
+		Handler:           sv.ups.wrap(h),
+		ReadHeaderTimeout: readHeaderTimeout,
+		IdleTimeout:       idleTimeout,
+		ErrorLog:          slog.NewLogLogger(p.logger.Handler(), slog.LevelWarn),
+		BaseContext:       func(net.Listener) context.Context { return baseCtx },
+	}
+	addr := l.Addr().String()
+	sv.draining.Add(1)
+	// Shutdown runs this once the listener is closed.
+	srv.RegisterOnShutdown(func() {
+		defer sv.draining.Done()
+		p.logger.Info("stopped accepting connections; waiting for requests in flight",
+			"listen", addr, "timeout", p.shutdownTimeout)
+	})
+	sv.servers = append(sv.servers, server{srv: srv, ln: l})
+}
+
+// run serves until ctx ends or a server fails; it returns how many servers
+// still run, and the failure.
+func (sv *serving) run(ctx context.Context) (running int, err error) {
+	for _, s := range sv.servers {
+		go func() { sv.errc <- s.srv.Serve(s.ln) }()
+	}
+	running = len(sv.servers)
+	select {
+	case <-ctx.Done():
+		sv.p.logger.Info("shutting down")
+	case err = <-sv.errc:
+		running--
+		sv.p.logger.Error("serving failed; shutting down", "error", err)
+	}
+	return running, err
+}
+
+// shutdown stops every server and waits, within the shutdown timeout, for
+// the requests in flight and the upgraded connections; at the deadline it
+// cuts the rest (timedOut).
+func (sv *serving) shutdown() (timedOut bool) {
+	p := sv.p
+	sctx, cancel := context.WithTimeout(context.Background(), p.shutdownTimeout)
+	defer cancel()
+	var (
+		wg      sync.WaitGroup
+		cutOnce sync.Once
+	)
+	// cut ends what is still in flight at the deadline by canceling the
+	// requests' contexts: that closes their upstream connections, and the
+	// ReverseProxy then closes an upgraded connection's client side too.
+	// Each server closes its own connections.
+	cut := func() {
+		cutOnce.Do(func() {
+			p.logger.Warn("shutdown timed out; closing the connections still in use",
+				"timeout", p.shutdownTimeout)
+			timedOut = true
+			sv.cancelBase()
+		})
+	}
+	for _, s := range sv.servers {
+		wg.Go(func() {
+			if s.srv.Shutdown(sctx) != nil {
+				cut()
+				_ = s.srv.Close()
+			}
+		})
+	}
+	wg.Wait()
+	// Every server is shut down, so no request starts any more: wait for
+	// the upgraded connections still relayed.
+	if n, idle := sv.ups.inFlight(); n > 0 && !timedOut {
+		p.logger.Info("waiting for upgraded connections", "count", n)
+		select {
+		case <-idle:
+		case <-sctx.Done():
+			cut()
+		}
+	}
+	sv.draining.Wait()
+	return timedOut
 }
 
 // upgrades counts the upgrade requests being handled, which
