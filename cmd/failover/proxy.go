@@ -45,6 +45,31 @@ func parseProxyFlags(args []string, stderr io.Writer) (proxyFlags, error) {
 	var f proxyFlags
 	fs := flag.NewFlagSet("failover proxy", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	f.define(fs)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), proxyUsage)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return f, err // reported by fs
+	}
+	var err error
+	switch {
+	case fs.NArg() > 0:
+		err = fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	case f.shutdownTimeout <= 0:
+		err = fmt.Errorf("-shutdown-timeout %v: want a positive duration", f.shutdownTimeout)
+	case f.readTimeout <= 0:
+		err = fmt.Errorf("-read-timeout %v: want a positive duration", f.readTimeout)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "failover proxy: %v\n", err)
+	}
+	return f, err
+}
+
+// define declares f's flags in fs, with their defaults.
+func (f *proxyFlags) define(fs *flag.FlagSet) {
 	fs.StringVar(&f.listen, "listen", "127.0.0.1:8080", "`address` to serve the API on")
 	fs.StringVar(&f.basePath, "base-path", proxy.DefaultBasePath,
 		"`path` clients send the API under: their base URL is http://<listen><path>")
@@ -79,8 +104,10 @@ func parseProxyFlags(args []string, stderr io.Writer) (proxyFlags, error) {
 		"dotenv `file` of the same variables as the environment, which it overrides; reloaded on SIGHUP and when it changes")
 	fs.StringVar(&f.redis, "redis", "",
 		"`URL` of a Redis (redis:// or rediss://) through which the proxies of a fleet share their rate budgets and endpoint health; default: "+redisshare.EnvURL+" (keys under "+redisshare.EnvPrefix+", default "+redisshare.DefaultPrefix+")")
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), `Usage: failover proxy [flags]
+}
+
+// proxyUsage opens the proxy command's help, before its flags.
+const proxyUsage = `Usage: failover proxy [flags]
 
 An OpenAI-compatible reverse proxy that fails over across the endpoints
 described by the environment (OPENAI_BASE_URL_N, OPENAI_API_KEY_N, ...; see
@@ -89,41 +116,21 @@ Point an SDK's base URL at http://<listen>/v1. The -env-file is read again
 on SIGHUP and when it changes: the endpoints change without a restart, or,
 if the file has an error, the running ones stay.
 
-`+envProxyKey+`, when set, is the key clients must send as their API key
+` + envProxyKey + `, when set, is the key clients must send as their API key
 (Authorization: Bearer <key>). Without it the proxy listens on loopback only,
 unless -allow-remote is given, and answers only requests for a loopback host
 name (localhost, 127.0.0.1, [::1]): another one may come from a web page
-through DNS rebinding. /metrics, /healthz and /status never ask for
-the key: they are
-served on -admin-listen, or on -listen without it, and that address must be
-loopback unless -allow-remote is given. The client's own Authorization
-header is never forwarded: each endpoint's key replaces it.
+through DNS rebinding. /metrics, /healthz and /status never ask for the key:
+they are served on -admin-listen, or on -listen without it, and that
+address must be loopback unless -allow-remote is given. The client's own
+Authorization header is never forwarded: each endpoint's key replaces it.
 
 Web pages (requests with an Origin header) are refused unless -allow-origin
 lists their origin; CORS preflights are answered here, never forwarded. Only
 GET, POST and DELETE reach an endpoint.
 
 Flags:
-`)
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
-		return f, err // reported by fs
-	}
-	var err error
-	switch {
-	case fs.NArg() > 0:
-		err = fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	case f.shutdownTimeout <= 0:
-		err = fmt.Errorf("-shutdown-timeout %v: want a positive duration", f.shutdownTimeout)
-	case f.readTimeout <= 0:
-		err = fmt.Errorf("-read-timeout %v: want a positive duration", f.readTimeout)
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "failover proxy: %v\n", err)
-	}
-	return f, err
-}
+`
 
 // maxBodyLimit caps -max-body: every request in flight may hold that much.
 const maxBodyLimit = 1 << 30
@@ -155,7 +162,6 @@ func runProxyCommand(ctx context.Context, args, environ []string, hangup hangupF
 		return exitUsage
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: f.logLevel}))
-
 	src := configSource{environ: environ, envFile: f.envFile, endpointHeader: f.endpointHeader, maxBody: f.maxBody}
 	var watcher *envfile.Watcher
 	if f.envFile != "" {
@@ -166,61 +172,17 @@ func runProxyCommand(ctx context.Context, args, environ []string, hangup hangupF
 			defer watcher.Close()
 		}
 	}
-	cfg, key, err := src.load()
+	p, cfg, key, closeAll, err := newProxy(f, src, logger)
 	if err != nil {
 		configError(stderr, err)
 		return exitUsage
 	}
-	store, err := src.openShared(f.redis, logger)
-	if err != nil {
-		configError(stderr, err)
-		return exitUsage
-	}
-	if store != nil {
-		defer store.Close()
-		cfg.Shared = store
-	}
-	p, err := proxy.New(proxy.Config{
-		Failover:        cfg,
-		BasePath:        f.basePath,
-		ProxyKey:        key,
-		AllowOrigins:    f.allowOrigins,
-		AnyHost:         f.allowRemote,
-		ReadTimeout:     f.readTimeout,
-		ShutdownTimeout: f.shutdownTimeout,
-		Logger:          logger,
-	})
-	if err != nil {
-		configError(stderr, err)
-		return exitUsage
-	}
-	defer p.Close()
-
-	pol := remotePolicy{haveKey: key != "", allowRemote: f.allowRemote}
-	// The admin handlers go on -listen unless -admin-listen is given.
-	ln, err := listen(f.listen, "-listen", pol, true, f.adminListen == "")
+	defer closeAll()
+	ln, admin, err := listenProxy(f, cfg, key)
 	if err != nil {
 		fmt.Fprintf(stderr, "failover proxy: %v\n", err)
 		return exitUsage
 	}
-	var admin net.Listener
-	if f.adminListen != "" {
-		if admin, err = listen(f.adminListen, "-admin-listen", pol, false, true); err != nil {
-			_ = ln.Close()
-			fmt.Fprintf(stderr, "failover proxy: %v\n", err)
-			return exitUsage
-		}
-	}
-
-	if err := proxy.CheckNoLoop(cfg.Endpoints, ln.Addr()); err != nil {
-		_ = ln.Close()
-		if admin != nil {
-			_ = admin.Close()
-		}
-		fmt.Fprintf(stderr, "failover proxy: %v\n", err)
-		return exitUsage
-	}
-
 	if f.envFile != "" {
 		var changes <-chan struct{}
 		if watcher != nil {
@@ -235,6 +197,71 @@ func runProxyCommand(ctx context.Context, args, environ []string, hangup hangupF
 		return exitFailure
 	}
 	return exitOK
+}
+
+// newProxy reads the configuration from src and builds the proxy of the
+// flags over it, with the fleet's shared state when one is configured. It
+// returns the configuration, the proxy key, and a function that closes
+// the proxy and the shared state.
+func newProxy(f proxyFlags, src configSource, logger *slog.Logger) (*proxy.Proxy, failover.Config, string, func(), error) {
+	cfg, key, err := src.load()
+	if err != nil {
+		return nil, cfg, "", nil, err
+	}
+	store, err := src.openShared(f.redis, logger)
+	if err != nil {
+		return nil, cfg, "", nil, err
+	}
+	if store != nil {
+		cfg.Shared = store
+	}
+	p, err := proxy.New(proxy.Config{
+		Failover:        cfg,
+		BasePath:        f.basePath,
+		ProxyKey:        key,
+		AllowOrigins:    f.allowOrigins,
+		AnyHost:         f.allowRemote,
+		ReadTimeout:     f.readTimeout,
+		ShutdownTimeout: f.shutdownTimeout,
+		Logger:          logger,
+	})
+	if err != nil {
+		if store != nil {
+			_ = store.Close()
+		}
+		return nil, cfg, "", nil, err
+	}
+	return p, cfg, key, func() {
+		p.Close()
+		if store != nil {
+			_ = store.Close()
+		}
+	}, nil
+}
+
+// listenProxy opens the API's listener and, with -admin-listen, the admin
+// handlers' (else they go on -listen), as the access policy allows, and
+// checks that no endpoint is the proxy itself. On error, nothing stays
+// open.
+func listenProxy(f proxyFlags, cfg failover.Config, key string) (ln, admin net.Listener, err error) {
+	pol := remotePolicy{haveKey: key != "", allowRemote: f.allowRemote}
+	if ln, err = listen(f.listen, "-listen", pol, true, f.adminListen == ""); err != nil {
+		return nil, nil, err
+	}
+	if f.adminListen != "" {
+		if admin, err = listen(f.adminListen, "-admin-listen", pol, false, true); err != nil {
+			_ = ln.Close()
+			return nil, nil, err
+		}
+	}
+	if err := proxy.CheckNoLoop(cfg.Endpoints, ln.Addr()); err != nil {
+		_ = ln.Close()
+		if admin != nil {
+			_ = admin.Close()
+		}
+		return nil, nil, err
+	}
+	return ln, admin, nil
 }
 
 // configSource reads the proxy's transport configuration, the same way at
