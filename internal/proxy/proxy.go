@@ -28,6 +28,7 @@ package proxy
 
 import (
 	"bufio"
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -188,28 +189,9 @@ type Proxy struct {
 // [failover.New] or names the Config field that is wrong; it never quotes a
 // key.
 func New(cfg Config) (*Proxy, error) {
-	basePath, err := cleanBasePath(cfg.BasePath)
+	cfg, basePath, origins, err := cfg.checked()
 	if err != nil {
-		return nil, fmt.Errorf("proxy: base path: %w", err)
-	}
-	if cfg.ShutdownTimeout < 0 {
-		return nil, fmt.Errorf("proxy: shutdown timeout %v is negative", cfg.ShutdownTimeout)
-	}
-	if cfg.ShutdownTimeout == 0 {
-		cfg.ShutdownTimeout = DefaultShutdownTimeout
-	}
-	if strings.ContainsAny(cfg.ProxyKey, "\r\n") {
-		return nil, errors.New("proxy: the proxy key contains a line break")
-	}
-	origins, err := newOriginPolicy(cfg.AllowOrigins, cfg.ProxyKey != "")
-	if err != nil {
-		return nil, fmt.Errorf("proxy: %w", err)
-	}
-	switch {
-	case cfg.ReadTimeout < 0:
-		return nil, fmt.Errorf("proxy: read timeout %v is negative", cfg.ReadTimeout)
-	case cfg.ReadTimeout == 0:
-		cfg.ReadTimeout = DefaultReadTimeout
+		return nil, err
 	}
 	logger := cfg.Logger
 	if logger == nil {
@@ -228,26 +210,7 @@ func New(cfg Config) (*Proxy, error) {
 		logger:          logger,
 	}
 	p.internal, _ = url.Parse(InternalBaseURL)
-
-	p.own = ownedSettings{
-		base:           cfg.Failover.Base,
-		logger:         cfg.Failover.Logger,
-		endpointHeader: cfg.Failover.EndpointHeader,
-		maxBody:        cfg.Failover.MaxBodyBuffer,
-		shared:         cfg.Failover.Shared,
-	}
-	if p.own.logger == nil {
-		p.own.logger = cfg.Logger
-	}
-	if p.own.maxBody == 0 {
-		p.own.maxBody = DefaultMaxBody
-	}
-	if p.own.base == nil {
-		p.base = http.DefaultTransport.(*http.Transport).Clone()
-		// A proxy keeps many connections to few hosts.
-		p.base.MaxIdleConnsPerHost = 64
-		p.own.base = p.base
-	}
+	p.own = p.ownSettings(cfg)
 	fc := p.prepare(cfg.Failover)
 	if p.transport, err = failover.New(fc); err != nil {
 		p.Close()
@@ -272,6 +235,55 @@ func New(cfg Config) (*Proxy, error) {
 		ErrorLog:       slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
 	return p, nil
+}
+
+// checked validates cfg's own fields and returns it with their defaults,
+// its base path cleaned and its origin policy.
+func (cfg Config) checked() (Config, string, originPolicy, error) {
+	basePath, err := cleanBasePath(cfg.BasePath)
+	if err != nil {
+		return cfg, "", originPolicy{}, fmt.Errorf("proxy: base path: %w", err)
+	}
+	switch {
+	case cfg.ShutdownTimeout < 0:
+		return cfg, "", originPolicy{}, fmt.Errorf("proxy: shutdown timeout %v is negative", cfg.ShutdownTimeout)
+	case cfg.ShutdownTimeout == 0:
+		cfg.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if strings.ContainsAny(cfg.ProxyKey, "\r\n") {
+		return cfg, "", originPolicy{}, errors.New("proxy: the proxy key contains a line break")
+	}
+	origins, err := newOriginPolicy(cfg.AllowOrigins, cfg.ProxyKey != "")
+	if err != nil {
+		return cfg, "", originPolicy{}, fmt.Errorf("proxy: %w", err)
+	}
+	switch {
+	case cfg.ReadTimeout < 0:
+		return cfg, "", originPolicy{}, fmt.Errorf("proxy: read timeout %v is negative", cfg.ReadTimeout)
+	case cfg.ReadTimeout == 0:
+		cfg.ReadTimeout = DefaultReadTimeout
+	}
+	return cfg, basePath, origins, nil
+}
+
+// ownSettings returns the transport settings the proxy owns from cfg, with
+// their defaults: a base transport of the proxy's own (p.base, closed by
+// Close) when cfg has none.
+func (p *Proxy) ownSettings(cfg Config) ownedSettings {
+	own := ownedSettings{
+		base:           cfg.Failover.Base,
+		logger:         cmp.Or(cfg.Failover.Logger, cfg.Logger),
+		endpointHeader: cfg.Failover.EndpointHeader,
+		maxBody:        cmp.Or(cfg.Failover.MaxBodyBuffer, DefaultMaxBody),
+		shared:         cfg.Failover.Shared,
+	}
+	if own.base == nil {
+		p.base = http.DefaultTransport.(*http.Transport).Clone()
+		// A proxy keeps many connections to few hosts.
+		p.base.MaxIdleConnsPerHost = 64
+		own.base = p.base
+	}
+	return own
 }
 
 // cleanBasePath normalises a base path to "" (the root) or "/a/b", and
