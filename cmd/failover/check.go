@@ -157,39 +157,63 @@ func runCheckCommand(ctx context.Context, args, environ []string, stdout, stderr
 		t, err = failover.New(cfg)
 	}
 	if err != nil {
-		rep.Verdict = "bad-configuration"
-		rep.Errors = strings.Split(err.Error(), "\n")
-		if f.json {
-			writeJSON(stdout, rep)
-		} else {
-			fmt.Fprintln(stderr, "failover check: bad configuration:")
-			for _, line := range rep.Errors {
-				fmt.Fprintf(stderr, "  %s\n", line)
-			}
-			writeWarnings(stderr, rep.Warnings)
-		}
+		reportBadConfiguration(stdout, stderr, f, rep, err)
 		return exitUsage
 	}
 	defer t.Close() // the configuration's probes, if any, never start: nothing is out yet
+	rep.Endpoints = probeAll(ctx, f, cfg, t.Health())
+	code := rep.tally()
+	if f.json {
+		writeJSON(stdout, rep)
+	} else {
+		writeCheckTable(stdout, rep, f)
+	}
+	return code
+}
 
-	health := t.Health()
-	rep.Endpoints = make([]probeResult, len(health))
+// reportBadConfiguration prints err, the configuration's problems, and the
+// look-alike variables.
+func reportBadConfiguration(stdout, stderr io.Writer, f checkFlags, rep checkReport, err error) {
+	rep.Verdict = "bad-configuration"
+	rep.Errors = strings.Split(err.Error(), "\n")
+	if f.json {
+		writeJSON(stdout, rep)
+		return
+	}
+	fmt.Fprintln(stderr, "failover check: bad configuration:")
+	for _, line := range rep.Errors {
+		fmt.Fprintf(stderr, "  %s\n", line)
+	}
+	writeWarnings(stderr, rep.Warnings)
+}
+
+// probeAll probes every enabled endpoint of cfg (health names them, in
+// order) in parallel, and lists the disabled ones.
+func probeAll(ctx context.Context, f checkFlags, cfg failover.Config, health []failover.EndpointHealth) []probeResult {
+	out := make([]probeResult, len(health))
 	keys := endpointKeys(cfg.Endpoints)
 	var wg sync.WaitGroup
 	for i, h := range health {
 		r := probeResult{Name: h.Name, URL: h.BaseURL, Priority: h.Priority, Weight: h.Weight, Result: "disabled"}
 		if h.State == failover.StateDisabled {
-			rep.Endpoints[i] = r
+			out[i] = r
 			continue
 		}
 		e := cfg.Endpoints[i]
 		e.Name = h.Name
 		wg.Go(func() {
 			p := prober{endpoint: e, timeout: f.timeout, model: f.model, keys: keys}
-			rep.Endpoints[i] = p.run(ctx, r)
+			out[i] = p.run(ctx, r)
 		})
 	}
 	wg.Wait()
+	return out
+}
+
+// tally counts rep's results, sets its verdict and returns the exit code:
+// 0 when every enabled endpoint passed, 1 when any failed or none is
+// enabled.
+func (rep *checkReport) tally() int {
 	for _, r := range rep.Endpoints {
 		switch r.Result {
 		case "ok":
@@ -200,17 +224,12 @@ func runCheckCommand(ctx context.Context, args, environ []string, stdout, stderr
 			rep.Disabled++
 		}
 	}
-	rep.Verdict = "ok"
-	code := exitOK
 	if rep.Failed > 0 || rep.Passed == 0 {
-		rep.Verdict, code = "failed", exitFailure
+		rep.Verdict = "failed"
+		return exitFailure
 	}
-	if f.json {
-		writeJSON(stdout, rep)
-	} else {
-		writeCheckTable(stdout, rep, f)
-	}
-	return code
+	rep.Verdict = "ok"
+	return exitOK
 }
 
 // endpointKeys returns the endpoints' keys, for scrubbing them from
