@@ -195,35 +195,12 @@ type demo struct {
 // returns its summary. It starts and stops everything it needs.
 func runDemo(ctx context.Context, opts demoOptions) (demoSummary, error) {
 	d := &demo{opts: opts, registry: prometheus.NewRegistry()}
-	// The shape the README teaches: a primary, a backup of the next
-	// priority, and a third.
-	specs := []struct {
-		name, trouble string
-		latency       time.Duration
-	}{
-		{"primary", "dies (refuses connections), comes back, then throws 500s", 20 * time.Millisecond},
-		{"backup", "throws 503s, later throttles (429, Retry-After: 1)", 40 * time.Millisecond},
-		{"third", "stays healthy: takes what the other two cannot", 30 * time.Millisecond},
-	}
-	endpoints := make([]failover.Endpoint, len(specs))
-	for i, s := range specs {
-		u := &demoUpstream{name: s.name, priority: i + 1, trouble: s.trouble, latency: s.latency,
-			srv: fakeopenai.New(fakeopenai.WithName(s.name), fakeopenai.WithSeed(uint64(i+1)))}
-		defer u.srv.Close()
-		u.srv.SetFault(fakeopenai.Fault{Delay: s.latency})
-		healthy := "healthy"
-		u.now.Store(&healthy)
-		d.ups = append(d.ups, u)
-		endpoints[i] = failover.Endpoint{
-			Name:     s.name,
-			BaseURL:  u.srv.URL(),
-			APIKey:   "sk-demo-" + s.name,
-			Priority: u.priority,
-			// A hanging upstream fails over after 5s instead of holding
-			// the request until its deadline.
-			Timeout: 5 * time.Second,
+	endpoints := d.startUpstreams()
+	defer func() {
+		for _, u := range d.ups {
+			u.srv.Close()
 		}
-	}
+	}()
 	d.events = demoSchedule(d.ups)
 	// An open breaker tries again after a sixth of the run (at most 2s),
 	// so that a run shows open, half-open and closed again.
@@ -249,10 +226,51 @@ func runDemo(ctx context.Context, opts demoOptions) (demoSummary, error) {
 	// The calling code sends to OpenAI's own URL, as an SDK does by
 	// default; the transport routes every request to the upstreams.
 	d.client = &http.Client{Transport: d.transport}
+	d.run(ctx)
+	sum := d.summary()
+	d.printSummary(sum)
+	return sum, nil
+}
 
+// startUpstreams starts the demo's upstreams in the shape the README
+// teaches: a primary, a backup of the next priority, and a third. It
+// returns their endpoints.
+func (d *demo) startUpstreams() []failover.Endpoint {
+	specs := []struct {
+		name, trouble string
+		latency       time.Duration
+	}{
+		{"primary", "dies (refuses connections), comes back, then throws 500s", 20 * time.Millisecond},
+		{"backup", "throws 503s, later throttles (429, Retry-After: 1)", 40 * time.Millisecond},
+		{"third", "stays healthy: takes what the other two cannot", 30 * time.Millisecond},
+	}
+	endpoints := make([]failover.Endpoint, len(specs))
+	for i, s := range specs {
+		u := &demoUpstream{name: s.name, priority: i + 1, trouble: s.trouble, latency: s.latency,
+			srv: fakeopenai.New(fakeopenai.WithName(s.name), fakeopenai.WithSeed(uint64(i+1)))}
+		u.srv.SetFault(fakeopenai.Fault{Delay: s.latency})
+		healthy := "healthy"
+		u.now.Store(&healthy)
+		d.ups = append(d.ups, u)
+		endpoints[i] = failover.Endpoint{
+			Name:     s.name,
+			BaseURL:  u.srv.URL(),
+			APIKey:   "sk-demo-" + s.name,
+			Priority: u.priority,
+			// A hanging upstream fails over after 5s instead of holding
+			// the request until its deadline.
+			Timeout: 5 * time.Second,
+		}
+	}
+	return endpoints
+}
+
+// run sends the demo's requests, plays its script of faults and refreshes
+// its table until its duration is over.
+func (d *demo) run(ctx context.Context) {
 	d.start = time.Now()
 	d.header()
-	runCtx, stop := context.WithDeadline(ctx, d.start.Add(opts.Duration))
+	runCtx, stop := context.WithDeadline(ctx, d.start.Add(d.opts.Duration))
 	defer stop()
 	var wg sync.WaitGroup
 	wg.Go(func() { d.script(runCtx) })
@@ -266,10 +284,6 @@ func runDemo(ctx context.Context, opts demoOptions) (demoSummary, error) {
 	workers.Wait()
 	close(refreshDone)
 	wg.Wait()
-
-	sum := d.summary()
-	d.printSummary(sum)
-	return sum, nil
 }
 
 // script applies the schedule's faults at their times until ctx is done.
