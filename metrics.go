@@ -114,25 +114,20 @@ func newMetrics(enabled bool, t *Transport) *metrics {
 			Name: "failover_requests_exhausted_total",
 			Help: "Requests that ended without a successful attempt.",
 		}),
-		firstToken: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "failover_first_token_seconds",
-			Help:    "Time from sending an attempt to its event stream's first event that carries content.",
-			Buckets: []float64{.05, .1, .25, .5, 1, 2, 4, 8, 15, 30, 60, 120, 300},
-		}, ep),
-		streams: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "failover_streams_total",
-			Help: "Event streams by how they ended: complete, truncated (a clean end before the terminal event), stalled, canceled (by the caller) or error (a broken connection).",
-		}, []string{"endpoint", "outcome"}),
-		probes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "failover_probes_total",
-			Help: "Recovery probes sent to each endpoint, by result: success (a 2xx), failure (another status), key_rejected (401) or error (no response).",
-		}, []string{"endpoint", "result"}),
-		modelSkips: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "failover_model_skips_total",
-			Help: "Requests that passed this endpoint by because it does not serve the model their body names (Endpoint.Models): not failures.",
-		}, ep),
 	}
-	m.state = &stateCollector{
+	m.addFeatureVecs(ep)
+	m.state = newStateCollector(t, ep)
+	for i, name := range waitReasonNames {
+		m.waitBy[i] = m.wait.WithLabelValues(name)
+	}
+	m.budget = newBudgetMetrics(t)
+	return m
+}
+
+// newStateCollector returns the collector of the gauges read from the
+// endpoints' state at scrape time.
+func newStateCollector(t *Transport, ep []string) *stateCollector {
+	return &stateCollector{
 		t: t,
 		inflight: prometheus.NewDesc("failover_attempts_in_flight",
 			"Attempts sent to each endpoint that have not yet received their response headers.", ep, nil),
@@ -145,11 +140,28 @@ func newMetrics(enabled bool, t *Transport) *metrics {
 		latencyEst: prometheus.NewDesc("failover_latency_estimate_seconds",
 			"The least-latency balancer's latency estimate of each endpoint (a decaying peak EWMA); 0 before the first sample.", ep, nil),
 	}
-	for i, name := range waitReasonNames {
-		m.waitBy[i] = m.wait.WithLabelValues(name)
-	}
-	m.budget = newBudgetMetrics(t)
-	return m
+}
+
+// addFeatureVecs adds to m the collectors of streams, recovery probes and
+// routing by model.
+func (m *metrics) addFeatureVecs(ep []string) {
+	m.firstToken = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "failover_first_token_seconds",
+		Help:    "Time from sending an attempt to its event stream's first event that carries content.",
+		Buckets: []float64{.05, .1, .25, .5, 1, 2, 4, 8, 15, 30, 60, 120, 300},
+	}, ep)
+	m.streams = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "failover_streams_total",
+		Help: "Event streams by how they ended: complete, truncated (a clean end before the terminal event), stalled, canceled (by the caller) or error (a broken connection).",
+	}, []string{"endpoint", "outcome"})
+	m.probes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "failover_probes_total",
+		Help: "Recovery probes sent to each endpoint, by result: success (a 2xx), failure (another status), key_rejected (401) or error (no response).",
+	}, []string{"endpoint", "result"})
+	m.modelSkips = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "failover_model_skips_total",
+		Help: "Requests that passed this endpoint by because it does not serve the model their body names (Endpoint.Models): not failures.",
+	}, ep)
 }
 
 // register registers m's collectors with reg. When one fails it leaves
