@@ -173,6 +173,9 @@ func (r *request) tapUsage(e *endpoint, resp *http.Response) {
 	if b := e.budget; b == nil || (b.tpm == nil && b.tpmLease == nil) || resp.Body == nil || resp.Body == http.NoBody {
 		return
 	}
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		return // an upgraded connection: its body must stay the connection's writer, and carries no usage
+	}
 	resp.Body = newUsageBody(resp.Body, e, r.st.charged)
 }
 
