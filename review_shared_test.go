@@ -1,0 +1,67 @@
+package failover
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestReviewFleetTrialRefusedByBudget: the fleet's trial on x, claimed by
+// this process, is refused by x's own token budget (MaxTPM) after the
+// fleet's gate handed this request the trial. The request goes to y. The
+// trial must not be lost: once x has its budget again, the next request
+// is x's trial, not a wait until the claim's time-to-live (the open
+// timeout, 10 minutes here) has passed, in every process of the fleet.
+func TestReviewFleetTrialRefusedByBudget(t *testing.T) {
+	clk := newFakeClock()
+	hub := newMemHub(clk)
+	rep := newHostReplies()
+	base := newScriptedBase(rep.script)
+	body := `{"model":"gpt-test","max_tokens":1,"messages":[{"role":"user","content":"` + strings.Repeat("word ", 70) + `"}]}`
+	est := estimateTokens([]byte(body), "/chat/completions")
+	x := hostEndpoint("x", 0)
+	x.MaxTPM, x.TokenBurst = 60, int(est*3/2) // a token a second; a request takes 2/3 of the burst
+	cfg := func(base http.RoundTripper) Config {
+		return Config{Base: base, Shared: hub.join(), MaxWait: -1,
+			Breaker:   BreakerConfig{OpenTimeout: 10 * time.Minute}, // also the trial claim's time-to-live
+			Endpoints: []Endpoint{x, hostEndpoint("y", 1)}}
+	}
+	a := newTestTransportOn(t, cfg(base), clk)
+	settle(a)
+
+	send := func(t *testing.T) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPost, clientBase+"/chat/completions", strings.NewReader(body))
+		return roundTrip(t, a, req)
+	}
+	if code, got := send(t); code != 200 || got != "x" {
+		t.Fatalf("got %d %q, want x, which has its budget", code, got)
+	}
+	settle(a) // x's token budget holds a third of a request
+	// Another process opened x's breaker for 10s; it ends, and a claims
+	// the fleet's trial (won).
+	a.fleet.receive(SharedEvent{Endpoint: "x", Kind: SharedBreakerOpen, Until: clk.Now().Add(10 * time.Second)})
+	clk.Advance(10 * time.Second)
+	ex := endpointsOf(a)[0]
+	if wait, _ := ex.bud.fleet.gate(ex, a.fleet, clk.Now().UnixNano()); wait == 0 {
+		t.Fatal("the gate let a request through before claiming the trial")
+	}
+	settle(a)
+
+	// x's budget refuses the trial (it holds a third of a request and ten
+	// seconds' worth): y answers.
+	if code, got := send(t); code != 200 || got != "y" {
+		t.Fatalf("got %d %q, want y while x is short of tokens", code, got)
+	}
+	settle(a)
+
+	// A minute later x has its budget again: the fleet's trial is due, and
+	// a request goes to x (y is healthy too, but of a later priority).
+	clk.Advance(time.Minute)
+	ex.budget.tpmLease.renew(clk.Now()) // the shared budget's lease, as a request would ask it
+	settle(a)
+	if code, got := send(t); code != 200 || got != "x" {
+		t.Fatalf("got %d %q, want the fleet's trial on x: the claim this process won was used up by a refused attempt", code, got)
+	}
+}
