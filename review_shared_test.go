@@ -65,3 +65,36 @@ func TestReviewFleetTrialRefusedByBudget(t *testing.T) {
 		t.Fatalf("got %d %q, want the fleet's trial on x: the claim this process won was used up by a refused attempt", code, got)
 	}
 }
+
+// TestReviewFleetProbesOnce: with Shared set, one process of the fleet
+// probes an endpoint that is out, not every process (issue 15; the README:
+// recovery probes claim "probe:<endpoint name>" through Shared.Claim, true
+// for exactly one process). Two processes that both saw x fail (their
+// breakers opened before either heard of the other's) send one probe per
+// interval between them, not one each.
+func TestReviewFleetProbesOnce(t *testing.T) {
+	const interval = 10 * time.Second
+	clk := newStepClock()
+	hub := newMemHub(newFakeClock()) // claims last their whole time-to-live
+	hosts := newProbeHosts()
+	base := newScriptedBase(hosts.script)
+	var trs []*Transport
+	for range 2 {
+		trs = append(trs, newTestTransportOn(t, Config{Base: base, Shared: hub.join(), MaxWait: -1,
+			Probe:     ProbeConfig{Interval: interval},
+			Endpoints: []Endpoint{hostEndpoint("x", 0), hostEndpoint("y", 1)}}, clk))
+	}
+	hosts.set("x", 500)
+	for _, tr := range trs {
+		openBreaker(t, endpointsOf(tr)[0]) // both saw x fail
+	}
+	clk.BlockUntil(t, 2) // both probe loops wait for their first probe
+	clk.Advance(interval + interval/10)
+	clk.BlockUntil(t, 2) // both wait again: the first round is over
+	for _, tr := range trs {
+		settle(tr)
+	}
+	if n := len(probesOf(base, "x")); n != 1 {
+		t.Fatalf("the fleet sent %d probes to x in one interval, want 1: every process probes", n)
+	}
+}
