@@ -265,6 +265,9 @@ func newTransport(cfg Config, c clock) (*Transport, error) {
 	t.metrics = newMetrics(cfg.Registerer != nil, t)
 	t.heal.init(t)
 	t.fleet = newFleet(t, cfg.Shared, cfg.SharedTimeout)
+	if t.fleet != nil {
+		t.heal.claim = t.fleet.claimProbe
+	}
 	t.snap.Store(t.build(p, nil))
 	// Registered last: a scrape may come at once and reads the endpoints.
 	if err := t.metrics.register(cfg.Registerer); err != nil {

@@ -371,6 +371,19 @@ func (fe *fleetEndpoint) claimTrial(e *endpoint, f *fleet, period int64, ttl tim
 	})
 }
 
+// claimProbe reports whether this process may probe the endpoint named
+// name now, for ttl: it won "probe:<name>" in the fleet, or the shared
+// state is unreachable (the breakers, and so the probes, are then each
+// process's own).
+func (f *fleet) claimProbe(_ context.Context, name string, ttl time.Duration) bool {
+	won := false
+	err := f.call(func(ctx context.Context) (err error) {
+		won, err = f.shared.Claim(ctx, "probe:"+name, ttl)
+		return err
+	})
+	return err != nil || won
+}
+
 // Waits while a trial is claimed (a Redis round trip) or sent by another
 // process (its result comes by the fleet's events).
 const (
