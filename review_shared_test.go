@@ -1,8 +1,10 @@
 package failover
 
 import (
+	"context"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -96,5 +98,60 @@ func TestReviewFleetProbesOnce(t *testing.T) {
 	}
 	if n := len(probesOf(base, "x")); n != 1 {
 		t.Fatalf("the fleet sent %d probes to x in one interval, want 1: every process probes", n)
+	}
+}
+
+// subscriptionShared is a memShared that tells whether its subscriptions
+// were stopped, and whose Publish waits for gate (or its context).
+type subscriptionShared struct {
+	*memShared
+	subscribed, stopped atomic.Int32
+	publishing          atomic.Int32 // Publish calls under way
+	gate                chan struct{}
+}
+
+func (s *subscriptionShared) Subscribe(fn func(SharedEvent)) func() {
+	s.subscribed.Add(1)
+	stop := s.memShared.Subscribe(fn)
+	return func() { s.stopped.Add(1); stop() }
+}
+
+func (s *subscriptionShared) Publish(ctx context.Context, ev SharedEvent) error {
+	s.publishing.Add(1)
+	defer s.publishing.Add(-1)
+	select {
+	case <-s.gate:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return s.memShared.Publish(ctx, ev)
+}
+
+// TestReviewCloseLeavesTheFleet: Close stops the Transport's background
+// work ("when Close returns, no goroutine of the Transport's runs"): with
+// Shared, that is its subscription to the fleet's events (else a Shared
+// that outlives the Transport, as a redisshare.Store may, keeps calling
+// it, and keeps it in memory) and its calls to the shared state under way.
+func TestReviewCloseLeavesTheFleet(t *testing.T) {
+	clk := newFakeClock()
+	sh := &subscriptionShared{memShared: newMemHub(clk).join(), gate: make(chan struct{})}
+	rep := newHostReplies()
+	tr, err := newTransport(Config{Base: newScriptedBase(rep.script), Shared: sh, SharedTimeout: time.Minute,
+		Endpoints: []Endpoint{hostEndpoint("x", 0), hostEndpoint("y", 1)}}, clk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer close(sh.gate) // lets a publish left behind end, whatever the outcome
+	rep.set("x", 429, `{}`, "Retry-After", "5")
+	answeredBy(t, tr, "y") // x cools down: published in the background
+	eventually(t, "publishing", func() bool { return sh.publishing.Load() == 1 })
+	if err := tr.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if sub, stop := sh.subscribed.Load(), sh.stopped.Load(); stop != sub {
+		t.Errorf("%d subscriptions, %d stopped by Close: the closed Transport still receives the fleet's events", sub, stop)
+	}
+	if n := sh.publishing.Load(); n != 0 {
+		t.Errorf("%d calls to the shared state still under way after Close returned", n)
 	}
 }
