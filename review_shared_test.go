@@ -2,6 +2,7 @@ package failover
 
 import (
 	"context"
+	"math"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -153,5 +154,42 @@ func TestReviewCloseLeavesTheFleet(t *testing.T) {
 	}
 	if n := sh.publishing.Load(); n != 0 {
 		t.Errorf("%d calls to the shared state still under way after Close returned", n)
+	}
+}
+
+// TestReviewFleetBoundWhenOneProcessFallsBack: the README's bound ("N
+// processes send at most R×T + B + N×1.5×max(ceil(R/10), 2) in any
+// interval") with one process of two cut off from the shared state (its
+// calls time out on a loaded machine, as TestProxyFleetSharesTheRateLimit
+// saw once in a full run: one proxy had 5 failed calls and the fleet sent
+// 35 in a second against a bound of 34) while the other still spends the
+// shared bucket: the cut-off one spends its local share besides.
+func TestReviewFleetBoundWhenOneProcessFallsBack(t *testing.T) {
+	const r, b, n = 100, 100, 2
+	clk := newFakeClock()
+	hub := newMemHub(clk)
+	hub.procs = n
+	base := newScriptedBase(alwaysOK)
+	x := hostEndpoint("x", 0)
+	x.MaxRPS, x.Burst = r, b
+	var trs []*Transport
+	var shs []*memShared
+	for range n {
+		sh := hub.join()
+		shs = append(shs, sh)
+		trs = append(trs, newTestTransportOn(t, Config{Base: base, Shared: sh, MaxWait: -1,
+			Endpoints: []Endpoint{x, hostEndpoint("y", 1)}}, clk))
+		settle(trs[len(trs)-1])
+	}
+	shs[0].down.Store(true) // process 0 is cut off; process 1 is not
+	for range 3 * b {
+		for _, tr := range trs {
+			chat(t, tr)
+			settle(tr)
+		}
+	}
+	bound := r*0 + b + int(math.Ceil(n*1.5*max(math.Ceil(r/10.0), 2)))
+	if got := base.Hits("x.test"); got > bound {
+		t.Fatalf("x got %d requests from the fleet with no time passing, above the README's bound %d", got, bound)
 	}
 }
