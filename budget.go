@@ -77,8 +77,14 @@ func (st *endpointState) budgetFor(cfg Endpoint, f *fleet) *endpointBudget {
 func (e *endpoint) admit(clk *lazyClock, st *requestState, p *pickResult, done func(error)) bool {
 	now := clk.get()
 	ns := now.UnixNano()
+	trial := false // this attempt was handed the fleet's trial on e
 	refuse := func(wait time.Duration, reason waitReason) bool {
 		done(errNotSent)
+		if trial {
+			// Not sent: the trial this process won stays due.
+			st.trial = false
+			e.bud.fleet.claim.CompareAndSwap(claimUsed, claimWon)
+		}
 		if e.limiter != nil {
 			e.limMu.Lock()
 			e.limiter.ReserveN(now, -1) // give back the request's token
@@ -103,7 +109,8 @@ func (e *endpoint) admit(clk *lazyClock, st *requestState, p *pickResult, done f
 		return true
 	}
 	if b.fleet != nil {
-		wait, trial := e.bud.fleet.gate(e, b.fleet, ns)
+		var wait int64
+		wait, trial = e.bud.fleet.gate(e, b.fleet, ns)
 		if wait > 0 {
 			p.open++
 			return refuse(time.Duration(wait), waitBreaker)
@@ -172,6 +179,9 @@ func (r *request) afterResponse(e *endpoint, resp *http.Response, failed bool) {
 func (r *request) tapUsage(e *endpoint, resp *http.Response) {
 	if b := e.budget; b == nil || (b.tpm == nil && b.tpmLease == nil) || resp.Body == nil || resp.Body == http.NoBody {
 		return
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		return // an upgraded connection: its body must stay the connection's writer, and carries no usage
 	}
 	resp.Body = newUsageBody(resp.Body, e, r.st.charged)
 }

@@ -272,7 +272,7 @@ func newTransport(cfg Config, c clock) (*Transport, error) {
 	// Registered last: a scrape may come at once and reads the endpoints.
 	if err := t.metrics.register(cfg.Registerer); err != nil {
 		if t.fleet != nil {
-			t.fleet.stop() // no Transport: no subscriber
+			t.fleet.close() // no Transport: no subscriber
 		}
 		return nil, err
 	}

@@ -393,7 +393,10 @@ var endpointVars = []endpointVar{
 	})},
 	{"OPENAI_API_VERSION_", problemOf(func(e *Endpoint, v string) string {
 		e.APIVersion = v
-		return checkAPIVersion(v)
+		if !validDeployment(v) {
+			return quoteEnv(v) + " is not an api-version such as 2024-10-21 (letters, digits, '.', '_' and '-')"
+		}
+		return ""
 	})},
 	{"OPENAI_MAX_TPM_", problemOf(func(e *Endpoint, v string) (problem string) {
 		e.MaxTPM, problem = parseEnvRate(v)

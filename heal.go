@@ -61,10 +61,13 @@ func (h *healer) adopt(st *endpointState, added bool) {
 }
 
 // Close stops the Transport's background work, the recovery probes of
-// [ProbeConfig], and waits for it to end: when Close returns, no goroutine
-// of the Transport's runs. The Transport still serves requests after
-// Close, without probes (an open breaker then lets a user request through
-// as its trial, as without probes). Close is safe to call more than once
+// [ProbeConfig] and the calls to [Config].Shared, and waits for it to end:
+// when Close returns, no goroutine of the Transport's runs. With Shared it
+// also stops the Transport's subscription to the fleet's events. The
+// Transport still serves requests after Close, without probes (an open
+// breaker then lets a user request through as its trial, as without
+// probes) and off the fleet (each budget a local share, as while the
+// shared state is unreachable). Close is safe to call more than once
 // and concurrently with requests; it always returns nil. A proxy or a
 // program that builds Transports with probes calls it at shutdown.
 func (t *Transport) Close() error {
@@ -75,6 +78,9 @@ func (t *Transport) Close() error {
 	h.stopped.Store(true)
 	h.stop()
 	h.wg.Wait()
+	if t.fleet != nil {
+		t.fleet.close()
+	}
 	return nil
 }
 

@@ -30,7 +30,8 @@ import (
 //
 // While the shared state is unreachable, each process spends instead from
 // a local limiter of rate R/N and burst max(1, B/N), N the processes last
-// seen by heartbeat.
+// seen by heartbeat. A process cut off while the others are not adds its
+// local share to the bound: up to R*T/N + max(1, B/N) each.
 
 // leaseWindow is how much of its own spending a lease covers.
 const leaseWindow = 100 * time.Millisecond

@@ -70,15 +70,21 @@ func (e *Endpoint) checkModels() []string {
 // is not empty, is UTF-8 and has no control character nor space at
 // either end.
 func checkModelName(name string) string {
+	return modelNameProblem(name, quoteModel)
+}
+
+// modelNameProblem is checkModelName with the name quoted by quote (the
+// environment's quoteEnv shows no more of a value than a short prefix).
+func modelNameProblem(name string, quote func(string) string) string {
 	switch {
 	case name == "":
 		return "is empty"
 	case !utf8.ValidString(name):
 		return "is not valid UTF-8"
 	case strings.IndexFunc(name, unicode.IsControl) >= 0:
-		return quoteModel(name) + " contains a control character"
+		return quote(name) + " contains a control character"
 	case strings.TrimSpace(name) != name:
-		return quoteModel(name) + " begins or ends with a space"
+		return quote(name) + " begins or ends with a space"
 	}
 	return ""
 }
@@ -114,7 +120,7 @@ func parseEnvModels(v string) (map[string]string, string) {
 			return nil, fmt.Sprintf("entry %s has no upstream name after '='", quoteEnv(strings.TrimSpace(item)))
 		}
 		for _, n := range []string{name, up} {
-			if problem := checkModelName(n); n != "" && problem != "" {
+			if problem := modelNameProblem(n, quoteEnv); n != "" && problem != "" {
 				return nil, "model name " + problem
 			}
 		}

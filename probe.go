@@ -470,7 +470,7 @@ func newProbeRequest(ctx context.Context, tg *target, pr ProbeRequest) (*http.Re
 		req.Header[k] = vs
 	}
 	if tg.auth != nil {
-		req.Header["Authorization"] = tg.auth
+		req.Header[tg.authKey] = tg.auth // Authorization, or an Azure endpoint's api-key
 	}
 	if req.Header.Get("User-Agent") == "" {
 		req.Header.Set("User-Agent", probeUserAgent)

@@ -141,6 +141,14 @@ type fleet struct {
 	errs    atomic.Uint64
 	wg      sync.WaitGroup // background calls in flight
 	stop    func()
+
+	// ctx bounds every call; close cancels it. After close, f is off the
+	// fleet: each call fails at once, as if the state were unreachable.
+	ctx     context.Context
+	cancel  context.CancelFunc
+	mu      sync.Mutex // guards closed with wg.Add
+	closed  bool
+	stopped atomic.Bool
 }
 
 // newFleet links t to sh; nil without sh.
@@ -149,8 +157,28 @@ func newFleet(t *Transport, sh Shared, timeout time.Duration) *fleet {
 		return nil
 	}
 	f := &fleet{shared: sh, timeout: cmpOr(timeout, DefaultSharedTimeout), clock: t.clock, logger: t.logger, t: t}
+	f.ctx, f.cancel = context.WithCancel(context.Background())
 	f.stop = sh.Subscribe(f.receive)
 	return f
+}
+
+// close takes f off the fleet, for [Transport.Close]: it stops the
+// subscription, cancels the calls under way and waits for the background
+// ones to end. Afterwards the budgets use their local shares and the
+// breakers are the process's own. It is safe to call more than once.
+func (f *fleet) close() {
+	f.mu.Lock()
+	if f.closed {
+		f.mu.Unlock()
+		return
+	}
+	f.closed = true
+	f.mu.Unlock()
+	f.stopped.Store(true)
+	f.down.Store(true)
+	f.stop()
+	f.cancel()
+	f.wg.Wait()
 }
 
 func cmpOr(d, def time.Duration) time.Duration {
@@ -180,12 +208,15 @@ func (f *fleet) isDown() bool { return f.down.Load() }
 // row mark it down (and log that once); a success marks it back (and logs
 // that).
 func (f *fleet) call(op func(ctx context.Context) error) error {
-	if f.down.Load() && f.clock.now().UnixNano() < f.retryAt.Load() {
+	if f.stopped.Load() || (f.down.Load() && f.clock.now().UnixNano() < f.retryAt.Load()) {
 		return errSharedDown
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
+	ctx, cancel := context.WithTimeout(f.ctx, f.timeout)
 	defer cancel()
 	err := op(ctx)
+	if f.stopped.Load() {
+		return errSharedDown // canceled by close: says nothing of the state
+	}
 	f.calls.Add(1)
 	if err != nil {
 		f.errs.Add(1)
@@ -206,9 +237,17 @@ func (f *fleet) call(op func(ctx context.Context) error) error {
 	return nil
 }
 
-// background runs fn in a goroutine of its own, counted in f.wg.
+// background runs fn in a goroutine of its own, counted in f.wg; after
+// close, at once (its calls fail at once).
 func (f *fleet) background(fn func()) {
+	f.mu.Lock()
+	if f.closed {
+		f.mu.Unlock()
+		fn()
+		return
+	}
 	f.wg.Add(1)
+	f.mu.Unlock()
 	go func() {
 		defer f.wg.Done()
 		fn()
@@ -371,6 +410,19 @@ func (fe *fleetEndpoint) claimTrial(e *endpoint, f *fleet, period int64, ttl tim
 	})
 }
 
+// claimProbe reports whether this process may probe the endpoint named
+// name now, for ttl: it won "probe:<name>" in the fleet, or the shared
+// state is unreachable (the breakers, and so the probes, are then each
+// process's own).
+func (f *fleet) claimProbe(_ context.Context, name string, ttl time.Duration) bool {
+	won := false
+	err := f.call(func(ctx context.Context) (err error) {
+		won, err = f.shared.Claim(ctx, "probe:"+name, ttl)
+		return err
+	})
+	return err != nil || won
+}
+
 // Waits while a trial is claimed (a Redis round trip) or sent by another
 // process (its result comes by the fleet's events).
 const (
@@ -394,18 +446,4 @@ func (fe *fleetEndpoint) trialDone(e *endpoint, failed bool, now time.Time) {
 	fe.openTill.Store(0)
 	fe.closedAt.Store(now.UnixNano())
 	f.publish(SharedEvent{Endpoint: e.name, Kind: SharedBreakerClosed})
-}
-
-// claimProbe asks the fleet whether this process probes endpoint now: the
-// first process to claim it for ttl does, and the others look again a
-// period later. A fleet that cannot be reached leaves each process to
-// probe for itself, as its breakers are then its own. It runs in the
-// prober's goroutine, bounded by the fleet's timeout.
-func (f *fleet) claimProbe(_ context.Context, endpoint string, ttl time.Duration) bool {
-	won := false
-	err := f.call(func(ctx context.Context) (err error) {
-		won, err = f.shared.Claim(ctx, "probe:"+endpoint, ttl)
-		return err
-	})
-	return won || err != nil
 }

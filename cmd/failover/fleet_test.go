@@ -129,17 +129,27 @@ func TestProxyFleetSharesTheRateLimit(t *testing.T) {
 		most = max(most, i-j+1)
 	}
 	limit := r + b + int(math.Ceil(n*1.5*math.Ceil(r/10.0)))
-	t.Logf("%d requests through %d proxies; up got %d, at most %d in a second (bound %d; unshared it would take %d a second)",
+	t.Logf("%d requests through %d proxies; up got %d, at most %d in a second (bound %d with every process on Redis; unshared it would take %d a second)",
 		sent.Load(), n, len(at), most, limit, n*r)
 	for _, p := range procs {
 		resp, err := client.Get(p.url + "/metrics")
 		if err == nil {
-			b, _ := io.ReadAll(resp.Body)
+			metrics, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
-			for _, line := range strings.Split(string(b), "\n") {
+			cutOff := false
+			for _, line := range strings.Split(string(metrics), "\n") {
 				if strings.HasPrefix(line, "failover_shared_calls_total") || strings.HasPrefix(line, "failover_shared_degraded") {
 					t.Log(line)
 				}
+				// A failed call (a slow Redis on a loaded machine) may have
+				// cut the process off for a while: it then spent its local
+				// share besides, as the README's bound says.
+				if strings.HasPrefix(line, `failover_shared_calls_total{result="error"}`) && !strings.HasSuffix(line, " 0") {
+					cutOff = true
+				}
+			}
+			if cutOff {
+				limit += int(math.Ceil(float64(r)/n)) + max(1, b/n)
 			}
 		}
 	}
