@@ -112,20 +112,25 @@ func direct(t *testing.T, s *fakeopenai.Server, path, body string) string {
 }
 
 // idRE matches the ids the fake upstream numbers by request.
-var idRE = regexp.MustCompile(`(chatcmpl-|resp_|msg_resp_)[a-z]+[-_][0-9]+`)
+var idRE = regexp.MustCompile(`(chatcmpl-|cmpl-|resp_|msg_resp_)[a-z]+[-_][0-9]+`)
 
 // sameIDs replaces the per-request ids of a stream, so that two answers of
 // one upstream compare equal.
 func sameIDs(s string) string { return idRE.ReplaceAllString(s, "${1}ID") }
 
-const responsesBody = `{"model":"gpt-test","input":"hi","stream":true}`
+const (
+	responsesBody   = `{"model":"gpt-test","input":"hi","stream":true}`
+	completionsBody = `{"model":"gpt-test","prompt":"hi","stream":true}`
+)
 
-// TestStreamCompleteUntouched: a complete stream, chat or Responses API,
+// TestStreamCompleteUntouched: a complete stream, chat completions, legacy
+// completions or Responses API,
 // reaches the caller byte for byte as the upstream sent it, with every
 // timeout on, and is counted complete.
 func TestStreamCompleteUntouched(t *testing.T) {
 	for _, tc := range []struct{ path, body string }{
 		{"/chat/completions", chatBody(true)},
+		{"/completions", completionsBody},
 		{"/responses", responsesBody},
 	} {
 		t.Run(tc.path, func(t *testing.T) {
@@ -254,13 +259,15 @@ func TestStreamStallErrors(t *testing.T) {
 	}
 }
 
-// TestStreamTruncatedIsAnError: a chat or Responses API stream that ends
+// TestStreamTruncatedIsAnError: a chat completions, legacy completions or
+// Responses API stream that ends
 // cleanly before its terminal event gives the caller io.ErrUnexpectedEOF,
 // naming the endpoint, and counts a failure; AllowTruncatedStreams lets it
 // end as complete.
 func TestStreamTruncatedIsAnError(t *testing.T) {
 	for _, tc := range []struct{ path, body string }{
 		{"/chat/completions", chatBody(true)},
+		{"/completions", completionsBody},
 		{"/responses", responsesBody},
 	} {
 		for _, allow := range []bool{false, true} {
@@ -709,6 +716,43 @@ func TestStreamFirstTokenDeadlineAfterRelease(t *testing.T) {
 				t.Errorf("read error %v matches ErrFirstTokenTimeout after the first token", r.err)
 			}
 			checkCut(t, tr, u, reg, outcome)
+		})
+	}
+}
+
+// TestStreamTimeoutsCloseTheUpstreamConnection: on a loopback upstream, a
+// stream cut by its stall timeout, or given up by its first-token timeout,
+// has its connection closed: the upstream sees it end while the caller
+// still holds its response, unclosed.
+func TestStreamTimeoutsCloseTheUpstreamConnection(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		fault fakeopenai.Fault
+		cfg   Config
+	}{
+		{"stall", fakeopenai.StreamStall(3, 10*time.Millisecond), Config{StreamIdleTimeout: 200 * time.Millisecond}},
+		{"first token", fakeopenai.StreamStall(0, 10*time.Millisecond), Config{FirstTokenTimeout: 200 * time.Millisecond}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, b := upstream(t, "a"), upstream(t, "b")
+			a.SetFault(tc.fault)
+			cfg := tc.cfg
+			cfg.Endpoints = []Endpoint{ep(a, 0), ep(b, 1)}
+			tr, _ := newTestTransport(t, cfg)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			resp := streamRequest(t, ctx, tr, "/chat/completions", chatBody(true))
+			defer resp.Body.Close()
+			if tc.cfg.StreamIdleTimeout > 0 {
+				if _, err := io.ReadAll(resp.Body); !errors.Is(err, ErrStreamStalled) {
+					t.Fatalf("read error %v, want ErrStreamStalled", err)
+				}
+			} else if got := resp.Header.Get("X-Fake-Upstream"); got != "b" {
+				t.Fatalf("the stream came from %q, want b after a's first-token timeout", got)
+			}
+			if err := a.WaitOpenConns(ctx, 0); err != nil {
+				t.Fatalf("a's connection was not closed: %v", err)
+			}
 		})
 	}
 }
