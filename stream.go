@@ -17,12 +17,16 @@ var (
 	// ErrFirstTokenTimeout is the cause of an attempt whose event stream
 	// sent no event carrying content within the endpoint's
 	// FirstTokenTimeout, counted from the attempt's start. The request
-	// fails over: nothing of that stream reached the caller.
+	// fails over: nothing of that stream reached the caller. A stream
+	// given to the caller before its first content event (past 64 KiB of
+	// events without content) that then misses the deadline fails the
+	// caller's read with an error matching it.
 	ErrFirstTokenTimeout = errors.New("failover: no first token in time")
 
-	// ErrStreamStalled is returned by a read of a stream's body when no
-	// event carrying content arrived for the endpoint's StreamIdleTimeout
-	// while the caller waited (keep-alive comments do not count); the
+	// ErrStreamStalled is matched by the error of a read of a stream's body
+	// when no event carrying content arrived for the endpoint's
+	// StreamIdleTimeout while the caller read (keep-alive comments do not
+	// count; see [Endpoint].StreamIdleTimeout for when it starts); the
 	// upstream connection is then closed.
 	ErrStreamStalled = errors.New("failover: stream stalled")
 )
