@@ -153,15 +153,18 @@ type Config struct {
 	MaxErrorBody int64
 
 	// FirstTokenTimeout is the FirstTokenTimeout of every endpoint that
-	// sets none: the longest an event stream may take to send its first
-	// event that carries content before the attempt fails over. Zero means
-	// none; negative is an error. See [Endpoint].FirstTokenTimeout.
+	// sets none: the longest an event stream may take, from sending the
+	// attempt, to send its first event that carries content; the attempt
+	// fails over if it has not reached the caller. Zero means none;
+	// negative is an error. See [Endpoint].FirstTokenTimeout.
 	FirstTokenTimeout time.Duration
 
 	// StreamIdleTimeout is the StreamIdleTimeout of every endpoint that
-	// sets none: the longest a stream that has begun may go without an
-	// event that carries content while the caller reads. Zero means none;
-	// negative is an error. See [Endpoint].StreamIdleTimeout.
+	// sets none: the longest an event stream may go without an event that
+	// carries content while the caller reads, from one content event to
+	// the next and, without a FirstTokenTimeout, from the headers to the
+	// first. Zero means none; negative is an error. See
+	// [Endpoint].StreamIdleTimeout.
 	StreamIdleTimeout time.Duration
 
 	// AllowTruncatedStreams, when true, passes a chat completions,

@@ -93,18 +93,32 @@ type Endpoint struct {
 	// response.created and response.in_progress do not count. Until then
 	// the Transport holds the stream back, so when the time passes nothing
 	// has reached the caller: the attempt fails (ErrFirstTokenTimeout, a
-	// failure for the breaker) and the request fails over. Zero means
-	// [Config].FirstTokenTimeout; negative is an error. Reasoning models
-	// may think for minutes before their first token: leave it off for
-	// them, or set it above their longest thought.
+	// failure for the breaker) and the request fails over. A stream that
+	// sends 64 KiB of events without content before its first token is
+	// given to the caller as it is, still under this deadline: when it
+	// passes, the caller's read fails with an error matching
+	// ErrFirstTokenTimeout, the upstream connection is closed and the
+	// endpoint counts a failure (bytes reached the caller: no failover).
+	// While it runs, StreamIdleTimeout does not: the stall timer starts at
+	// the first content event. Zero means [Config].FirstTokenTimeout;
+	// negative is an error. Reasoning models may think for minutes before
+	// their first token: leave it off for them, or set it above their
+	// longest thought.
 	FirstTokenTimeout time.Duration
 
-	// StreamIdleTimeout bounds, once an event stream has begun, the wait
-	// for each next event that carries content (comments do not count)
-	// while the caller reads. When it passes, the caller's read returns an
-	// error matching ErrStreamStalled, the upstream connection is closed
-	// and the endpoint counts a failure. Zero means
-	// [Config].StreamIdleTimeout; negative is an error.
+	// StreamIdleTimeout bounds, in an event stream, each wait for an event
+	// that carries content (keep-alive comments do not reset it): from
+	// each content event to the next and, when there is no
+	// FirstTokenTimeout, from the response headers to the first content
+	// event too. When it passes while the caller waits in a read, that
+	// read fails with an error matching ErrStreamStalled, the upstream
+	// connection is closed and the endpoint counts a failure. The
+	// Transport reads the stream only when the caller does, so when it
+	// passes while the caller is not reading, content may be waiting
+	// unread: the stream is not failed then, and the caller's next read
+	// gets one whole StreamIdleTimeout of its own, failing only if no
+	// content comes in it. Zero means [Config].StreamIdleTimeout;
+	// negative is an error.
 	StreamIdleTimeout time.Duration
 
 	// Disabled keeps the endpoint configured (in health and metrics) but

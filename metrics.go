@@ -152,7 +152,7 @@ func (m *metrics) addFeatureVecs(ep []string) {
 	}, ep)
 	m.streams = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "failover_streams_total",
-		Help: "Event streams by how they ended: complete, truncated (a clean end before the terminal event), stalled, canceled (by the caller) or error (a broken connection).",
+		Help: "Event streams by how they ended: complete, truncated (a clean end before the terminal event), stalled, first_token_timeout (released before its first content event, which then missed the deadline), canceled (by the caller) or error (a broken connection).",
 	}, []string{"endpoint", "outcome"})
 	m.probes = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "failover_probes_total",

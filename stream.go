@@ -17,12 +17,16 @@ var (
 	// ErrFirstTokenTimeout is the cause of an attempt whose event stream
 	// sent no event carrying content within the endpoint's
 	// FirstTokenTimeout, counted from the attempt's start. The request
-	// fails over: nothing of that stream reached the caller.
+	// fails over: nothing of that stream reached the caller. A stream
+	// given to the caller before its first content event (past 64 KiB of
+	// events without content) that then misses the deadline fails the
+	// caller's read with an error matching it.
 	ErrFirstTokenTimeout = errors.New("failover: no first token in time")
 
-	// ErrStreamStalled is returned by a read of a stream's body when no
-	// event carrying content arrived for the endpoint's StreamIdleTimeout
-	// while the caller waited (keep-alive comments do not count); the
+	// ErrStreamStalled is matched by the error of a read of a stream's body
+	// when no event carrying content arrived for the endpoint's
+	// StreamIdleTimeout while the caller read (keep-alive comments do not
+	// count; see [Endpoint].StreamIdleTimeout for when it starts); the
 	// upstream connection is then closed.
 	ErrStreamStalled = errors.New("failover: stream stalled")
 )
@@ -72,6 +76,10 @@ const (
 	streamStalled   = "stalled"
 	streamCanceled  = "canceled"
 	streamBroken    = "error"
+	// streamNoFirstToken is a stream released to the caller before its
+	// first content event (past maxHeld) that then missed the first-token
+	// deadline.
+	streamNoFirstToken = "first_token_timeout"
 )
 
 // maxSSELine bounds the part of a line split across reads that the scanner
@@ -236,15 +244,57 @@ func jsonStringAfter(v []byte, key string) []byte {
 }
 
 // maxHeld bounds what the first-token wait holds back: past it (a flood of
-// events that carry nothing), the stream goes to the caller as it is.
+// events that carry nothing), the stream goes to the caller as it is, and
+// the first-token deadline goes on running on the caller's reads.
 const maxHeld = 64 << 10
 
+// The timeout a stream's timer is watching for.
+const (
+	watchNone  uint32 = iota
+	watchFirst        // the first-token deadline, FirstTokenTimeout from the attempt's start
+	watchIdle         // the stall timeout, StreamIdleTimeout without content
+)
+
+// streamTimer is the timer of a stream's timeouts: a *time.Timer, or a
+// test's.
+type streamTimer interface {
+	Reset(d time.Duration) bool
+	Stop() bool
+}
+
+// timerClock is a clock that makes the stream timers itself (a test's);
+// with any other clock they are real timers, as they bound real I/O.
+type timerClock interface {
+	afterFunc(d time.Duration, f func()) streamTimer
+}
+
+// afterFunc starts a stream timer of s: f runs in its own goroutine after d.
+func (s *endpointState) afterFunc(d time.Duration, f func()) streamTimer {
+	if c, ok := s.clock.(timerClock); ok {
+		return c.afterFunc(d, f)
+	}
+	return time.AfterFunc(d, f)
+}
+
 // streamBody is the body of an event stream the caller reads: what the
-// first-token wait held back, then the rest as it arrives, unbuffered. It
-// watches for a stall (no content for StreamIdleTimeout while the caller
-// waits) and, for chat, completions and Responses API streams, for a
-// clean end before the terminal event, which it turns into an error. It
-// records how the stream ended for the endpoint.
+// first-token wait held back, then the rest as it arrives, unbuffered.
+//
+// It bounds the wait for content with one timer. Until the first event
+// that carries content, the timer runs to the first-token deadline
+// (FirstTokenTimeout from the attempt's start) when the endpoint has one,
+// else for StreamIdleTimeout from the moment the headers arrived; after
+// each content event, for StreamIdleTimeout. Keep-alives never reset it.
+// When it passes while the caller waits in Read (or while the first-token
+// wait reads), the attempt's context is canceled, which closes the upstream
+// connection, and the read fails. The Transport reads the stream only when
+// the caller does, so when it passes while the caller is away, content may
+// be waiting unread: the stream is not failed then, and the caller's next
+// read gets one whole period of that timeout of its own, failing only if
+// no content comes in it.
+//
+// For chat, completions and Responses API streams it also turns a clean
+// end before the terminal event into an error. It records how the stream
+// ended for the endpoint.
 type streamBody struct {
 	rc     io.ReadCloser
 	held   []byte
@@ -254,36 +304,52 @@ type streamBody struct {
 	start  time.Duration // the attempt's start, on the clock's since
 	first  bool          // the first content event went by
 
-	// Stall detection, when the endpoint has a StreamIdleTimeout. The
-	// timer runs from the last content event; reading and due tell it
+	// The timeouts, when the endpoint has one and the attempt a context
+	// to cancel. watching and cut say which timeout the timer runs for
+	// and which one cut the stream; reading and due tell the timer
 	// whether the caller waits (lock-free: see fire and enterRead).
-	idle    time.Duration
-	cancel  context.CancelCauseFunc    // ends the attempt's context
-	timer   atomic.Pointer[time.Timer] // set once, by the first content event
-	reading atomic.Bool                // the caller waits in Read
-	due     atomic.Bool                // the idle time passed while the caller was away
-	stalled atomic.Bool
+	firstToken time.Duration // FirstTokenTimeout, 0 for none
+	idle       time.Duration // StreamIdleTimeout, 0 for none
+	cancel     context.CancelCauseFunc
+	timer      streamTimer // nil when no timeout is watched
+	watching   atomic.Uint32
+	cut        atomic.Uint32 // the timeout that cut the stream
+	reading    atomic.Bool   // the caller (or the first-token wait) waits in a read
+	due        atomic.Bool   // the timeout passed while the caller was away
 
 	ended atomic.Bool // the outcome is recorded
 }
 
 // newStreamBody watches rc, the body of an event stream e sent for a
-// request of kind; cancel ends the attempt's context (nil when the
-// endpoint has no stream timeout).
+// request of kind, in an attempt that started at start; cancel ends the
+// attempt's context (nil when the endpoint has no stream timeout). It
+// starts the timer: for the first-token deadline, or else for the stall
+// timeout from now.
 func newStreamBody(e *endpoint, rc io.ReadCloser, kind streamKind, strict bool, start time.Duration, cancel context.CancelCauseFunc) *streamBody {
 	b := &streamBody{rc: rc, scan: sseScanner{kind: kind}, e: e, strict: strict && kind != streamOther, start: start}
-	if e.streamIdle > 0 && cancel != nil {
-		b.idle, b.cancel = e.streamIdle, cancel
+	if cancel == nil || (e.firstToken <= 0 && e.streamIdle <= 0) {
+		return b
+	}
+	b.firstToken, b.idle, b.cancel = e.firstToken, e.streamIdle, cancel
+	if b.firstToken > 0 {
+		b.watching.Store(watchFirst)
+		b.timer = e.afterFunc(max(b.firstToken-(e.clock.since()-start), 0), b.fire)
+	} else {
+		b.watching.Store(watchIdle)
+		b.timer = e.afterFunc(b.idle, b.fire)
 	}
 	return b
 }
 
 // awaitFirstToken reads, within the attempt, until an event that carries
 // content (or ends the stream) arrives, holding what it read for the
-// caller. It returns ErrFirstTokenTimeout's error when the attempt's
-// context ends by the first-token deadline, or the read's error.
-func (b *streamBody) awaitFirstToken(ctx context.Context) error {
+// caller, or until it holds maxHeld bytes. It returns an error matching
+// ErrFirstTokenTimeout when the first-token deadline passes, or the
+// read's error.
+func (b *streamBody) awaitFirstToken() error {
 	b.held = make([]byte, 0, 1<<10) // the first events of a stream are small
+	b.reading.Store(true)
+	defer b.reading.Store(false)
 	for len(b.held) < maxHeld {
 		if len(b.held) == cap(b.held) {
 			b.held = append(b.held, 0)[:len(b.held)]
@@ -296,8 +362,8 @@ func (b *streamBody) awaitFirstToken(ctx context.Context) error {
 			return nil
 		}
 		switch {
-		case errors.Is(context.Cause(ctx), ErrFirstTokenTimeout):
-			return context.Cause(ctx)
+		case b.cut.Load() == watchFirst:
+			return &timeoutError{after: b.firstToken, firstToken: true}
 		case errors.Is(err, io.EOF):
 			return nil // the caller sees the end, judged as any other
 		case err != nil:
@@ -314,11 +380,11 @@ func (b *streamBody) Read(p []byte) (int, error) {
 		b.held = b.held[n:]
 		return n, nil
 	}
-	if b.idle > 0 {
+	if b.timer != nil {
 		b.enterRead()
 	}
 	n, err := b.rc.Read(p)
-	if b.idle > 0 {
+	if b.timer != nil {
 		b.reading.Store(false)
 	}
 	if n > 0 && b.scan.feed(p[:n]) > 0 {
@@ -330,55 +396,78 @@ func (b *streamBody) Read(p []byte) (int, error) {
 	return n, b.end(err)
 }
 
-// gotContent notes an event that carried content: the first one's time,
-// and a new idle period.
+// gotContent notes an event that carried content: the first one's time
+// (which ends the first-token deadline), and a new idle period.
 func (b *streamBody) gotContent() {
 	if !b.first {
 		b.first = true
 		b.e.observeFirstToken(b.e.clock.since() - b.start)
+		if b.timer != nil && b.idle <= 0 {
+			b.stop()
+			return
+		}
 	}
-	if b.idle > 0 {
+	if b.timer != nil && b.idle > 0 {
+		b.watching.Store(watchIdle)
 		b.due.Store(false)
-		if t := b.timer.Load(); t != nil {
-			t.Reset(b.idle)
-		} else {
-			b.timer.Store(time.AfterFunc(b.idle, b.fire))
+		b.timer.Reset(b.idle)
+	}
+}
+
+// enterRead marks the caller waiting. If the timeout passed while it was
+// away, it gets a whole period of that timeout of its own waiting. With
+// fire, it decides without a lock: whichever of the two takes due acts.
+func (b *streamBody) enterRead() {
+	b.reading.Store(true)
+	if b.due.CompareAndSwap(true, false) {
+		switch b.watching.Load() { // due is set only by the timer
+		case watchFirst:
+			b.timer.Reset(b.firstToken)
+		case watchIdle:
+			b.timer.Reset(b.idle)
 		}
 	}
 }
 
-// enterRead marks the caller waiting. If the idle time passed while it was
-// away, it gets a whole idle period of its own waiting. With fire, it
-// decides without a lock: whichever of the two takes due acts.
-func (b *streamBody) enterRead() {
-	b.reading.Store(true)
-	if b.due.CompareAndSwap(true, false) {
-		b.timer.Load().Reset(b.idle) // due is set only by the timer
-	}
-}
-
-// fire runs when the idle period passes: the stream stalls if the caller
-// is waiting, else at the caller's next wait (enterRead). It marks due
-// before looking again at reading, so that a caller entering meanwhile
-// either sees due or is seen waiting.
+// fire runs when the timer passes: the stream is cut if the caller is
+// waiting, else at the end of the caller's next period (enterRead). It
+// marks due before looking again at reading, so that a caller entering
+// meanwhile either sees due or is seen waiting.
 func (b *streamBody) fire() {
+	if b.watching.Load() == watchNone {
+		return
+	}
 	if !b.reading.Load() {
 		b.due.Store(true)
 		if !b.reading.Load() || !b.due.CompareAndSwap(true, false) {
 			return
 		}
 	}
-	b.stalled.Store(true)
-	b.cancel(ErrStreamStalled)
+	w := b.watching.Load()
+	if w == watchNone || !b.cut.CompareAndSwap(watchNone, w) {
+		return
+	}
+	if w == watchFirst {
+		b.cancel(ErrFirstTokenTimeout)
+	} else {
+		b.cancel(ErrStreamStalled)
+	}
 }
 
 // end turns the upstream body's error into what the caller reads, and
-// records how the stream ended.
+// records how the stream ended. A stream cut by a timeout has its upstream
+// body closed at once (the canceled context has closed its connection).
 func (b *streamBody) end(err error) error {
-	switch {
-	case b.stalled.Load():
+	switch cut := b.cut.Load(); {
+	case cut == watchIdle:
 		b.finish(streamStalled)
-		return &streamError{endpoint: b.e.name, err: ErrStreamStalled, detail: "no content for " + b.idle.String()}
+		_ = b.rc.Close()
+		return &streamError{endpoint: b.e.name, err: ErrStreamStalled, detail: "sent no content for " + b.idle.String()}
+	case cut == watchFirst:
+		b.finish(streamNoFirstToken)
+		_ = b.rc.Close()
+		return &streamError{endpoint: b.e.name, err: ErrFirstTokenTimeout,
+			detail: "sent no content within " + b.firstToken.String() + " of the attempt's start"}
 	case errors.Is(err, io.EOF) && b.strict && !b.scan.ended:
 		b.finish(streamTruncated)
 		return &streamError{endpoint: b.e.name, err: io.ErrUnexpectedEOF, detail: "ended before its terminal event"}
@@ -398,10 +487,16 @@ func (b *streamBody) finish(outcome string) {
 	if !b.ended.CompareAndSwap(false, true) {
 		return
 	}
-	if t := b.timer.Load(); t != nil {
-		t.Stop()
-	}
+	b.stop()
 	b.e.streamEnded(outcome)
+}
+
+// stop stops the timer.
+func (b *streamBody) stop() {
+	if b.timer != nil {
+		b.watching.Store(watchNone)
+		b.timer.Stop()
+	}
 }
 
 // Close closes the upstream body; a stream closed before its end was

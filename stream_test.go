@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -111,20 +112,25 @@ func direct(t *testing.T, s *fakeopenai.Server, path, body string) string {
 }
 
 // idRE matches the ids the fake upstream numbers by request.
-var idRE = regexp.MustCompile(`(chatcmpl-|resp_|msg_resp_)[a-z]+[-_][0-9]+`)
+var idRE = regexp.MustCompile(`(chatcmpl-|cmpl-|resp_|msg_resp_)[a-z]+[-_][0-9]+`)
 
 // sameIDs replaces the per-request ids of a stream, so that two answers of
 // one upstream compare equal.
 func sameIDs(s string) string { return idRE.ReplaceAllString(s, "${1}ID") }
 
-const responsesBody = `{"model":"gpt-test","input":"hi","stream":true}`
+const (
+	responsesBody   = `{"model":"gpt-test","input":"hi","stream":true}`
+	completionsBody = `{"model":"gpt-test","prompt":"hi","stream":true}`
+)
 
-// TestStreamCompleteUntouched: a complete stream, chat or Responses API,
+// TestStreamCompleteUntouched: a complete stream, chat completions, legacy
+// completions or Responses API,
 // reaches the caller byte for byte as the upstream sent it, with every
 // timeout on, and is counted complete.
 func TestStreamCompleteUntouched(t *testing.T) {
 	for _, tc := range []struct{ path, body string }{
 		{"/chat/completions", chatBody(true)},
+		{"/completions", completionsBody},
 		{"/responses", responsesBody},
 	} {
 		t.Run(tc.path, func(t *testing.T) {
@@ -253,13 +259,15 @@ func TestStreamStallErrors(t *testing.T) {
 	}
 }
 
-// TestStreamTruncatedIsAnError: a chat or Responses API stream that ends
+// TestStreamTruncatedIsAnError: a chat completions, legacy completions or
+// Responses API stream that ends
 // cleanly before its terminal event gives the caller io.ErrUnexpectedEOF,
 // naming the endpoint, and counts a failure; AllowTruncatedStreams lets it
 // end as complete.
 func TestStreamTruncatedIsAnError(t *testing.T) {
 	for _, tc := range []struct{ path, body string }{
 		{"/chat/completions", chatBody(true)},
+		{"/completions", completionsBody},
 		{"/responses", responsesBody},
 	} {
 		for _, allow := range []bool{false, true} {
@@ -328,5 +336,423 @@ func TestStreamNotAnEventStreamUntouched(t *testing.T) {
 	}
 	if _, ok := body.(*streamBody); ok {
 		t.Fatal("a JSON response got a stream body")
+	}
+}
+
+// manualTimers is the fake clock with stream timers that a test fires by
+// hand (see timerClock).
+type manualTimers struct {
+	*fakeClock
+	made chan *manualTimer // every timer made, in order
+}
+
+func newManualTimers() *manualTimers {
+	return &manualTimers{fakeClock: newFakeClock(), made: make(chan *manualTimer, 16)}
+}
+
+func (m *manualTimers) afterFunc(d time.Duration, f func()) streamTimer {
+	t := &manualTimer{f: f, d: d, armed: true}
+	m.made <- t
+	return t
+}
+
+// next returns the next timer made, failing the test if none comes.
+func (m *manualTimers) next(t *testing.T) *manualTimer {
+	t.Helper()
+	select {
+	case tm := <-m.made:
+		return tm
+	case <-time.After(waitBound):
+		t.Fatal("no stream timer was started")
+		return nil
+	}
+}
+
+// manualTimer is a stream timer that runs its function when the test
+// fires it, if it is armed.
+type manualTimer struct {
+	f      func()
+	mu     sync.Mutex
+	d      time.Duration // the period last set
+	armed  bool
+	resets int
+}
+
+func (t *manualTimer) Reset(d time.Duration) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	was := t.armed
+	t.d, t.armed = d, true
+	t.resets++
+	return was
+}
+
+func (t *manualTimer) Stop() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	was := t.armed
+	t.armed = false
+	return was
+}
+
+// state returns the period last set, whether the timer is armed and how
+// often it was reset.
+func (t *manualTimer) state() (d time.Duration, armed bool, resets int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.d, t.armed, t.resets
+}
+
+// fire runs the timer's function, as its expiry would, in the test's
+// goroutine; it fails the test if the timer is not armed.
+func (t *manualTimer) fire(tb testing.TB) {
+	tb.Helper()
+	t.mu.Lock()
+	armed := t.armed
+	t.armed = false
+	t.mu.Unlock()
+	if !armed {
+		tb.Fatal("firing a stream timer that is not armed")
+	}
+	t.f()
+}
+
+// pipeUpstream is an event stream upstream the test feeds: each string
+// sent on events is what one read of the body gets (cut to the reader's
+// buffer), closing events ends the body cleanly. The body's reads end
+// with the attempt's context, as net/http's do, and closed is closed when
+// the body is.
+type pipeUpstream struct {
+	events  chan string
+	blocked chan struct{} // a read waits for data
+	closed  chan struct{}
+	once    sync.Once
+}
+
+func newPipeUpstream() *pipeUpstream {
+	return &pipeUpstream{events: make(chan string, 16), blocked: make(chan struct{}, 1), closed: make(chan struct{})}
+}
+
+// base answers one request with the event stream.
+func (u *pipeUpstream) base() http.RoundTripper {
+	return roundTripFunc(func(req *http.Request) (*http.Response, error) {
+		return &http.Response{StatusCode: http.StatusOK, Header: http.Header{"Content-Type": {"text/event-stream"}},
+			Body: &pipeBody{u: u, ctx: req.Context()}, Request: req}, nil
+	})
+}
+
+// waitBlocked waits until a read of the body waits for data.
+func (u *pipeUpstream) waitBlocked(t *testing.T) {
+	t.Helper()
+	select {
+	case <-u.blocked:
+	case <-time.After(waitBound):
+		t.Fatal("no read of the upstream body waited")
+	}
+}
+
+// isClosed reports whether the body was closed.
+func (u *pipeUpstream) isClosed() bool {
+	select {
+	case <-u.closed:
+		return true
+	default:
+		return false
+	}
+}
+
+type pipeBody struct {
+	u    *pipeUpstream
+	ctx  context.Context
+	rest string
+}
+
+func (b *pipeBody) Read(p []byte) (int, error) {
+	if b.rest == "" {
+		var (
+			s  string
+			ok bool
+		)
+		select {
+		case s, ok = <-b.u.events:
+		default:
+			select {
+			case b.u.blocked <- struct{}{}:
+			default:
+			}
+			select {
+			case s, ok = <-b.u.events:
+			case <-b.ctx.Done():
+				return 0, context.Cause(b.ctx)
+			case <-b.u.closed:
+				return 0, errors.New("read of a closed body")
+			}
+		}
+		if !ok {
+			return 0, io.EOF
+		}
+		b.rest = s
+	}
+	n := copy(p, b.rest)
+	b.rest = b.rest[n:]
+	return n, nil
+}
+
+func (b *pipeBody) Close() error {
+	b.u.once.Do(func() { close(b.u.closed) })
+	return nil
+}
+
+// pipedStream sends a streamed chat request through a Transport over u
+// with cfg's stream timeouts and the timers of clk, and returns the
+// caller's response.
+func pipedStream(t *testing.T, u *pipeUpstream, clk *manualTimers, reg *prometheus.Registry, cfg Config) (*Transport, *http.Response) {
+	t.Helper()
+	cfg.Base, cfg.Registerer = u.base(), reg
+	cfg.Endpoints = []Endpoint{{Name: "a", BaseURL: "https://a.example/v1", APIKey: "key-a"}}
+	tr := newTestTransportOn(t, cfg, clk)
+	resp := streamRequest(t, context.Background(), tr, "/chat/completions", chatBody(true))
+	t.Cleanup(func() { resp.Body.Close() })
+	return tr, resp
+}
+
+// readResult is what one read of a stream gave.
+type readResult struct {
+	data string
+	err  error
+}
+
+// readAsync starts one read of body with a large buffer.
+func readAsync(body io.Reader) <-chan readResult {
+	ch := make(chan readResult, 1)
+	go func() {
+		buf := make([]byte, 128<<10)
+		n, err := body.Read(buf)
+		ch <- readResult{string(buf[:n]), err}
+	}()
+	return ch
+}
+
+// result waits for a read started by readAsync.
+func result(t *testing.T, ch <-chan readResult) readResult {
+	t.Helper()
+	select {
+	case r := <-ch:
+		return r
+	case <-time.After(waitBound):
+		t.Fatal("a read of the stream did not return")
+		return readResult{}
+	}
+}
+
+const (
+	keepAlive    = ": keep-alive\n\n"
+	contentEvent = `data: {"choices":[{"delta":{"content":"Hi"}}]}` + "\n\n"
+)
+
+// checkCut checks that a stream cut by a timeout has had its upstream body
+// closed before the caller closed its own, and is counted as a failure of
+// endpoint a with outcome.
+func checkCut(t *testing.T, tr *Transport, u *pipeUpstream, reg *prometheus.Registry, outcome string) {
+	t.Helper()
+	if !u.isClosed() {
+		t.Error("the upstream body is still open after the timeout")
+	}
+	if n := metricValue(t, reg, "failover_streams_total", map[string]string{"endpoint": "a", "outcome": outcome}); n != 1 {
+		t.Errorf("%s streams = %v, want 1", outcome, n)
+	}
+	if h := healthOf(t, tr, "a"); h.Failures != 1 {
+		t.Errorf("a counted %d failures, want 1", h.Failures)
+	}
+}
+
+// TestStreamIdleCoversTheFirstTokenWithoutFirstTokenTimeout: with
+// StreamIdleTimeout and no FirstTokenTimeout, the stall timer starts when
+// the headers arrive, so a stream that sends its headers and then only
+// keep-alives fails the caller's read with ErrStreamStalled instead of
+// hanging until the caller's context ends.
+func TestStreamIdleCoversTheFirstTokenWithoutFirstTokenTimeout(t *testing.T) {
+	reg, clk, u := prometheus.NewRegistry(), newManualTimers(), newPipeUpstream()
+	tr, resp := pipedStream(t, u, clk, reg, Config{StreamIdleTimeout: 7 * time.Second})
+	timer := clk.next(t)
+	if d, armed, _ := timer.state(); d != 7*time.Second || !armed {
+		t.Fatalf("the timer runs for %v (armed %v), want the idle timeout, 7s, from the headers", d, armed)
+	}
+	u.events <- keepAlive
+	if r := result(t, readAsync(resp.Body)); r.err != nil || r.data != keepAlive {
+		t.Fatalf("read %q, %v; want the keep-alive", r.data, r.err)
+	}
+	if _, _, resets := timer.state(); resets != 0 {
+		t.Fatalf("a keep-alive reset the stall timer (%d resets)", resets)
+	}
+	read := readAsync(resp.Body)
+	u.waitBlocked(t)
+	timer.fire(t)
+	if r := result(t, read); !errors.Is(r.err, ErrStreamStalled) {
+		t.Fatalf("read error %v, want ErrStreamStalled", r.err)
+	}
+	checkCut(t, tr, u, reg, "stalled")
+}
+
+// TestStreamStallAfterContent: after a content event the stall timer
+// runs StreamIdleTimeout anew; keep-alives do not reset it; when it passes
+// while the caller reads, the read fails with ErrStreamStalled naming the
+// endpoint, and the upstream body is closed.
+func TestStreamStallAfterContent(t *testing.T) {
+	reg, clk, u := prometheus.NewRegistry(), newManualTimers(), newPipeUpstream()
+	tr, resp := pipedStream(t, u, clk, reg, Config{StreamIdleTimeout: 7 * time.Second})
+	timer := clk.next(t)
+	u.events <- contentEvent
+	if r := result(t, readAsync(resp.Body)); r.err != nil || r.data != contentEvent {
+		t.Fatalf("read %q, %v; want the content event", r.data, r.err)
+	}
+	if d, armed, resets := timer.state(); d != 7*time.Second || !armed || resets != 1 {
+		t.Fatalf("after content the timer runs for %v (armed %v, %d resets), want 7s anew", d, armed, resets)
+	}
+	u.events <- keepAlive
+	if r := result(t, readAsync(resp.Body)); r.err != nil || r.data != keepAlive {
+		t.Fatalf("read %q, %v; want the keep-alive", r.data, r.err)
+	}
+	if _, _, resets := timer.state(); resets != 1 {
+		t.Fatal("a keep-alive reset the stall timer")
+	}
+	read := readAsync(resp.Body)
+	u.waitBlocked(t)
+	timer.fire(t)
+	r := result(t, read)
+	if !errors.Is(r.err, ErrStreamStalled) || !strings.Contains(r.err.Error(), `"a"`) {
+		t.Fatalf("read error %v, want ErrStreamStalled naming endpoint a", r.err)
+	}
+	checkCut(t, tr, u, reg, "stalled")
+}
+
+// TestStreamIdleWhileTheCallerIsAway: the stall timeout passing while the
+// caller is not reading does not fail the stream (content may be waiting
+// unread): the caller's next read gets what came, and when nothing comes,
+// a whole StreamIdleTimeout of its own before it fails.
+func TestStreamIdleWhileTheCallerIsAway(t *testing.T) {
+	reg, clk, u := prometheus.NewRegistry(), newManualTimers(), newPipeUpstream()
+	tr, resp := pipedStream(t, u, clk, reg, Config{StreamIdleTimeout: 7 * time.Second})
+	timer := clk.next(t)
+
+	timer.fire(t) // the caller has not read yet
+	u.events <- contentEvent
+	if r := result(t, readAsync(resp.Body)); r.err != nil || r.data != contentEvent {
+		t.Fatalf("read %q, %v after the timeout passed while the caller was away; want the content that came", r.data, r.err)
+	}
+	if u.isClosed() {
+		t.Fatal("the upstream body was closed although content came")
+	}
+
+	_, _, before := timer.state()
+	timer.fire(t) // away again, and this time nothing comes
+	read := readAsync(resp.Body)
+	u.waitBlocked(t)
+	if d, armed, resets := timer.state(); d != 7*time.Second || !armed || resets != before+1 {
+		t.Fatalf("the returning caller's timer runs for %v (armed %v, %d resets), want a whole 7s period", d, armed, resets-before)
+	}
+	select {
+	case r := <-read:
+		t.Fatalf("the returning caller's read ended at once (%q, %v), want it to wait its own period", r.data, r.err)
+	default:
+	}
+	timer.fire(t)
+	if r := result(t, read); !errors.Is(r.err, ErrStreamStalled) {
+		t.Fatalf("read error %v, want ErrStreamStalled", r.err)
+	}
+	checkCut(t, tr, u, reg, "stalled")
+}
+
+// floodOfKeepAlives is more than the first-token wait holds back.
+var floodOfKeepAlives = strings.Repeat(keepAlive, maxHeld/len(keepAlive)+1)
+
+// TestStreamFirstTokenDeadlineAfterRelease: a stream the first-token wait
+// releases to the caller because it held maxHeld bytes of events without
+// content stays under the first-token deadline (not the stall timer, which
+// starts at the first content event): when the deadline passes, the
+// caller's read fails with ErrFirstTokenTimeout, the upstream body is
+// closed and the endpoint counts a failure; content before it starts the
+// stall timer.
+func TestStreamFirstTokenDeadlineAfterRelease(t *testing.T) {
+	for _, content := range []bool{false, true} {
+		t.Run(map[bool]string{false: "no content", true: "content after the release"}[content], func(t *testing.T) {
+			reg, clk, u := prometheus.NewRegistry(), newManualTimers(), newPipeUpstream()
+			u.events <- floodOfKeepAlives
+			tr, resp := pipedStream(t, u, clk, reg, Config{FirstTokenTimeout: 30 * time.Second, StreamIdleTimeout: 7 * time.Second})
+			timer := clk.next(t)
+			if d, armed, resets := timer.state(); d != 30*time.Second || !armed || resets != 0 {
+				t.Fatalf("the released stream's timer runs for %v (armed %v, %d resets), want the first-token deadline, 30s", d, armed, resets)
+			}
+			var got strings.Builder
+			for got.Len() < len(floodOfKeepAlives) {
+				r := result(t, readAsync(resp.Body))
+				if r.err != nil {
+					t.Fatalf("reading the keep-alives: %v", r.err)
+				}
+				got.WriteString(r.data)
+			}
+			if got.String() != floodOfKeepAlives {
+				t.Fatal("the caller did not get the keep-alives as sent")
+			}
+			want, outcome := ErrFirstTokenTimeout, "first_token_timeout"
+			if content {
+				u.events <- contentEvent
+				if r := result(t, readAsync(resp.Body)); r.err != nil || r.data != contentEvent {
+					t.Fatalf("read %q, %v; want the content event", r.data, r.err)
+				}
+				if d, armed, _ := timer.state(); d != 7*time.Second || !armed {
+					t.Fatalf("after the first content the timer runs for %v (armed %v), want the idle timeout, 7s", d, armed)
+				}
+				want, outcome = ErrStreamStalled, "stalled"
+			}
+			read := readAsync(resp.Body)
+			u.waitBlocked(t)
+			timer.fire(t)
+			r := result(t, read)
+			if !errors.Is(r.err, want) || !strings.Contains(r.err.Error(), `"a"`) {
+				t.Fatalf("read error %v, want one matching %v naming endpoint a", r.err, want)
+			}
+			if content && errors.Is(r.err, ErrFirstTokenTimeout) {
+				t.Errorf("read error %v matches ErrFirstTokenTimeout after the first token", r.err)
+			}
+			checkCut(t, tr, u, reg, outcome)
+		})
+	}
+}
+
+// TestStreamTimeoutsCloseTheUpstreamConnection: on a loopback upstream, a
+// stream cut by its stall timeout, or given up by its first-token timeout,
+// has its connection closed: the upstream sees it end while the caller
+// still holds its response, unclosed.
+func TestStreamTimeoutsCloseTheUpstreamConnection(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		fault fakeopenai.Fault
+		cfg   Config
+	}{
+		{"stall", fakeopenai.StreamStall(3, 10*time.Millisecond), Config{StreamIdleTimeout: 200 * time.Millisecond}},
+		{"first token", fakeopenai.StreamStall(0, 10*time.Millisecond), Config{FirstTokenTimeout: 200 * time.Millisecond}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, b := upstream(t, "a"), upstream(t, "b")
+			a.SetFault(tc.fault)
+			cfg := tc.cfg
+			cfg.Endpoints = []Endpoint{ep(a, 0), ep(b, 1)}
+			tr, _ := newTestTransport(t, cfg)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			resp := streamRequest(t, ctx, tr, "/chat/completions", chatBody(true))
+			defer resp.Body.Close()
+			if tc.cfg.StreamIdleTimeout > 0 {
+				if _, err := io.ReadAll(resp.Body); !errors.Is(err, ErrStreamStalled) {
+					t.Fatalf("read error %v, want ErrStreamStalled", err)
+				}
+			} else if got := resp.Header.Get("X-Fake-Upstream"); got != "b" {
+				t.Fatalf("the stream came from %q, want b after a's first-token timeout", got)
+			}
+			if err := a.WaitOpenConns(ctx, 0); err != nil {
+				t.Fatalf("a's connection was not closed: %v", err)
+			}
+		})
 	}
 }

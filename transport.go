@@ -3,7 +3,6 @@ package failover
 import (
 	"cmp"
 	"context"
-	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -273,7 +272,7 @@ func (r *request) send(e *endpoint, out *http.Request) (resp *http.Response, err
 		return nil, nil, err
 	}
 	if e.firstToken > 0 && isEventStream(resp) {
-		if resp.Body, err = r.awaitFirstToken(ctx, cancel, e, resp.Body); err != nil {
+		if resp.Body, err = r.awaitFirstToken(cancel, e, resp.Body); err != nil {
 			cancel(nil)
 			return nil, nil, err
 		}
@@ -292,18 +291,21 @@ func (r *request) send(e *endpoint, out *http.Request) (resp *http.Response, err
 // that carries content, within e's FirstTokenTimeout from the attempt's
 // start; it returns the stream body the caller reads. When the time
 // passes, it closes body and returns an error matching
-// ErrFirstTokenTimeout.
-func (r *request) awaitFirstToken(ctx context.Context, cancel context.CancelCauseFunc, e *endpoint, body io.ReadCloser) (io.ReadCloser, error) {
-	left := e.firstToken - (r.s.clock.since() - r.sent)
-	timer := time.AfterFunc(max(left, 0), func() { cancel(ErrFirstTokenTimeout) })
+// ErrFirstTokenTimeout. When it releases the stream before its first
+// content event (past maxHeld bytes), the deadline goes on running on the
+// caller's reads.
+func (r *request) awaitFirstToken(cancel context.CancelCauseFunc, e *endpoint, body io.ReadCloser) (io.ReadCloser, error) {
 	sb := newStreamBody(e, body, streamKindOf(r.m.rest), r.s.strictStreams, r.sent, cancel)
-	err := sb.awaitFirstToken(ctx)
-	if !timer.Stop() || err != nil {
+	err := sb.awaitFirstToken()
+	if err == nil && sb.cut.Load() == watchFirst {
+		// The deadline passed as the first content came: it still
+		// fails over, as the canceled attempt cannot go on.
+		err = &timeoutError{after: e.firstToken, firstToken: true}
+	}
+	if err != nil {
 		sb.ended.Store(true) // not a stream the caller got
+		sb.stop()
 		_ = body.Close()
-		if errors.Is(context.Cause(ctx), ErrFirstTokenTimeout) {
-			return nil, &timeoutError{after: e.firstToken, firstToken: true}
-		}
 		return nil, err
 	}
 	return sb, nil

@@ -1,14 +1,22 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	goopenai "github.com/sashabaranov/go-openai"
+
 	"github.com/failover-go/failover"
 	"github.com/failover-go/failover/internal/fakeopenai"
+	"github.com/failover-go/failover/internal/proxy"
 )
 
 // The stream faults of the first endpoint: it sends its headers and then
@@ -75,6 +83,9 @@ func TestStreamsThroughSDKs(t *testing.T) {
 
 // TestStreamsThroughProxy: through the proxy, openai-go sees the same: a
 // late first token is invisible, a stalled or truncated stream an error.
+// The error comes promptly, from the stream's fault (the proxy cuts the
+// client's connection and its access log names the outcome), never from
+// the client's own deadline.
 func TestStreamsThroughProxy(t *testing.T) {
 	t.Run("first token never comes", func(t *testing.T) {
 		u := newUpstreams(t, firstSilent)
@@ -85,15 +96,126 @@ func TestStreamsThroughProxy(t *testing.T) {
 		}
 	})
 	for _, tc := range []struct {
-		name  string
-		fault fakeopenai.Fault
-	}{{"stalls", firstStalls}, {"truncated", firstTruncates}} {
+		name    string
+		fault   fakeopenai.Fault
+		outcome string // in the proxy's access log
+	}{{"stalls", firstStalls, "stalled"}, {"truncated", firstTruncates, "truncated"}} {
 		t.Run(tc.name, func(t *testing.T) {
 			u := newUpstreams(t, tc.fault)
-			api := openAIGoViaProxy(t, startFailoverProxy(t, streamConfig(u)), sdkKey)
-			got, err := openAIGoStreamContent(testContext(t), api)
+			var logs lockedBuffer
+			base := startLoggedProxy(t, streamConfig(u), slog.New(slog.NewTextHandler(&logs, nil)))
+			api := openAIGoViaProxy(t, base, sdkKey)
+			ctx := testContext(t)
+			start := time.Now()
+			got, err := openAIGoStreamContent(ctx, api)
+			took := time.Since(start)
 			if err == nil {
 				t.Fatalf("got %q and a clean end; want the SDK to report the broken stream", got)
+			}
+			if ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+				t.Fatalf("error %v came from the client's deadline, not the stream's fault", err)
+			}
+			// The stall timeout is 300ms: bounded generously, far below
+			// the client's deadline (requestTimeout).
+			if took > promptBound {
+				t.Fatalf("error %v after %v, want it within %v", err, took, promptBound)
+			}
+			if !strings.HasPrefix(fakeopenai.Reply(firstName), got) {
+				t.Errorf("got %q before the error, want the start of the first's reply %q", got, fakeopenai.Reply(firstName))
+			}
+			if line := logs.String(); !strings.Contains(line, "stream="+tc.outcome) {
+				t.Errorf("the proxy's access log does not mark the stream %s:\n%s", tc.outcome, line)
+			}
+		})
+	}
+}
+
+// promptBound bounds, generously for shared machines, the time a stream
+// fault of the tests' 300ms timeouts takes to reach the client.
+const promptBound = 20 * time.Second
+
+// lockedBuffer is a bytes.Buffer safe for the proxy's logger and the test.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// startLoggedProxy is startFailoverProxy with the proxy's logs (its access
+// log) going to logger.
+func startLoggedProxy(t *testing.T, cfg failover.Config, logger *slog.Logger) string {
+	t.Helper()
+	p, err := proxy.New(proxy.Config{Failover: cfg, ProxyKey: sdkKey, Logger: logger})
+	if err != nil {
+		t.Fatalf("proxy.New: %v", err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		p.Close()
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- p.Serve(ctx, ln, nil) }()
+	t.Cleanup(func() {
+		stop()
+		select {
+		case err := <-served:
+			if err != nil {
+				t.Errorf("proxy Serve: %v", err)
+			}
+		case <-time.After(requestTimeout):
+			t.Errorf("the proxy did not stop within %v", requestTimeout)
+		}
+		p.Close()
+	})
+	return "http://" + ln.Addr().String() + "/v1"
+}
+
+// TestLegacyCompletionsTruncatedThroughGoOpenAI: a legacy completions
+// stream that ends without [DONE] is io.ErrUnexpectedEOF through go-openai,
+// and a clean end with AllowTruncatedStreams.
+func TestLegacyCompletionsTruncatedThroughGoOpenAI(t *testing.T) {
+	for _, allow := range []bool{false, true} {
+		t.Run(map[bool]string{false: "an error", true: "allowed"}[allow], func(t *testing.T) {
+			u := newUpstreams(t, firstTruncates)
+			cfg := streamConfig(u)
+			cfg.AllowTruncatedStreams = allow
+			stream, err := goOpenAIClient(t, cfg).CreateCompletionStream(testContext(t), goopenai.CompletionRequest{
+				Model: goopenai.GPT3Dot5TurboInstruct, Prompt: "hi", Stream: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer stream.Close()
+			var text strings.Builder
+			for {
+				chunk, err := stream.Recv()
+				if err != nil {
+					if allow && !errors.Is(err, io.EOF) || !allow && !errors.Is(err, io.ErrUnexpectedEOF) {
+						t.Fatalf("stream ended with %v (allowed %v)", err, allow)
+					}
+					break
+				}
+				for _, c := range chunk.Choices {
+					text.WriteString(c.Text)
+				}
+			}
+			if text.String() != fakeopenai.Reply(firstName) {
+				t.Errorf("text %q, want the first's %q", text.String(), fakeopenai.Reply(firstName))
+			}
+			if u.second.Hits() != 0 {
+				t.Errorf("the second endpoint got %d request(s): a stream that began cannot fail over", u.second.Hits())
 			}
 		})
 	}

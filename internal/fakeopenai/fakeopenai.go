@@ -8,6 +8,9 @@
 //
 //	POST /chat/completions      chat.completion JSON, or with "stream": true
 //	                            chat.completion.chunk events and [DONE]
+//	POST /completions           text_completion JSON (the legacy
+//	                            completions API), or with "stream": true
+//	                            text_completion chunks and [DONE]
 //	POST /responses             a response object, or with "stream": true
 //	                            response.created, response.in_progress,
 //	                            response.output_text.delta events and
@@ -173,6 +176,7 @@ type Server struct {
 	rng    *rand.Rand
 	hits   int64
 	hitCh  chan struct{} // closed and replaced at each hit
+	connCh chan struct{} // closed and replaced when a connection ends
 	reqs   []Request     // ring buffer of at most MaxRecordedRequests
 	first  int           // index of the oldest entry of reqs once full
 
@@ -204,6 +208,7 @@ func New(opts ...Option) *Server {
 		conns:    make(map[net.Conn]struct{}),
 		rng:      rand.New(rand.NewPCG(cfg.seed, cfg.seed^0x9e3779b97f4a7c15)),
 		hitCh:    make(chan struct{}),
+		connCh:   make(chan struct{}),
 	}
 	s.srv = &http.Server{
 		Handler:                      http.HandlerFunc(s.serveHTTP),
@@ -388,6 +393,38 @@ func (s *Server) connState(c net.Conn, state http.ConnState) {
 	if _, ok := s.conns[c]; ok {
 		delete(s.conns, c)
 		s.connWG.Done()
+		close(s.connCh)
+		s.connCh = make(chan struct{})
+	}
+}
+
+// OpenConns returns the number of client connections the Server holds
+// open: accepted, and neither closed nor taken over (hijacked) yet.
+func (s *Server) OpenConns() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
+// WaitOpenConns blocks until at most n client connections are open, ctx
+// is done or the Server is closed; it returns nil in the first case and an
+// error otherwise. It lets a test see, without sleeping, that a client
+// closed the connection of a stream the Server was still sending.
+func (s *Server) WaitOpenConns(ctx context.Context, n int) error {
+	for {
+		s.mu.Lock()
+		open, ch := len(s.conns), s.connCh
+		s.mu.Unlock()
+		if open <= n {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("fakeopenai: %s still holds %d connection(s), want at most %d: %w", s.name, open, n, ctx.Err())
+		case <-s.done:
+			return fmt.Errorf("fakeopenai: %s closed with %d connection(s) open", s.name, open)
+		}
 	}
 }
 
@@ -628,6 +665,8 @@ func (s *Server) route(r *http.Request, body []byte, seq int64, model string, f 
 		switch r.Method + " " + rest {
 		case "POST /chat/completions":
 			return s.chat(body, seq, model, f.Kind == KindContentFilter)
+		case "POST /completions":
+			return s.completion(body, seq, model)
 		case "POST /embeddings":
 			return s.embeddings(body, model)
 		case "POST /responses":
@@ -745,6 +784,50 @@ func (s *Server) chat(body []byte, seq int64, model string, filtered bool) respo
 		chunks = append(chunks, dataEvent(chunk(obj{"content": p}, nil)))
 	}
 	chunks = append(chunks, dataEvent(chunk(obj{}, "stop")), dataEvent([]byte(doneMarker)))
+	return response{
+		status: http.StatusOK,
+		header: http.Header{"Content-Type": {"text/event-stream"}, "Cache-Control": {"no-cache"}},
+		chunks: chunks,
+	}
+}
+
+// completion answers POST /completions, the legacy completions API: the
+// text Reply(name), whole or as one chunk per part, a last chunk with the
+// finish reason, and [DONE].
+func (s *Server) completion(body []byte, seq int64, model string) response {
+	var req struct {
+		Model  string          `json:"model"`
+		Prompt json.RawMessage `json:"prompt"`
+		Stream bool            `json:"stream"`
+	}
+	if err := json.Unmarshal(body, &req); err != nil {
+		return badRequest("We could not parse the JSON body of your request: " + err.Error())
+	}
+	if model != "" {
+		req.Model = model
+	}
+	id := fmt.Sprintf("cmpl-%s-%d", s.name, seq)
+	parts := replyParts(s.name)
+	choice := func(text string, finish any) obj {
+		return obj{"text": text, "index": 0, "logprobs": nil, "finish_reason": finish}
+	}
+	if !req.Stream {
+		prompt := promptTokens(req.Prompt)
+		return jsonResponse(obj{
+			"id": id, "object": "text_completion", "created": created, "model": req.Model,
+			"choices": []obj{choice(Reply(s.name), "stop")},
+			"usage":   obj{"prompt_tokens": prompt, "completion_tokens": len(parts), "total_tokens": prompt + len(parts)},
+		})
+	}
+	chunk := func(text string, finish any) []byte {
+		return dataEvent(mustJSON(obj{"id": id, "object": "text_completion", "created": created, "model": req.Model,
+			"choices": []obj{choice(text, finish)}}))
+	}
+	var chunks [][]byte
+	for _, p := range parts {
+		chunks = append(chunks, chunk(p, nil))
+	}
+	chunks = append(chunks, chunk("", "stop"), dataEvent([]byte(doneMarker)))
 	return response{
 		status: http.StatusOK,
 		header: http.Header{"Content-Type": {"text/event-stream"}, "Cache-Control": {"no-cache"}},

@@ -1074,3 +1074,83 @@ func ExampleServer_SetFault() {
 	// connection refused: true
 	// 200 hello from primary
 }
+
+// TestCompletionsStream: the legacy completions API answers as JSON, or
+// streamed as text_completion chunks that spell Reply and end with
+// [DONE]; StreamTruncate ends the stream cleanly without [DONE].
+func TestCompletionsStream(t *testing.T) {
+	s := newServer(t, WithName("gamma"))
+	c := newClient(t)
+	post := func(stream bool) []byte {
+		t.Helper()
+		body := fmt.Appendf(nil, `{"model":"gpt-test","prompt":"hi","stream":%t}`, stream)
+		_, data := fetch(t, c, http.MethodPost, s.URL()+"/completions", "application/json", body)
+		return data
+	}
+	checkJSON(t, post(false), map[string]any{"object": "text_completion", "choices.0.text": Reply("gamma"), "choices.0.finish_reason": "stop"})
+
+	for _, tc := range []struct {
+		name  string
+		fault Fault
+		done  bool
+	}{{"complete", Healthy(), true}, {"truncated", StreamTruncate(0), false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			s.SetFault(tc.fault)
+			events, err := readEvents(bytes.NewReader(post(true)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var text strings.Builder
+			for _, ev := range events {
+				if ev == "[DONE]" {
+					continue
+				}
+				var chunk struct {
+					Object  string `json:"object"`
+					Choices []struct {
+						Text string `json:"text"`
+					} `json:"choices"`
+				}
+				if err := json.Unmarshal([]byte(ev), &chunk); err != nil || chunk.Object != "text_completion" || len(chunk.Choices) != 1 {
+					t.Fatalf("chunk %s: %v", ev, err)
+				}
+				text.WriteString(chunk.Choices[0].Text)
+			}
+			if text.String() != Reply("gamma") {
+				t.Errorf("text = %q, want %q", text.String(), Reply("gamma"))
+			}
+			if done := len(events) > 0 && events[len(events)-1] == "[DONE]"; done != tc.done {
+				t.Errorf("ends with [DONE]: %v, want %v (events %q)", done, tc.done, events)
+			}
+		})
+	}
+}
+
+// TestWaitOpenConns: a stream that stalls holds its connection open until
+// the client closes it, which WaitOpenConns sees.
+func TestWaitOpenConns(t *testing.T) {
+	s := newServer(t)
+	s.SetFault(StreamStall(1, 0))
+	c := newClient(t)
+	ctx, cancel := context.WithTimeout(t.Context(), patience)
+	defer cancel()
+	resp, err := send(ctx, t, c, http.MethodPost, s.URL()+"/chat/completions", "application/json", chatBody(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := resp.Body.Read(make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	if n := s.OpenConns(); n != 1 {
+		t.Fatalf("OpenConns = %d during the stream, want 1", n)
+	}
+	short, stop := context.WithCancel(ctx)
+	stop()
+	if err := s.WaitOpenConns(short, 0); err == nil {
+		t.Fatal("WaitOpenConns(0) returned nil while the stream's connection was open")
+	}
+	resp.Body.Close() // the body is unread: net/http closes the connection
+	if err := s.WaitOpenConns(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+}
