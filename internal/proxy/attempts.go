@@ -150,7 +150,7 @@ func (l *attemptLog) streamOutcome() string {
 
 // watchStream wraps resp's body, when it is an event stream of a request
 // with an attemptLog, to record for the access log how it ended: complete,
-// stalled, truncated, canceled (the client went away) or error. The
+// stalled, first_token_timeout, truncated, canceled (the client went away) or error. The
 // transport's own stream body has already turned a stall or a clean end
 // before the terminal event into an error, so the ReverseProxy cuts the
 // client's connection, as for a broken one, and the client's SDK raises an
@@ -191,6 +191,10 @@ func streamOutcome(err error) string {
 		return "complete"
 	case errors.Is(err, failover.ErrStreamStalled):
 		return "stalled"
+	case errors.Is(err, failover.ErrFirstTokenTimeout):
+		// A stream released to the client past its held events before
+		// the first token, whose first token then came too late.
+		return "first_token_timeout"
 	case errors.Is(err, io.ErrUnexpectedEOF):
 		return "truncated"
 	case errors.Is(err, context.Canceled):

@@ -3,6 +3,8 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -220,5 +222,25 @@ func TestProxyLogsAttempts(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestStreamOutcomeNames checks the name the access log gives each way a
+// stream the client got can end.
+func TestStreamOutcomeNames(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{
+		{io.EOF, "complete"},
+		{fmt.Errorf("endpoint a: %w", failover.ErrStreamStalled), "stalled"},
+		{fmt.Errorf("endpoint a: %w", failover.ErrFirstTokenTimeout), "first_token_timeout"},
+		{fmt.Errorf("cut: %w", io.ErrUnexpectedEOF), "truncated"},
+		{context.Canceled, "canceled"},
+		{errors.New("connection reset by peer"), "error"},
+	} {
+		if got := streamOutcome(tc.err); got != tc.want {
+			t.Errorf("streamOutcome(%v) = %q, want %q", tc.err, got, tc.want)
+		}
 	}
 }
