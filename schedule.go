@@ -16,9 +16,9 @@ type tier struct {
 	// least-latency balancer (see cheapestUnsampled); read by every
 	// request of such a tier, written once.
 	sampled atomic.Bool
-	_        [64]byte // next, written by every request, on a line of its own
-	next     atomic.Uint64
-	_        [56]byte
+	_       [64]byte // next, written by every request, on a line of its own
+	next    atomic.Uint64
+	_       [56]byte
 }
 
 // maxSchedule bounds the length of a tier's schedule. Weights whose sum
