@@ -29,10 +29,11 @@ const (
 	// endpoint of their tier, chosen by a consistent hash weighted by
 	// Weight (rendezvous hashing: adding or removing an endpoint moves
 	// only the keys that it takes or held), while that endpoint is
-	// eligible; when it is not (open, cooling down, at its rate limit, or
-	// in slow start for this key), the request goes at once, without an
-	// error, to the key's next endpoint in the same order, and returns
-	// when it is back. Requests without a key are balanced as usual.
+	// eligible; when it is not (open, cooling down, at its rate limit,
+	// paced by the provider's rate limit headers, or in slow start for
+	// this key), the request goes at once, without an error, to the
+	// key's next endpoint in the same order, and returns when it is
+	// back. Requests without a key are balanced as usual.
 	//
 	// Its cost: a routed POST with a JSON body has its body's top-level
 	// members scanned (not decoded) for the three names, the body read

@@ -105,31 +105,87 @@ func TestAffinityKeyMembers(t *testing.T) {
 	}
 }
 
-// TestAffinityYields: when a key's endpoint opens, its requests go at once,
-// without an error, to one other endpoint, and come back when it closes.
+// TestAffinityYields: while a key's endpoint is not eligible (open,
+// cooling down after a 429, at its own MaxRPS, or paced by the provider's
+// x-ratelimit-remaining-requests: 0), its requests go at once, without an
+// error, to one other endpoint, and come back when it is eligible again.
 func TestAffinityYields(t *testing.T) {
-	tr, clk, _, _ := affinitySetup(t, "a", "b", "c")
-	key := `,"prompt_cache_key":"conv-7"`
-	home := servedBy(t, tr, keyedRequest(t, key, false))
-	var e *endpoint
-	for _, x := range endpointsOf(tr) {
-		if x.name == home {
-			e = x
-		}
-	}
-	openBreaker(t, e)
-	second := servedBy(t, tr, keyedRequest(t, key, false))
-	if second == home {
-		t.Fatalf("with %s open, the key still went there", home)
-	}
-	for range 200 {
-		if got := servedBy(t, tr, keyedRequest(t, key, false)); got != second {
-			t.Fatalf("with %s open, the key went to %s and %s, want one endpoint", home, second, got)
-		}
-	}
-	clk.Advance(time.Minute)
-	if got := servedBy(t, tr, keyedRequest(t, key, false)); got != home {
-		t.Fatalf("after %s's open period, the key went to %s, want it back home", home, got)
+	const key = `,"prompt_cache_key":"conv-7"`
+	// The key's home, as the consistent hash over a, b and c places it.
+	probe, _, _, _ := affinitySetup(t, "a", "b", "c")
+	home := servedBy(t, probe, keyedRequest(t, key, false))
+	for _, tc := range []struct {
+		name string
+		// configure changes the configuration of home's endpoint.
+		configure func(e *Endpoint)
+		// leave makes home ineligible; it may send the key's requests.
+		leave func(t *testing.T, tr *Transport, hosts *hostReplies, e *endpoint) (sent string)
+		// back is how long until home is eligible again.
+		back time.Duration
+	}{
+		{"open", nil, func(t *testing.T, _ *Transport, _ *hostReplies, e *endpoint) string {
+			openBreaker(t, e)
+			return ""
+		}, time.Minute},
+		{"cooling", nil, func(t *testing.T, tr *Transport, hosts *hostReplies, _ *endpoint) string {
+			hosts.set(home, http.StatusTooManyRequests, `{"error":{"message":"slow down"}}`, "retry-after", "20")
+			defer hosts.healthy(home)
+			return servedBy(t, tr, keyedRequest(t, key, false)) // the 429 is retried elsewhere
+		}, 21 * time.Second},
+		{"rate-limited", func(e *Endpoint) { e.MaxRPS, e.Burst = 1, 1 }, func(t *testing.T, tr *Transport, _ *hostReplies, _ *endpoint) string {
+			if got := servedBy(t, tr, keyedRequest(t, key, false)); got != home { // spends home's one token
+				t.Fatalf("the key went to %s, want %s", got, home)
+			}
+			return ""
+		}, time.Second},
+		{"paced", nil, func(t *testing.T, tr *Transport, hosts *hostReplies, _ *endpoint) string {
+			hosts.set(home, http.StatusOK, home, "x-ratelimit-remaining-requests", "0", "x-ratelimit-reset-requests", "10s")
+			defer hosts.healthy(home)
+			if got := servedBy(t, tr, keyedRequest(t, key, false)); got != home { // spends home's window
+				t.Fatalf("the key went to %s, want %s", got, home)
+			}
+			return ""
+		}, 10 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			hosts := newHostReplies()
+			cfg := Config{Base: newScriptedBase(hosts.script), Affinity: AffinityPromptCacheKey, MaxWait: -1}
+			for _, n := range []string{"a", "b", "c"} {
+				ep := hostEndpoint(n, 0)
+				if n == home && tc.configure != nil {
+					tc.configure(&ep)
+				}
+				cfg.Endpoints = append(cfg.Endpoints, ep)
+			}
+			tr, clk := newTestTransport(t, cfg)
+			var e *endpoint
+			for _, x := range endpointsOf(tr) {
+				if x.name == home {
+					e = x
+				}
+			}
+			if tc.configure == nil { // else leave's first request is home's
+				if got := servedBy(t, tr, keyedRequest(t, key, false)); got != home {
+					t.Fatalf("the key went to %s, want %s", got, home)
+				}
+			}
+			second := tc.leave(t, tr, hosts, e)
+			if second == "" {
+				second = servedBy(t, tr, keyedRequest(t, key, false))
+			}
+			if second == home {
+				t.Fatalf("with %s %s, the key still went there", home, tc.name)
+			}
+			for range 50 {
+				if got := servedBy(t, tr, keyedRequest(t, key, false)); got != second {
+					t.Fatalf("with %s %s, the key went to %s and %s, want one endpoint", home, tc.name, second, got)
+				}
+			}
+			clk.Advance(tc.back)
+			if got := servedBy(t, tr, keyedRequest(t, key, false)); got != home {
+				t.Fatalf("%v after %s was %s, the key went to %s, want it back home", tc.back, home, tc.name, got)
+			}
+		})
 	}
 }
 

@@ -33,7 +33,10 @@ const (
 	// below 500 or, for an event stream, the time to its first event
 	// that carries content (once the endpoint has streamed one; until
 	// then, its headers' time). An endpoint with no sample and no attempt
-	// in flight costs nothing, so it is tried first. Use it when the
+	// in flight costs nothing, so it is tried first: while any endpoint
+	// of the tier has no sample, each request goes to the tier's cheapest
+	// endpoint (a walk of the tier, until every one has answered once),
+	// and only then to the better of two drawn. Use it when the
 	// endpoints of a tier differ in speed (regions, providers, loaded
 	// servers); it costs a clock reading, two random draws and a few
 	// atomic loads per request, and takes no lock.
@@ -130,9 +133,17 @@ func (e *endpoint) cost(now time.Duration, factor float64) float64 {
 }
 
 // twoChoices returns the member index of tr the least-latency balancer
-// starts at: the cheaper of two members drawn at random; factors, when
-// not nil, scale their weights (slow start).
+// starts at: while a member of tr has no latency sample, the cheapest
+// member (so an idle one without a sample is tried first, whatever the
+// tier's size); afterwards, the cheaper of two members drawn at random.
+// factors, when not nil, scale their weights (slow start).
 func (s *snapshot) twoChoices(tr *tier, factors []float64) int {
+	now := s.clock.since()
+	if !tr.sampled.Load() {
+		if i, ok := cheapestUnsampled(tr, now, factors); ok {
+			return i
+		}
+	}
 	n := uint64(len(tr.members))
 	x := splitmix64(tr.next.Add(1))
 	a := x % n
@@ -140,7 +151,6 @@ func (s *snapshot) twoChoices(tr *tier, factors []float64) int {
 	if b >= a {
 		b++
 	}
-	now := s.clock.since()
 	fa, fb := 1.0, 1.0
 	if factors != nil {
 		fa, fb = factors[a], factors[b]
@@ -149,6 +159,40 @@ func (s *snapshot) twoChoices(tr *tier, factors []float64) int {
 		return int(b)
 	}
 	return int(a)
+}
+
+// cheapestUnsampled returns, when a member of tr has no latency sample
+// yet, the index of tr's cheapest member at now, ties going to the first
+// from a start that turns with each request; ok is false when every
+// member has a sample, and then tr is marked sampled, so that no request
+// walks it again. A member never loses its sample (the estimate decays
+// but stays above zero, and an endpoint's live state outlives Updates),
+// so the mark holds for the tier's life: the walk costs the requests
+// before every member's first answer, and one atomic load afterwards.
+func cheapestUnsampled(tr *tier, now time.Duration, factors []float64) (int, bool) {
+	n := len(tr.members)
+	start := int(tr.next.Add(1) % uint64(n))
+	best, bestCost, unsampled := start, math.Inf(1), false
+	for k := range n {
+		i := start + k
+		if i >= n {
+			i -= n
+		}
+		e := tr.members[i]
+		unsampled = unsampled || e.hot.peak.bits.Load() == 0
+		f := 1.0
+		if factors != nil {
+			f = factors[i]
+		}
+		if c := e.cost(now, f); c < bestCost {
+			best, bestCost = i, c
+		}
+	}
+	if !unsampled {
+		tr.sampled.Store(true)
+		return 0, false
+	}
+	return best, true
 }
 
 // latencyEstimate returns e's latency estimate at now for the health

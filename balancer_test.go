@@ -2,6 +2,7 @@ package failover
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"math"
 	"net/http"
@@ -234,5 +235,55 @@ func TestLeastLatencyStreamsUseFirstToken(t *testing.T) {
 		if est := healthOf(t, tr, "a").LatencyEstimate; est < 400*time.Millisecond || est > 500*time.Millisecond {
 			t.Fatalf("after stream %d: estimate %v, want about the first token's 500ms", i+1, est)
 		}
+	}
+}
+
+// TestLeastLatencyUnsampledFirstAnySize: whatever the tier's size, an
+// endpoint with no sample is tried before any endpoint is tried twice,
+// and each one added by Update takes the next request; once every endpoint
+// has a sample, the tier is marked so and no request walks it again.
+// Before the fix, two endpoints drawn at random were compared, so with
+// three or more an endpoint without a sample was tried only when drawn.
+func TestLeastLatencyUnsampledFirstAnySize(t *testing.T) {
+	for _, n := range []int{2, 3, 10} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			lat := &latencies{of: map[string]time.Duration{}}
+			base := newScriptedBase(lat.script)
+			cfg := Config{Base: base, Balancer: BalancerLeastLatency}
+			for i := range n {
+				name := fmt.Sprintf("e%d", i)
+				lat.of[name] = time.Millisecond
+				cfg.Endpoints = append(cfg.Endpoints, hostEndpoint(name, 0))
+			}
+			tr, clk := newTestTransport(t, cfg)
+			lat.clk = clk
+			seen := map[string]bool{}
+			for i := range n {
+				code, body := chat(t, tr)
+				if code != 200 {
+					t.Fatalf("request %d: status %d", i, code)
+				}
+				if seen[body] {
+					t.Fatalf("request %d went to %s again while %d of %d endpoints had no sample", i, body, n-len(seen), n)
+				}
+				seen[body] = true
+			}
+			// Endpoints added one at a time each take the next request.
+			for k := range 4 {
+				name := fmt.Sprintf("new%d", k)
+				lat.set(name, time.Second)
+				cfg.Endpoints = append(cfg.Endpoints, hostEndpoint(name, 0))
+				if err := tr.Update(cfg); err != nil {
+					t.Fatal(err)
+				}
+				answeredBy(t, tr, name)
+			}
+			if code, _ := chat(t, tr); code != 200 { // its walk finds every endpoint sampled
+				t.Fatalf("status %d", code)
+			}
+			if !tr.snap.Load().tiers[0].sampled.Load() {
+				t.Fatal("every endpoint has a sample, but the tier is not marked sampled")
+			}
+		})
 	}
 }

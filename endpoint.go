@@ -231,7 +231,7 @@ func (e *Endpoint) check(i int) []error {
 	if strings.ContainsAny(e.APIKey, "\r\n") {
 		bad("APIKey contains a line break")
 	}
-	for _, problem := range e.Probe.problems() {
+	for _, problem := range e.probeProblems() {
 		bad("%s", problem)
 	}
 	for _, k := range slices.Sorted(maps.Keys(e.Header)) {

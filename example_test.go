@@ -241,8 +241,9 @@ func ExampleError() {
 	transport, err := failover.New(failover.Config{
 		MaxRetries: 1, // two attempts in all
 		Endpoints: []failover.Endpoint{
-			{Name: "a", BaseURL: a.URL + "/v1", APIKey: "sk-a"},
-			{Name: "b", BaseURL: b.URL + "/v1", APIKey: "sk-b", Priority: 1},
+			// Timeout: a hanging endpoint fails over after 30s, not at the caller's deadline.
+			{Name: "a", BaseURL: a.URL + "/v1", APIKey: "sk-a", Timeout: 30 * time.Second},
+			{Name: "b", BaseURL: b.URL + "/v1", APIKey: "sk-b", Priority: 1, Timeout: 30 * time.Second},
 		},
 	})
 	if err != nil {
@@ -273,7 +274,8 @@ func ExampleTransport_HealthHandler() {
 
 	reg := prometheus.NewRegistry()
 	transport, err := failover.New(failover.Config{
-		Endpoints:  []failover.Endpoint{{Name: "down", BaseURL: down.URL + "/v1", APIKey: "sk-revoked"}},
+		// Timeout: a hanging endpoint fails its attempt after 30s, not at the caller's deadline.
+		Endpoints:  []failover.Endpoint{{Name: "down", BaseURL: down.URL + "/v1", APIKey: "sk-revoked", Timeout: 30 * time.Second}},
 		Registerer: reg,
 	})
 	if err != nil {
@@ -356,7 +358,8 @@ func ExampleConfig_endpointHeader() {
 
 // ConfigFromEnviron reads numbered endpoints from environment variables
 // (ConfigFromEnv reads the process's own): here a primary and a backup
-// behind a proxy, the backup with a per-attempt timeout.
+// behind a proxy, each with a per-attempt timeout, so that a hanging
+// endpoint fails over after it, not at the caller's deadline.
 func ExampleConfigFromEnviron() {
 	cfg, err := failover.ConfigFromEnviron([]string{
 		"OPENAI_API_KEY_1=sk-primary",

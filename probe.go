@@ -1,6 +1,7 @@
 package failover
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -57,9 +58,14 @@ type ProbeConfig struct {
 }
 
 // ProbeRequest is the request a recovery probe sends to an endpoint (see
-// [ProbeConfig]). It carries the endpoint's key (Authorization), its
-// Header and its BaseURL's query, as a routed request would. Only a 2xx
-// answer is a success; 401 is a refused key.
+// [ProbeConfig]). It is sent as a routed request to the endpoint would
+// be: under its BaseURL, with its BaseURL's query, its key (Authorization,
+// or api-key for Azure) and its Header; a Body that names a model sends
+// it as the endpoint's Models map it, and for an Azure endpoint with an
+// APIVersion, under the deployments path (/openai/deployments/<name>/...).
+// That model must be one the endpoint serves (a key of its Models, when
+// it has Models), or New refuses the configuration. Only a 2xx answer is
+// a success; 401 is a refused key.
 //
 // The zero value is GET {BaseURL}/models, which costs nothing on OpenAI
 // and on most compatible servers. For a server without /models, use
@@ -79,7 +85,9 @@ type ProbeRequest struct {
 }
 
 // ChatProbe returns a [ProbeRequest] for a server without /models: a chat
-// completion of at most one token (max_tokens 1) of "ping" to model. Each
+// completion of at most one token (max_tokens 1) of "ping" to model, the
+// name callers use (the endpoint's Models rename it, as for their
+// requests; on an Azure endpoint it names, or maps to, a deployment). Each
 // such probe is a billed request on a paid provider: a few input tokens
 // and one output token per probe of an endpoint that is out.
 func ChatProbe(model string) ProbeRequest {
@@ -411,7 +419,7 @@ func (h *healer) reschedule(s *snapshot, e *endpoint, failed bool) {
 func (h *healer) send(s *snapshot, e *endpoint) (*http.Response, probeResult, error) {
 	ctx, cancel := context.WithTimeout(h.ctx, s.probe.Timeout)
 	defer cancel()
-	req, err := newProbeRequest(ctx, &e.target, e.cfg.Probe)
+	req, err := newProbeRequest(ctx, s, e)
 	if err != nil {
 		return nil, probeError, err
 	}
@@ -441,20 +449,26 @@ func (h *healer) send(s *snapshot, e *endpoint) (*http.Response, probeResult, er
 	return resp, probeSuccess, nil
 }
 
-// newProbeRequest builds the probe pr of the endpoint whose target is tg.
-func newProbeRequest(ctx context.Context, tg *target, pr ProbeRequest) (*http.Request, error) {
+// newProbeRequest builds the probe of e, an endpoint of s (its
+// cfg.Probe), as a routed request to e is built: rewritten onto e's
+// target (BaseURL's path and query, the key under its header, the extra
+// headers) and, when its body names a model and s routes by model, sent
+// as e sends that model (renamed as e's Models map it, and for an Azure
+// endpoint with an APIVersion, under /deployments/<deployment>).
+func newProbeRequest(ctx context.Context, s *snapshot, e *endpoint) (*http.Request, error) {
+	pr, tg := e.cfg.Probe, &e.target
 	p := pr.Path
 	if p == "" {
 		p = defaultProbePath
 	}
-	u := &url.URL{Scheme: tg.scheme, Host: tg.host, Path: tg.path + p, RawQuery: tg.rawQuery}
-	if tg.rawPath {
-		u.RawPath = tg.escPath + (&url.URL{Path: p}).EscapedPath()
-	}
 	method := pr.Method
-	var body io.Reader
+	var (
+		body []byte
+		rd   io.Reader
+	)
 	if pr.Body != "" {
-		body = strings.NewReader(pr.Body)
+		body = []byte(pr.Body)
+		rd = bytes.NewReader(body)
 		if method == "" {
 			method = http.MethodPost
 		}
@@ -462,23 +476,55 @@ func newProbeRequest(ctx context.Context, tg *target, pr ProbeRequest) (*http.Re
 	if method == "" {
 		method = http.MethodGet
 	}
-	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
+	// The request as a caller would send it under e's own BaseURL.
+	u := &url.URL{Scheme: tg.scheme, Host: tg.host, Path: tg.path + p}
+	in, err := http.NewRequestWithContext(ctx, method, u.String(), rd)
 	if err != nil {
 		return nil, fmt.Errorf("failover: building the probe request: %w", redactURLError(err))
 	}
-	for k, vs := range tg.header {
-		req.Header[k] = vs
+	in.Header.Set("User-Agent", probeUserAgent) // unless e's Header sets one
+	if body != nil {
+		in.Header.Set("Content-Type", "application/json")
 	}
-	if tg.auth != nil {
-		req.Header[tg.authKey] = tg.auth // Authorization, or an Azure endpoint's api-key
+	m := match{base: &routeBase{scheme: tg.scheme, path: tg.path, rawPath: tg.escPath}, rest: p}
+	out := rewrite(ctx, in, tg, m)
+	if s.models != nil && body != nil {
+		rm := &requestModel{body: body, redact: s.redact}
+		if rm.find("application/json", body) {
+			rm.plan = s.models.planFor(rm.name)
+			if !rm.plan.skip.has(e.index) { // New refuses a probe of a model e does not serve
+				rm.apply(out, e)
+			}
+		}
 	}
-	if req.Header.Get("User-Agent") == "" {
-		req.Header.Set("User-Agent", probeUserAgent)
+	return out, nil
+}
+
+// probeProblems returns what is wrong with e's Probe: its own problems,
+// and a model its body names that e would not serve (a model missing
+// from e's Models, or for an Azure endpoint with an APIVersion, one that
+// cannot name a deployment), since the probe is sent as a routed request
+// for that model would be.
+func (e *Endpoint) probeProblems() []string {
+	problems := e.Probe.problems()
+	if e.Probe.Body == "" || len(problems) > 0 {
+		return problems
 	}
-	if pr.Body != "" {
-		req.Header.Set("Content-Type", "application/json")
+	var bm bodyModel
+	if !bm.find("application/json", []byte(e.Probe.Body)) {
+		return problems
 	}
-	return req, nil
+	name := quoteModel(bm.name)
+	if e.Models != nil {
+		if _, ok := e.Models[bm.name]; !ok {
+			return append(problems, fmt.Sprintf("Probe's model %s is not in Models: name it as callers do (a key of Models), and the probe sends it as Models maps it", name))
+		}
+		return problems
+	}
+	if strings.EqualFold(e.APIType, APITypeAzure) && e.APIVersion != "" && !validDeployment(bm.name) {
+		return append(problems, fmt.Sprintf("Probe's model %s is not an Azure deployment name (letters, digits, '.', '_' and '-'): name the deployment, or map the model to it in Models", name))
+	}
+	return problems
 }
 
 // jitter returns d lengthened by a random 0 to 10%.

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/failover-go/failover/internal/fakeopenai"
 	"go.uber.org/goleak"
 )
 
@@ -425,9 +426,19 @@ func TestCloseStopsProbes(t *testing.T) {
 	})
 }
 
-// TestProbeRequest: the probe carries the endpoint's key, headers and
-// BaseURL query, and the replacement Endpoint.Probe gives.
+// TestProbeRequest: the probe is built as a routed request to its
+// endpoint would be: under its BaseURL with its query, its key under the
+// header its requests use, its headers, and a body's model sent as the
+// endpoint sends that model (renamed by Models; for an Azure endpoint with
+// an APIVersion, under /deployments/<deployment>). Before the fix, a chat
+// probe of an Azure classic endpoint went to /openai/chat/completions with
+// the caller's name (Azure's 404: the endpoint never came back), and a
+// mapped endpoint's probe kept the caller's name.
 func TestProbeRequest(t *testing.T) {
+	const ver = "2024-10-21"
+	chat := func(model string) string {
+		return `{"max_tokens":1,"messages":[{"content":"ping","role":"user"}],"model":"` + model + `"}`
+	}
 	for _, tc := range []struct {
 		name       string
 		ep         Endpoint
@@ -437,33 +448,54 @@ func TestProbeRequest(t *testing.T) {
 		hasContent bool
 	}{
 		{"default", Endpoint{BaseURL: "https://x.test/v1", APIKey: "k"}, "GET", "https://x.test/v1/models", "", false},
-		{"azure", Endpoint{BaseURL: "https://x.test/openai/deployments/d?api-version=2024-10-21", Header: http.Header{"Api-Key": {"k"}}},
+		{"query in the base URL", Endpoint{BaseURL: "https://x.test/openai/deployments/d?api-version=2024-10-21", Header: http.Header{"Api-Key": {"k"}}},
 			"GET", "https://x.test/openai/deployments/d/models?api-version=2024-10-21", "", false},
 		{"chat", Endpoint{BaseURL: "https://x.test/v1/", APIKey: "k", Probe: ChatProbe("m-1")}, "POST",
-			"https://x.test/v1/chat/completions", `{"max_tokens":1,"messages":[{"content":"ping","role":"user"}],"model":"m-1"}`, true},
+			"https://x.test/v1/chat/completions", chat("m-1"), true},
 		{"path", Endpoint{BaseURL: "https://x.test/v1", Probe: ProbeRequest{Path: "/health"}}, "GET", "https://x.test/v1/health", "", false},
+		{"mapped chat", Endpoint{BaseURL: "https://x.test/api/v1", APIKey: "k", Probe: ChatProbe("gpt-4o-mini"),
+			Models: map[string]string{"gpt-4o-mini": "openai/gpt-4o-mini"}}, "POST",
+			"https://x.test/api/v1/chat/completions", chat("openai/gpt-4o-mini"), true},
+		{"listed chat", Endpoint{BaseURL: "https://x.test/v1", APIKey: "k", Probe: ChatProbe("m-1"),
+			Models: map[string]string{"m-1": "", "m-2": "up-2"}}, "POST", "https://x.test/v1/chat/completions", chat("m-1"), true},
+		{"azure classic, mapped chat", Endpoint{BaseURL: "https://az.test", APIType: APITypeAzure, APIVersion: ver, APIKey: "k",
+			Probe: ChatProbe("gpt-4o-mini"), Models: map[string]string{"gpt-4o-mini": "prod-4o-mini"}}, "POST",
+			"https://az.test/openai/deployments/prod-4o-mini/chat/completions?api-version=" + ver, chat("prod-4o-mini"), true},
+		{"azure classic, deployment chat", Endpoint{BaseURL: "https://az.test/openai", APIType: APITypeAzure, APIVersion: ver, APIKey: "k",
+			Probe: ChatProbe("prod-x")}, "POST",
+			"https://az.test/openai/deployments/prod-x/chat/completions?api-version=" + ver, chat("prod-x"), true},
+		{"azure classic, models", Endpoint{BaseURL: "https://az.test", APIType: APITypeAzure, APIVersion: ver, APIKey: "k",
+			Models: map[string]string{"gpt-4o-mini": "prod-4o-mini"}}, "GET", "https://az.test/openai/models?api-version=" + ver, "", false},
+		{"azure v1, mapped chat", Endpoint{BaseURL: "https://az.test/openai/v1", APIType: APITypeAzure, APIKey: "k",
+			Probe: ChatProbe("gpt-4o-mini"), Models: map[string]string{"gpt-4o-mini": "v1-4o-mini"}}, "POST",
+			"https://az.test/openai/v1/chat/completions", chat("v1-4o-mini"), true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			u, err := parseBaseURL(tc.ep.BaseURL)
-			if err != nil {
-				t.Fatal(err)
-			}
-			ec := tc.ep.withDefaults()
-			tg := newTarget(ec, u)
-			req, err := newProbeRequest(context.Background(), &tg, ec.Probe)
+			tr, _ := newTestTransport(t, Config{Base: newScriptedBase(alwaysOK), Endpoints: []Endpoint{tc.ep}})
+			req, err := newProbeRequest(context.Background(), tr.snap.Load(), endpointsOf(tr)[0])
 			if err != nil {
 				t.Fatal(err)
 			}
 			if req.Method != tc.method || req.URL.String() != tc.url {
 				t.Fatalf("%s %s, want %s %s", req.Method, req.URL, tc.method, tc.url)
 			}
-			if tc.ep.APIKey != "" && req.Header.Get("Authorization") != "Bearer "+tc.ep.APIKey {
-				t.Errorf("Authorization %q", req.Header.Get("Authorization"))
+			authKey, auth := "Authorization", "Bearer "+tc.ep.APIKey
+			if tc.ep.APIType == APITypeAzure {
+				authKey, auth = "Api-Key", tc.ep.APIKey
+				if got := req.Header.Get("Authorization"); got != "" {
+					t.Errorf("Authorization %q on an Azure endpoint, want none", got)
+				}
+			}
+			if got := req.Header.Get(authKey); tc.ep.APIKey != "" && got != auth {
+				t.Errorf("%s %q, want %q", authKey, got, auth)
 			}
 			for k, vs := range tc.ep.Header {
 				if got := req.Header.Get(k); got != vs[0] {
 					t.Errorf("header %s = %q, want %q", k, got, vs[0])
 				}
+			}
+			if got := req.Header.Get("User-Agent"); got != probeUserAgent {
+				t.Errorf("User-Agent %q, want %q", got, probeUserAgent)
 			}
 			if got := req.Header.Get("Content-Type") == "application/json"; got != tc.hasContent {
 				t.Errorf("Content-Type %q", req.Header.Get("Content-Type"))
@@ -475,6 +507,9 @@ func TestProbeRequest(t *testing.T) {
 			}
 			if body != tc.body {
 				t.Errorf("body %q, want %q", body, tc.body)
+			}
+			if tc.body != "" && req.ContentLength != int64(len(tc.body)) {
+				t.Errorf("ContentLength %d, want %d", req.ContentLength, len(tc.body))
 			}
 		})
 	}
@@ -497,6 +532,10 @@ func TestProbeConfigErrors(t *testing.T) {
 		{"query path", Config{Endpoints: []Endpoint{{BaseURL: ep.BaseURL, Probe: ProbeRequest{Path: "/x?y=1"}}}}, "Probe.Path must not carry a query"},
 		{"bad body", Config{Endpoints: []Endpoint{{BaseURL: ep.BaseURL, Probe: ProbeRequest{Body: "{"}}}}, "Probe.Body is not valid JSON"},
 		{"bad method", Config{Endpoints: []Endpoint{{BaseURL: ep.BaseURL, Probe: ProbeRequest{Method: "GE T"}}}}, `Probe.Method "GE T"`},
+		{"model not served", Config{Endpoints: []Endpoint{{BaseURL: ep.BaseURL, Probe: ChatProbe("openai/gpt-4o-mini"),
+			Models: map[string]string{"gpt-4o-mini": "openai/gpt-4o-mini"}}}}, `Probe's model "openai/gpt-4o-mini" is not in Models`},
+		{"model no deployment", Config{Endpoints: []Endpoint{{BaseURL: "https://az.test", APIType: APITypeAzure, APIVersion: "2024-10-21",
+			Probe: ChatProbe("gpt 4o")}}}, `Probe's model "gpt 4o" is not an Azure deployment name`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.cfg.Endpoints == nil {
@@ -585,5 +624,60 @@ func TestAzureProbeSendsAPIKey(t *testing.T) {
 	}
 	if got := h.Get("Authorization"); got != "" {
 		t.Errorf("the probe's Authorization is %q, want none: an Azure endpoint takes its key as api-key, as its routed requests do", got)
+	}
+}
+
+// TestAzureChatProbeAgainstFake: over a real connection to a fake Azure
+// resource that, as Azure does, answers a classic chat request without
+// its deployments segment with 404, an endpoint whose chat probe names
+// the caller's model (mapped by Models to its deployment) is closed by
+// its first probe once it is back: the probe goes to the deployment's
+// path, with the api-version, the api-key and the deployment's name.
+// Before the fix the probe went to /openai/chat/completions, got 404 on
+// every try, and the endpoint never came back.
+func TestAzureChatProbeAgainstFake(t *testing.T) {
+	const ver = "2024-10-21"
+	az := upstream(t, "az", fakeopenai.WithAzure(fakeopenai.Azure{APIKey: "k-az", APIVersion: ver, Deployments: []string{"prod-4o-mini"}}))
+	backup := upstream(t, "backup")
+	a := Endpoint{Name: "a", BaseURL: az.URL(), APIType: APITypeAzure, APIVersion: ver, APIKey: "k-az",
+		Models: map[string]string{"gpt-4o-mini": "prod-4o-mini"}, Probe: ChatProbe("gpt-4o-mini")}
+	clk := newStepClock()
+	tr := newTestTransportOn(t, Config{MaxWait: -1, Breaker: BreakerConfig{FailureThreshold: 2},
+		Probe: ProbeConfig{Interval: 10 * time.Second}, Endpoints: []Endpoint{a, ep(backup, 1)}}, clk)
+	az.SetFault(fakeopenai.StatusFault(http.StatusInternalServerError))
+	for i := 0; healthOf(t, tr, "a").State != StateOpen; i++ {
+		if i == 10 {
+			t.Fatal("a did not open")
+		}
+		resp, err := tr.RoundTrip(modelRequest(t, "/chat/completions", "application/json", chatFor("gpt-4o-mini"), false))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("status %d, want the backup's 200", resp.StatusCode)
+		}
+	}
+	az.SetFault(fakeopenai.Healthy())
+	az.Reset()
+	ps := &probeSetup{tr: tr, clk: clk}
+	clk.AdvanceTo(ps.nextProbe(t))
+	waitState(t, tr, "a", StateClosed)
+	reqs := az.Requests()
+	if len(reqs) != 1 {
+		t.Fatalf("a got %d requests after it was back, want its one probe", len(reqs))
+	}
+	p := reqs[0]
+	if p.Method != http.MethodPost || p.Path != "/openai/deployments/prod-4o-mini/chat/completions" || p.RawQuery != "api-version="+ver {
+		t.Errorf("the probe was %s %s?%s, want POST /openai/deployments/prod-4o-mini/chat/completions?api-version=%s", p.Method, p.Path, p.RawQuery, ver)
+	}
+	if got := p.Header.Get("Api-Key"); got != "k-az" {
+		t.Errorf("the probe's api-key is %q, want the endpoint's key", got)
+	}
+	if !strings.Contains(string(p.Body), `"model":"prod-4o-mini"`) {
+		t.Errorf("the probe's body %s, want the deployment's name as its model", p.Body)
+	}
+	if h := healthOf(t, tr, "a"); h.LastProbeResult != "success" {
+		t.Errorf("a's last probe %q, want success", h.LastProbeResult)
 	}
 }

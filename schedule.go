@@ -12,9 +12,13 @@ type tier struct {
 	priority int
 	members  []*endpoint
 	schedule []uint16 // member indexes in smooth weighted round robin order
-	_        [64]byte // next, written by every request, on a line of its own
-	next     atomic.Uint64
-	_        [56]byte
+	// sampled is set once every member has a latency sample, for the
+	// least-latency balancer (see cheapestUnsampled); read by every
+	// request of such a tier, written once.
+	sampled atomic.Bool
+	_       [64]byte // next, written by every request, on a line of its own
+	next    atomic.Uint64
+	_       [56]byte
 }
 
 // maxSchedule bounds the length of a tier's schedule. Weights whose sum

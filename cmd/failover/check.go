@@ -49,8 +49,9 @@ latency, models listed, and what went wrong in a few words; never a key),
 the variables that look like failover's but are not read (such as
 OPENAI_BASEURL_2), and a verdict. Disabled endpoints are listed, not probed.
 
-Exit status: 0 when every enabled endpoint passed, 1 when any failed (or
-none is enabled), 2 for bad flags or a bad configuration.
+Exit status: 0 when every enabled endpoint passed, 1 when any failed, 2
+for bad flags or a bad configuration (which includes one whose endpoints
+are all disabled: OPENAI_ENABLED_N=false on each).
 
 Flags:
 `
@@ -211,8 +212,10 @@ func probeAll(ctx context.Context, f checkFlags, cfg failover.Config, health []f
 }
 
 // tally counts rep's results, sets its verdict and returns the exit code:
-// 0 when every enabled endpoint passed, 1 when any failed or none is
-// enabled.
+// 0 when every enabled endpoint passed, 1 when any failed. A configuration
+// with no endpoint enabled never gets here: ConfigFromEnviron refuses it,
+// and the check exits 2 (bad configuration); were one to, its verdict
+// would be failed, not ok.
 func (rep *checkReport) tally() int {
 	for _, r := range rep.Endpoints {
 		switch r.Result {

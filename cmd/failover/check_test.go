@@ -223,6 +223,9 @@ func TestCheckFailures(t *testing.T) {
 	}
 }
 
+// TestCheckBadConfiguration: a configuration that cannot run (no
+// endpoint, a bad value, a duplicate name, every endpoint disabled) exits
+// 2 with the problem named, on stderr and in -json's errors.
 func TestCheckBadConfiguration(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
@@ -231,6 +234,8 @@ func TestCheckBadConfiguration(t *testing.T) {
 	}{
 		{"no endpoint", []string{"OPENAI_BASEURL_1=http://127.0.0.1:1/v1"}, "OPENAI_BASEURL_1 is not read; did you mean OPENAI_BASE_URL_1?"},
 		{"bad URL", []string{"OPENAI_BASE_URL_1=ftp://example.com/v1", "OPENAI_API_KEY_1=" + goodKey}, "OPENAI_BASE_URL_1"},
+		{"none enabled", []string{"OPENAI_BASE_URL_1=http://127.0.0.1:1/v1", "OPENAI_ENABLED_1=false", "OPENAI_BASE_URL_2=http://127.0.0.1:2/v1", "OPENAI_ENABLED_2=false"},
+			"every endpoint has OPENAI_ENABLED_N=false; at least one must take requests"},
 		{"duplicate name", []string{"OPENAI_BASE_URL_1=http://127.0.0.1:1/v1", "OPENAI_BASE_URL_2=http://127.0.0.1:2/v1", "OPENAI_NAME_1=a", "OPENAI_NAME_2=a", "OPENAI_API_KEY_2=" + goodKey}, "OPENAI_NAME_2"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -250,6 +255,9 @@ func TestCheckBadConfiguration(t *testing.T) {
 			}
 			if code != exitUsage || rep.Verdict != "bad-configuration" || len(rep.Errors) == 0 {
 				t.Errorf("-json: exit %d, verdict %q, errors %q", code, rep.Verdict, rep.Errors)
+			}
+			if tc.name != "no endpoint" && !slices.ContainsFunc(rep.Errors, func(e string) bool { return strings.Contains(e, tc.mention) }) {
+				t.Errorf("-json: errors %q do not mention %q", rep.Errors, tc.mention)
 			}
 			checkNoSecret(t, stdout, stderr)
 		})

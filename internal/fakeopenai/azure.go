@@ -42,7 +42,10 @@ type Azure struct {
 //	POST /openai/deployments/<deployment>/chat/completions?api-version=...
 //	     (and /embeddings, /responses, /audio/transcriptions): the
 //	     classic API, the deployment taken from the path;
-//	GET  /openai/models?api-version=..., POST /openai/files?api-version=...;
+//	GET  /openai/models?api-version=..., POST /openai/files?api-version=...
+//	     (resource-level routes; a chat, completion, embedding, audio or
+//	     image request without the deployments segment gets a 404, as on
+//	     Azure, whatever model its body names);
 //	POST /openai/v1/chat/completions (and the other routes): the v1 API,
 //	     the deployment taken from the body's model.
 //
@@ -92,7 +95,25 @@ func (s *Server) azureRoute(r *http.Request, body []byte, seq int64, f Fault) re
 		resp.model = deployment
 		return resp
 	}
+	if deploymentScoped(rest) {
+		// As on Azure: the classic API serves these only under a
+		// deployment; the body's model does not name one.
+		return azureNotFound()
+	}
 	return s.routeAt(r, rest, body, seq, "", f)
+}
+
+// deploymentScoped reports whether the classic API serves the path rest
+// (under /openai) only under /deployments/<deployment>: chat, completions,
+// embeddings, audio and images. Resource-level routes (/models, /files,
+// /batches, /responses) are served without one.
+func deploymentScoped(rest string) bool {
+	for _, p := range []string{"/chat/", "/completions", "/embeddings", "/audio/", "/images/"} {
+		if rest == strings.TrimSuffix(p, "/") || strings.HasPrefix(rest, p) {
+			return true
+		}
+	}
+	return false
 }
 
 // routeAt answers a request as route does, for the API path rest.
