@@ -43,7 +43,9 @@ type healthProvider struct {
 	hits    []providerHit
 }
 
-func newHealthProvider() *healthProvider { return &healthProvider{replies: map[string]func() *http.Response{}} }
+func newHealthProvider() *healthProvider {
+	return &healthProvider{replies: map[string]func() *http.Response{}}
+}
 
 // set makes host answer each request with status and header pairs kv
 // (status 200: a chat completion); it applies to the requests that arrive
