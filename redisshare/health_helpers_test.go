@@ -227,13 +227,17 @@ func endpointHealth(t *testing.T, tr *failover.Transport, name string) failover.
 func watchHealth(t *testing.T, trs []*failover.Transport, name string, cond func(failover.EndpointHealth) bool) func() []time.Time {
 	t.Helper()
 	seen := make([]time.Time, len(trs))
+	last := make([]failover.EndpointHealth, len(trs))
 	var wg sync.WaitGroup
 	for i, tr := range trs {
 		wg.Go(func() {
 			deadline := time.Now().Add(waitBound)
 			for time.Now().Before(deadline) {
 				for _, h := range tr.Health() {
-					if h.Name == name && cond(h) {
+					if h.Name != name {
+						continue
+					}
+					if last[i] = h; cond(h) {
 						seen[i] = time.Now()
 						return
 					}
@@ -247,7 +251,9 @@ func watchHealth(t *testing.T, trs []*failover.Transport, name string, cond func
 		wg.Wait()
 		for i, at := range seen {
 			if at.IsZero() {
-				t.Fatalf("process %d never saw the condition on %s within %v", i, name, waitBound)
+				h := last[i]
+				t.Fatalf("watched Transport %d (of %d) never saw the condition on %s within %v; last seen: %v since %v, fleet open until %v",
+					i, len(trs), name, waitBound, h.State, h.StateSince, h.FleetOpenUntil)
 			}
 		}
 		return seen
