@@ -123,7 +123,12 @@ var healthEndpoints = []failover.Endpoint{
 // events.
 func healthFleet(t *testing.T, n int, p *healthProvider, cfg failover.Config) []*failover.Transport {
 	t.Helper()
-	url, prefix := redistest.URL(t), redistest.Prefix(t)
+	return healthFleetOn(t, redistest.URL(t), redistest.Prefix(t), n, p, cfg)
+}
+
+// healthFleetOn is healthFleet on the Redis at url, under prefix.
+func healthFleetOn(t *testing.T, url, prefix string, n int, p *healthProvider, cfg failover.Config) []*failover.Transport {
+	t.Helper()
 	var trs []*failover.Transport
 	var stores []*Store
 	for i := range n {
