@@ -64,22 +64,33 @@ func waitHits(t *testing.T, p *healthProvider, host string, n int) []providerHit
 // while the three send, each time the open period ends exactly one
 // request of the whole fleet goes to the endpoint (the trial: the
 // requests to it come one open period apart or more), and its failure
-// reopens the endpoint in every process within 100ms; once the endpoint
-// answers again, the trial's success closes it in every process and each
-// sends to it.
+// reopens the endpoint in every process within 100ms, whether or not it
+// opened the breaker of the process that sent it (a threshold of 1, or
+// 3); once the endpoint answers again, the trial's success reaches every
+// process within 100ms, and each sends to it.
 func TestHealthFleetBreakerTrial(t *testing.T) {
+	for _, threshold := range []int{1, 3} {
+		t.Run(fmt.Sprintf("threshold %d", threshold), func(t *testing.T) { testBreakerTrial(t, threshold) })
+	}
+}
+
+func testBreakerTrial(t *testing.T, threshold int) {
 	const n, rounds = 3, 6
 	const openFor = 300 * time.Millisecond
 	p := newHealthProvider()
-	trs := healthFleet(t, n, p, failover.Config{Breaker: failover.BreakerConfig{FailureThreshold: 1, OpenTimeout: openFor}})
+	trs := healthFleet(t, n, p, failover.Config{Breaker: failover.BreakerConfig{FailureThreshold: threshold, OpenTimeout: openFor}})
 	p.set("x.test", http.StatusInternalServerError)
 
-	// One process meets the failure and opens its breaker.
+	// One process meets the failures and opens its breaker.
+	for range threshold - 1 {
+		sendVia(t, trs[0])
+	}
 	watch := watchHealth(t, trs[1:], "x", func(h failover.EndpointHealth) bool { return h.State == failover.StateOpen })
 	if got := sendVia(t, trs[0]); got != "y" {
 		t.Fatalf("the request that met x's failure was answered by %q, want y", got)
 	}
-	opened := waitHits(t, p, "x.test", 1)[0]
+	first := threshold - 1 // the index of the opening failure among x's requests
+	opened := waitHits(t, p, "x.test", threshold)[first]
 	var lat []time.Duration
 	for i, at := range watch() {
 		lat = append(lat, at.Sub(opened.at))
@@ -102,7 +113,7 @@ func TestHealthFleetBreakerTrial(t *testing.T) {
 	}()
 	winners := make([]int, n)
 	for round := 1; round <= rounds; round++ {
-		trial := waitHits(t, p, "x.test", 1+round)[round]
+		trial := waitHits(t, p, "x.test", first+1+round)[first+round]
 		winners[trial.proc]++
 		var others []*failover.Transport
 		for i, tr := range trs {
@@ -120,37 +131,45 @@ func TestHealthFleetBreakerTrial(t *testing.T) {
 
 	// x answers again: the next trial closes it for the fleet.
 	p.set("x.test", http.StatusOK)
-	closing := waitHits(t, p, "x.test", rounds+2)[rounds+1]
-	watchHealth(t, trs, "x", func(h failover.EndpointHealth) bool { return h.Eligible() && h.FleetOpenUntil.IsZero() })()
-	eventually(t, "every process sending to x again", func() bool {
-		sent := make([]bool, n)
-		for _, h := range p.hitsOf("x.test") {
-			if h.status == http.StatusOK {
-				sent[h.proc] = true
-			}
-		}
-		for _, ok := range sent {
-			if !ok {
-				return false
-			}
-		}
-		return true
-	})
-	stopped = true
-	if err := stop(); err != nil {
-		t.Fatalf("a request failed: %v", err)
-	}
-
-	hits := p.hitsOf("x.test")
-	for i := 1; i <= rounds+1; i++ {
+	hits := waitHits(t, p, "x.test", first+rounds+2)
+	closing := hits[first+rounds+1]
+	for i := first + 1; i <= first+rounds+1; i++ {
 		if gap := hits[i].at.Sub(hits[i-1].at); gap < openFor {
 			t.Fatalf("requests %d and %d to x (processes %d and %d) came %v apart, within one open period of %v: two trials",
 				i-1, i, hits[i-1].proc, hits[i].proc, gap, openFor)
 		}
 	}
-	if hits[rounds+1] != closing || closing.status != http.StatusOK {
-		t.Fatalf("the closing trial %+v is not the request after the failed ones", closing)
+	if closing.status != http.StatusOK {
+		t.Fatalf("the trial after x recovered got %d", closing.status)
 	}
-	t.Logf("trials won by process: %v; delay from the provider's answer to the others' Health showing it: %s", winners, latencySpread(lat))
+	back := make([]time.Time, n) // each process's first request to x after the closing trial
+	eventually(t, "every process sending to x again", func() bool {
+		for _, h := range p.hitsOf("x.test")[first+rounds+1:] {
+			if back[h.proc].IsZero() {
+				back[h.proc] = h.at
+			}
+		}
+		for _, at := range back {
+			if at.IsZero() {
+				return false
+			}
+		}
+		return true
+	})
+	watchHealth(t, trs, "x", func(h failover.EndpointHealth) bool { return h.Eligible() && h.FleetOpenUntil.IsZero() })()
+	stopped = true
+	if err := stop(); err != nil {
+		t.Fatalf("a request failed: %v", err)
+	}
+	var closed []time.Duration
+	for i, at := range back {
+		if i != closing.proc {
+			closed = append(closed, at.Sub(closing.at))
+		}
+	}
+
+	t.Logf("trials won by process: %v; delay from the provider's answer to the others' Health showing x open: %s; from the closing trial to each other's next request to x: %s",
+		winners, latencySpread(lat), latencySpread(closed))
 	learnedWithin100ms(t, "open and reopen", lat)
+	learnedWithin100ms(t, "closed", closed)
 }
