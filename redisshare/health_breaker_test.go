@@ -133,11 +133,17 @@ func testBreakerTrial(t *testing.T, threshold int) {
 	p.set("x.test", http.StatusOK)
 	hits := waitHits(t, p, "x.test", first+rounds+2)
 	closing := hits[first+rounds+1]
+	var gaps []time.Duration
 	for i := first + 1; i <= first+rounds+1; i++ {
-		if gap := hits[i].at.Sub(hits[i-1].at); gap < openFor {
+		gap := hits[i].at.Sub(hits[i-1].at)
+		if gap < openFor {
 			t.Fatalf("requests %d and %d to x (processes %d and %d) came %v apart, within one open period of %v: two trials",
 				i-1, i, hits[i-1].proc, hits[i].proc, gap, openFor)
 		}
+		if gap > openFor+time.Second {
+			t.Fatalf("the trial %d came %v after the request before it: the open period of %v ended long before", i, gap, openFor)
+		}
+		gaps = append(gaps, gap-openFor)
 	}
 	if closing.status != http.StatusOK {
 		t.Fatalf("the trial after x recovered got %d", closing.status)
@@ -168,8 +174,9 @@ func testBreakerTrial(t *testing.T, threshold int) {
 		}
 	}
 
-	t.Logf("trials won by process: %v; delay from the provider's answer to the others' Health showing x open: %s; from the closing trial to each other's next request to x: %s",
-		winners, latencySpread(lat), latencySpread(closed))
+	t.Logf("trials won by process: %v; each trial after its open period's end: %s", winners, latencySpread(gaps))
+	t.Logf("delay from the provider's answer to the others' Health showing x open: %s; from the closing trial to each other's next request to x: %s",
+		latencySpread(lat), latencySpread(closed))
 	learnedWithin100ms(t, "open and reopen", lat)
 	learnedWithin100ms(t, "closed", closed)
 }
