@@ -191,6 +191,13 @@ func (e *endpoint) health(now time.Time) EndpointHealth {
 	}
 	if e.cfg.Disabled {
 		h.State = StateDisabled
+	} else if h.State == StateHalfOpen {
+		// This process's open period is over, but the fleet's runs on
+		// (its trial failed in another process): the choice skips the
+		// endpoint until then (fleetEndpoint.gate), so it is open.
+		if until := e.bud.fleet.openTill.Load(); until > now.UnixNano() {
+			h.State, h.FleetOpenUntil = StateOpen, time.Unix(0, until)
+		}
 	}
 	e.budgetHealth(&h, now)
 	return h

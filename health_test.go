@@ -123,3 +123,43 @@ func TestHealthHandler(t *testing.T) {
 		}
 	})
 }
+
+// TestHealthFleetReopened: once this process's open period is over (its
+// own breaker half-open), a trial that failed in another process reopens
+// the endpoint for the fleet: Health shows it open until the fleet's
+// period ends, as the choice skips it, not half-open and eligible.
+func TestHealthFleetReopened(t *testing.T) {
+	clk := newFakeClock()
+	hub := newMemHub(clk)
+	repA, repB := newHostReplies(), newHostReplies()
+	baseA, baseB := newScriptedBase(repA.script), newScriptedBase(repB.script)
+	cfg := func(base http.RoundTripper) Config {
+		return Config{Base: base, Shared: hub.join(), Breaker: BreakerConfig{FailureThreshold: 1, OpenTimeout: 10 * time.Second},
+			Endpoints: []Endpoint{hostEndpoint("x", 0), hostEndpoint("y", 1)}}
+	}
+	a := newTestTransportOn(t, cfg(baseA), clk)
+	b := newTestTransportOn(t, cfg(baseB), clk)
+	repA.set("x", 500, `{}`)
+	repB.set("x", 500, `{}`)
+	answeredBy(t, a, "y") // a's breaker opens
+	settle(a)
+
+	clk.Advance(10 * time.Second) // the open period ends; b claims the trial and wins
+	ex := endpointsOf(b)[0]
+	ex.bud.fleet.gate(ex, b.fleet, clk.Now().UnixNano())
+	settle(b)
+	answeredBy(t, b, "y") // the fleet's trial fails on x
+	settle(b)
+	if got := baseB.Hits("x.test"); got != 1 {
+		t.Fatalf("b sent %d requests to x, want its one trial", got)
+	}
+
+	want := clk.Now().Add(10 * time.Second)
+	if h := healthOf(t, a, "x"); h.State != StateOpen || !h.FleetOpenUntil.Equal(want) || h.Eligible() {
+		t.Fatalf("a's x: %v (fleet open until %v, eligible %v), want open until %v by the fleet", h.State, h.FleetOpenUntil, h.Eligible(), want)
+	}
+	answeredBy(t, a, "y")
+	if got := baseA.Hits("x.test"); got != 1 {
+		t.Fatalf("a sent %d requests to x, want only its first failure", got)
+	}
+}

@@ -254,10 +254,20 @@ func (f *fleet) background(fn func()) {
 	}()
 }
 
-// publish tells the fleet of ev in the background.
+// publish tells the fleet of ev in the background. A call that fails is
+// made again at once while the shared state is not held unreachable (one
+// slow call is not an outage, and a lost transition would leave the
+// fleet unaware of it) and ev has not ended: at most sharedFailures
+// calls, after which the state is unreachable and the breakers local.
 func (f *fleet) publish(ev SharedEvent) {
 	f.background(func() {
-		_ = f.call(func(ctx context.Context) error { return f.shared.Publish(ctx, ev) })
+		for range sharedFailures {
+			err := f.call(func(ctx context.Context) error { return f.shared.Publish(ctx, ev) })
+			if err == nil || errors.Is(err, errSharedDown) || f.isDown() ||
+				(!ev.Until.IsZero() && !f.clock.now().Before(ev.Until)) {
+				return
+			}
+		}
 	})
 }
 
