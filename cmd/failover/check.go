@@ -278,8 +278,29 @@ func (p prober) run(ctx context.Context, r probeResult) probeResult {
 		return r
 	}
 	r.LatencyMS = &latency
+	r = p.judgeListing(r, resp.StatusCode, body)
+	if p.model != "" && r.Result == "ok" {
+		if e.Models != nil {
+			// The chat probe sends the model as the endpoint's Models
+			// map it, as the proxy would.
+			if t, err = p.transport(e, base); err != nil {
+				r.Result, r.Error = "failed", "configuration: "+p.scrub(err.Error())
+				return r
+			}
+		}
+		r.Chat = p.chat(ctx, t)
+		if !r.Chat.Passed {
+			r.Result, r.Error = "failed", "chat "+p.model+": "+r.Chat.Error
+		}
+	}
+	return r
+}
+
+// judgeListing fills in r from the answer to GET /models: its status code
+// and body.
+func (p prober) judgeListing(r probeResult, code int, body []byte) probeResult {
 	r.Result = "ok"
-	switch code := resp.StatusCode; {
+	switch {
 	case code == http.StatusOK:
 		var list struct {
 			Data []json.RawMessage `json:"data"`
@@ -303,20 +324,6 @@ func (p prober) run(ctx context.Context, r probeResult) probeResult {
 	default:
 		r.ModelsRoute, r.Result = "error", "failed"
 		r.Error = "GET /models: " + p.reason(code, body)
-	}
-	if p.model != "" && r.Result == "ok" {
-		if e.Models != nil {
-			// The chat probe sends the model as the endpoint's Models
-			// map it, as the proxy would.
-			if t, err = p.transport(e, base); err != nil {
-				r.Result, r.Error = "failed", "configuration: "+p.scrub(err.Error())
-				return r
-			}
-		}
-		r.Chat = p.chat(ctx, t)
-		if !r.Chat.Passed {
-			r.Result, r.Error = "failed", "chat "+p.model+": "+r.Chat.Error
-		}
 	}
 	return r
 }
