@@ -24,7 +24,8 @@ import (
 // It renews when less than half the target is left, so a process doing
 // 1,000 requests a second renews 10 to 20 times a second. Units given
 // back (a request not sent, a token estimate corrected down to the usage)
-// never take the holding above the target: the rest is dropped.
+// never take the holding above the target: the rest goes back to the
+// fleet's bucket (a Lease of a negative want), in the background.
 //
 // Bound: every unit the fleet spends was granted by the bucket, which
 // grants at most R*T + B in any interval of length T; a unit granted before
@@ -63,6 +64,8 @@ type leaseBudget struct {
 	unit     atomic.Int64 // the latest spend: what one request takes
 	target   atomic.Int64 // what the last renewal topped the holding up to
 	renewing atomic.Bool
+	excess   atomic.Int64 // units given back beyond the target, to return to the bucket
+	giving   atomic.Bool  // a return to the bucket is on its way
 	dryUntil atomic.Int64 // unix nanoseconds: the bucket was short, no renewal before
 
 	// Sizing, touched only by the renewal (one at a time).
@@ -163,16 +166,45 @@ func (b *leaseBudget) refund(now time.Time, n int64) {
 	b.spent.Add(-n)
 }
 
-// give adds n units to the pool, up to the holding's target: a process
-// never holds more than the bound counts (the rest is dropped).
+// give adds n units to the pool, up to the holding's target, so that a
+// process never holds more than the bound counts; the rest goes back to
+// the fleet's bucket, in the background.
 func (b *leaseBudget) give(n int64) {
 	for {
 		old := b.pool.Load()
 		nw := min(old+n, max(old, b.target.Load()))
 		if nw == old || b.pool.CompareAndSwap(old, nw) {
+			if rest := n - (nw - old); rest > 0 {
+				b.excess.Add(rest)
+				b.giveBack()
+			}
 			return
 		}
 	}
+}
+
+// giveBack returns the excess to the fleet's bucket in the background,
+// unless a return is on its way (it takes what has come since). A return
+// that fails loses its units: the fleet sends less, never more.
+func (b *leaseBudget) giveBack() {
+	if !b.giving.CompareAndSwap(false, true) {
+		return
+	}
+	b.f.background(func() {
+		for {
+			if n := b.excess.Swap(0); n > 0 {
+				cfg := b.cfg.Load()
+				_ = b.f.call(func(ctx context.Context) error {
+					_, err := b.f.shared.Lease(ctx, b.key, cfg.rate, cfg.burst, -n)
+					return err
+				})
+			}
+			b.giving.Store(false)
+			if b.excess.Load() == 0 || !b.giving.CompareAndSwap(false, true) {
+				return
+			}
+		}
+	})
 }
 
 // correct charges diff more units (or, negative, fewer) for a request

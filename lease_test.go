@@ -3,9 +3,9 @@ package failover
 import (
 	"context"
 	"fmt"
+	"math"
 	"net/http"
 	"strings"
-	"math"
 	"sync"
 	"testing"
 	"time"
@@ -70,25 +70,35 @@ func TestFleetBoundHoldsForRequestsAndTokens(t *testing.T) {
 	requests := func(reqs int, _ int64) int64 { return int64(reqs) }
 	tokens := func(_ int, tokens int64) int64 { return tokens }
 	for _, c := range []struct {
-		name string
-		body string
-		set  func(*Endpoint)
-		unit func(reqs int, tokens int64) int64 // what the budget counts
-		r    float64
-		b, e int64 // e: the largest estimate, at least DefaultCompletionTokens for tokens
+		name  string
+		body  string
+		set   func(*Endpoint)
+		unit  func(reqs int, tokens int64) int64 // what the budget counts
+		r     float64
+		b, e  int64 // e: the largest estimate, at least DefaultCompletionTokens for tokens
+		usage int64 // x's replies report this usage; 0: none
 	}{
-		{"MaxRPS", chatBody(false), func(e *Endpoint) { e.MaxRPS, e.Burst = 100, 100 }, requests, 100, 100, 1},
-		{"MaxTPM", chatBody(false), func(e *Endpoint) { e.MaxTPM = 60000 }, tokens, 1000, 60000, max(est, DefaultCompletionTokens)},
+		{"MaxRPS", chatBody(false), func(e *Endpoint) { e.MaxRPS, e.Burst = 100, 100 }, requests, 100, 100, 1, 0},
+		{"MaxTPM", chatBody(false), func(e *Endpoint) { e.MaxTPM = 60000 }, tokens, 1000, 60000, max(est, DefaultCompletionTokens), 0},
 		// A process's first lease assumes requests of DefaultCompletionTokens.
-		{"MaxTPM-small", small, func(e *Endpoint) { e.MaxTPM = 60000 }, tokens, 1000, 60000, max(estSmall, DefaultCompletionTokens)},
-		{"MaxTPM-small-burst", small, func(e *Endpoint) { e.MaxTPM, e.TokenBurst = 60000, 1500 }, tokens, 1000, 1500, max(estSmall, DefaultCompletionTokens)},
+		{"MaxTPM-small", small, func(e *Endpoint) { e.MaxTPM = 60000 }, tokens, 1000, 60000, max(estSmall, DefaultCompletionTokens), 0},
+		{"MaxTPM-small-burst", small, func(e *Endpoint) { e.MaxTPM, e.TokenBurst = 60000, 1500 }, tokens, 1000, 1500, max(estSmall, DefaultCompletionTokens), 0},
+		// Each charge is corrected down to the usage: what is given back
+		// never takes a process's holding beyond the bound.
+		{"MaxTPM-usage", chatBody(false), func(e *Endpoint) { e.MaxTPM = 60000 },
+			func(reqs int, _ int64) int64 { return int64(reqs) * 100 }, 1000, 60000, max(est, DefaultCompletionTokens), 100},
 	} {
 		for _, warm := range []int{1, 2, 3, 5, 8, 13} {
 			t.Run(fmt.Sprintf("%s/warm%d", c.name, warm), func(t *testing.T) {
 				clk := newFakeClock()
 				hub := newMemHub(clk)
 				hub.procs = n
-				base := newScriptedBase(alwaysOK)
+				base := newScriptedBase(func(req *http.Request, _ int) (*http.Response, error) {
+					if c.usage > 0 && req.URL.Host == "x.test" {
+						return reply(200, fmt.Sprintf(`{"choices":[],"usage":{"total_tokens":%d}}`, c.usage), "Content-Type", "application/json"), nil
+					}
+					return reply(200, "ok"), nil
+				})
 				x := hostEndpoint("x", 0)
 				c.set(&x)
 				var trs []*Transport

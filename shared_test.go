@@ -76,6 +76,10 @@ func (m *memShared) Lease(_ context.Context, key string, r float64, burst, want 
 	}
 	b.level = math.Min(float64(burst), b.level+now.Sub(b.at).Seconds()*r)
 	b.at = now
+	if want < 0 { // given back
+		b.level = math.Min(float64(burst), b.level-float64(want))
+		return want, nil
+	}
 	granted := min(want, int64(b.level))
 	b.level -= float64(granted)
 	return granted, nil
