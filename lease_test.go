@@ -147,12 +147,14 @@ func TestFleetBoundHoldsForRequestsAndTokens(t *testing.T) {
 	}
 }
 
-// leaseLog is a memShared that records the units each Lease granted.
+// leaseLog is a memShared that records the units each Lease granted,
+// the bursts asked, and the leases granted per key.
 type leaseLog struct {
 	*memShared
 	mu      sync.Mutex
 	granted []int64
 	bursts  []int64
+	byKey   map[string]int
 }
 
 func (l *leaseLog) Lease(ctx context.Context, key string, r float64, burst, want int64) (int64, error) {
@@ -161,6 +163,10 @@ func (l *leaseLog) Lease(ctx context.Context, key string, r float64, burst, want
 	defer l.mu.Unlock()
 	if err == nil && n > 0 {
 		l.granted = append(l.granted, n)
+		if l.byKey == nil {
+			l.byKey = map[string]int{}
+		}
+		l.byKey[key]++
 	}
 	l.bursts = append(l.bursts, burst)
 	return n, err
