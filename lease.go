@@ -17,12 +17,14 @@ import (
 // low, so that no request waits on the shared state in the steady state.
 //
 // What a process holds (leased, not yet spent) follows its own spending:
-// a renewal tops it up to a target of about leaseWindow of that spending,
+// a renewal tops it up to a target of two leaseWindows of that spending,
 // at most ceil(R*leaseWindow), and at least two requests' worth (2u, u
-// the latest request's units: 1 for requests, its estimate for tokens),
-// so that a request never needs a renewal of its own; never more than B.
-// It renews when less than half the target is left, so a process doing
-// 1,000 requests a second renews 10 to 20 times a second. Units given
+// the latest request's units: 1 for requests, its estimate for tokens,
+// DefaultCompletionTokens before the first), so that a request never
+// needs a renewal of its own; never more than B. It renews when less than
+// half the target is left, so that a lease is about leaseWindow of its
+// spending: a process doing 1,000 requests a second renews about 10 times
+// a second. Units given
 // back (a request not sent, a token estimate corrected down to the usage)
 // never take the holding above the target: the rest goes back to the
 // fleet's bucket (a Lease of a negative want), in the background.
@@ -31,15 +33,18 @@ import (
 // grants at most R*T + B in any interval of length T; a unit granted before
 // the interval and spent in it is the only excess. A process holds at most
 // L = min(B, max(ceil(R*leaseWindow), 2E)), E the largest request it has
-// sent (1 for requests; for tokens, the largest estimate), so in any
-// interval N processes send at most R*T + B + N*L. For tokens, two more
-// terms when responses report usage: a request's charge moves from its
-// estimate to its usage when its response ends, so an overestimate given
-// back in the interval for a request sent before it is spent again (at
-// most the estimates less the usage of the requests in flight at the
-// interval's start), and a usage above the estimate is charged when the
-// response ends, as a debt the process's next lease pays first.
-//
+// sent (1 for requests; for tokens, the largest estimate, and at least
+// DefaultCompletionTokens, which the first lease assumes), so in any
+// interval N processes send at most R*T + B + N*L, each request counted at
+// its charge. For tokens, two more terms when responses report usage: a
+// request's charge moves from its estimate to its usage when its response
+// ends, so the estimates less the usage of the requests in flight at the
+// interval's start come back in it and are spent again; and a usage above
+// an estimate is charged when the response ends, as a debt that the
+// process's next lease pays first: what is not yet paid at the interval's
+// end is spent beyond the grants. The README ("Running many replicas")
+// states the same bound.
+
 // While the shared state is unreachable, each process spends instead from
 // a local limiter of rate R/N and burst max(1, B/N), N the processes last
 // seen by heartbeat. A process cut off while the others are not adds its
@@ -268,9 +273,9 @@ func (b *leaseBudget) renew(now time.Time) {
 }
 
 // renewNow tops the holding up to its target, with one lease: this
-// process's spending over leaseWindow, within [1, maxLease], at least
-// twice the latest spend and the largest refused one, at most the burst;
-// plus any debt.
+// process's spending over two leaseWindows, within [1, maxLease], at
+// least twice the latest spend and the largest refused one, at most the
+// burst; plus any debt.
 func (b *leaseBudget) renewNow() {
 	cfg := b.cfg.Load()
 	now := b.f.clock.now()
@@ -282,7 +287,7 @@ func (b *leaseBudget) renewNow() {
 		}
 	}
 	b.lastAt, b.lastSpent = now, spent
-	target := max(1, int64(math.Ceil(b.rate*leaseWindow.Seconds())))
+	target := max(1, int64(math.Ceil(2*b.rate*leaseWindow.Seconds())))
 	target = max(min(target, cfg.maxLease()), 2*b.unit.Load())
 	if spent == 0 {
 		target = max(target, cfg.maxLease()) // the first: a window's worth of the rate
