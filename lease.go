@@ -24,10 +24,10 @@ import (
 // needs a renewal of its own; never more than B. It renews when less than
 // half the target is left, so that a lease is about leaseWindow of its
 // spending: a process doing 1,000 requests a second renews about 10 times
-// a second. Units given
-// back (a request not sent, a token estimate corrected down to the usage)
-// never take the holding above the target: the rest goes back to the
-// fleet's bucket (a Lease of a negative want), in the background.
+// a second. Units given back (a request not sent, a token estimate
+// corrected down to the usage) never take the holding above the target:
+// the rest goes back to the fleet's bucket (a Lease of a negative want),
+// in the background.
 //
 // Bound: every unit the fleet spends was granted by the bucket, which
 // grants at most R*T + B in any interval of length T; a unit granted before
