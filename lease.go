@@ -15,19 +15,36 @@ import (
 // lease (one Lease call takes a batch of units), spends it locally, one
 // atomic add per request, and renews it in the background when it runs
 // low, so that no request waits on the shared state in the steady state.
-// A lease's size follows this process's own spending: about leaseWindow
-// of it, at most ceil(R*leaseWindow), so a process doing 1,000 requests a
-// second renews about 10 times a second; and at least two requests'
-// worth (for a token budget, two of the latest request's estimate), so
-// that a request never needs a renewal of its own.
+//
+// What a process holds (leased, not yet spent) follows its own spending:
+// a renewal tops it up to a target of two leaseWindows of that spending,
+// at most ceil(R*leaseWindow), and at least two requests' worth (2u, u
+// the latest request's units: 1 for requests, its estimate for tokens,
+// DefaultCompletionTokens before the first), so that a request never
+// needs a renewal of its own; never more than B. It renews when less than
+// half the target is left, so that a lease is about leaseWindow of its
+// spending: a process doing 1,000 requests a second renews about 10 times
+// a second. Units given back (a request not sent, a token estimate
+// corrected down to the usage) never take the holding above the target:
+// the rest goes back to the fleet's bucket (a Lease of a negative want),
+// in the background.
 //
 // Bound: every unit the fleet spends was granted by the bucket, which
-// grants at most R*T + B in any interval of length T; a unit leased
-// before the interval and spent in it is the only excess. A process holds
-// at most 1.5 leases, so in any interval the fleet sends at most
-// R*T + B + N*1.5*ceil(R*leaseWindow) for N processes, and much less in
-// practice, since the leases follow each process's share of the traffic.
-//
+// grants at most R*T + B in any interval of length T; a unit granted before
+// the interval and spent in it is the only excess. A process holds at most
+// L = min(B, max(ceil(R*leaseWindow), 2E)), E the largest request it has
+// sent (1 for requests; for tokens, the largest estimate, and at least
+// DefaultCompletionTokens, which the first lease assumes), so in any
+// interval N processes send at most R*T + B + N*L, each request counted at
+// its charge. For tokens, two more terms when responses report usage: a
+// request's charge moves from its estimate to its usage when its response
+// ends, so the estimates less the usage of the requests in flight at the
+// interval's start come back in it and are spent again; and a usage above
+// an estimate is charged when the response ends, as a debt that the
+// process's next lease pays first: what is not yet paid at the interval's
+// end is spent beyond the grants. The README ("Running many replicas")
+// states the same bound.
+
 // While the shared state is unreachable, each process spends instead from
 // a local limiter of rate R/N and burst max(1, B/N), N the processes last
 // seen by heartbeat. A process cut off while the others are not adds its
@@ -50,8 +67,10 @@ type leaseBudget struct {
 	spent    atomic.Int64 // units spent, ever
 	need     atomic.Int64 // the largest spend refused since the last renewal
 	unit     atomic.Int64 // the latest spend: what one request takes
-	lease    atomic.Int64 // the size of the last lease asked
+	target   atomic.Int64 // what the last renewal topped the holding up to
 	renewing atomic.Bool
+	excess   atomic.Int64 // units given back beyond the target, to return to the bucket
+	giving   atomic.Bool  // a return to the bucket is on its way
 	dryUntil atomic.Int64 // unix nanoseconds: the bucket was short, no renewal before
 
 	// Sizing, touched only by the renewal (one at a time).
@@ -115,7 +134,7 @@ func (b *leaseBudget) take(now time.Time, n int64) (ok bool, wait time.Duration)
 	}
 	if left := b.pool.Add(-n); left >= 0 {
 		b.spent.Add(n)
-		if left < b.lease.Load()/2 {
+		if left < b.target.Load()/2 {
 			b.renew(now)
 		}
 		return true, 0
@@ -148,8 +167,49 @@ func (b *leaseBudget) refund(now time.Time, n int64) {
 		b.localMu.Unlock()
 		return
 	}
-	b.pool.Add(n)
+	b.give(n)
 	b.spent.Add(-n)
+}
+
+// give adds n units to the pool, up to the holding's target, so that a
+// process never holds more than the bound counts; the rest goes back to
+// the fleet's bucket, in the background.
+func (b *leaseBudget) give(n int64) {
+	for {
+		old := b.pool.Load()
+		nw := min(old+n, max(old, b.target.Load()))
+		if nw == old || b.pool.CompareAndSwap(old, nw) {
+			if rest := n - (nw - old); rest > 0 {
+				b.excess.Add(rest)
+				b.giveBack()
+			}
+			return
+		}
+	}
+}
+
+// giveBack returns the excess to the fleet's bucket in the background,
+// unless a return is on its way (it takes what has come since). A return
+// that fails loses its units: the fleet sends less, never more.
+func (b *leaseBudget) giveBack() {
+	if !b.giving.CompareAndSwap(false, true) {
+		return
+	}
+	b.f.background(func() {
+		for {
+			if n := b.excess.Swap(0); n > 0 {
+				cfg := b.cfg.Load()
+				_ = b.f.call(func(ctx context.Context) error {
+					_, err := b.f.shared.Lease(ctx, b.key, cfg.rate, cfg.burst, -n)
+					return err
+				})
+			}
+			b.giving.Store(false)
+			if b.excess.Load() == 0 || !b.giving.CompareAndSwap(false, true) {
+				return
+			}
+		}
+	})
 }
 
 // correct charges diff more units (or, negative, fewer) for a request
@@ -167,7 +227,11 @@ func (b *leaseBudget) correct(now time.Time, diff int64) {
 		b.localMu.Unlock()
 		return
 	}
-	b.pool.Add(-diff)
+	if diff < 0 {
+		b.give(-diff)
+	} else {
+		b.pool.Add(-diff)
+	}
 	b.spent.Add(diff)
 }
 
@@ -208,8 +272,10 @@ func (b *leaseBudget) renew(now time.Time) {
 	})
 }
 
-// renewNow takes one lease: this process's spending over leaseWindow,
-// within [1, maxLease], plus any debt and the largest refused spend.
+// renewNow tops the holding up to its target, with one lease: this
+// process's spending over two leaseWindows, within [1, maxLease], at
+// least twice the latest spend and the largest refused one, at most the
+// burst; plus any debt.
 func (b *leaseBudget) renewNow() {
 	cfg := b.cfg.Load()
 	now := b.f.clock.now()
@@ -221,17 +287,17 @@ func (b *leaseBudget) renewNow() {
 		}
 	}
 	b.lastAt, b.lastSpent = now, spent
-	want := max(1, int64(math.Ceil(b.rate*leaseWindow.Seconds())))
-	want = max(min(want, cfg.maxLease()), 2*b.unit.Load())
-	if b.lastSpent == 0 && spent == 0 {
-		want = max(want, cfg.maxLease()) // the first: a window's worth of the rate
+	target := max(1, int64(math.Ceil(2*b.rate*leaseWindow.Seconds())))
+	target = max(min(target, cfg.maxLease()), 2*b.unit.Load())
+	if spent == 0 {
+		target = max(target, cfg.maxLease()) // the first: a window's worth of the rate
 	}
-	if debt := -b.pool.Load(); debt > 0 {
-		want += debt
+	target = min(max(target, b.need.Swap(0)), cfg.burst)
+	b.target.Store(target)
+	want := target - b.pool.Load() // a negative pool, a debt, is paid first
+	if want <= 0 {
+		return
 	}
-	want = max(want, b.need.Swap(0)-max(b.pool.Load(), 0))
-	want = min(want, cfg.burst+max(-b.pool.Load(), 0))
-	b.lease.Store(want)
 	var granted int64
 	err := b.f.call(func(ctx context.Context) (err error) {
 		granted, err = b.f.shared.Lease(ctx, b.key, cfg.rate, cfg.burst, want)
@@ -241,7 +307,7 @@ func (b *leaseBudget) renewNow() {
 		return
 	}
 	if granted > 0 {
-		b.pool.Add(granted)
+		b.give(granted) // requests given back meanwhile may have filled some of it
 		b.leases.Add(1)
 	}
 	if granted < want {

@@ -29,6 +29,12 @@ type Shared interface {
 	// at rate units per second (a full bucket to begin with), and returns
 	// how many it took: fewer than want, or 0, when the bucket holds
 	// fewer. The Transport spends them locally.
+	//
+	// A negative want gives -want units back to the bucket, which still
+	// holds at most burst, and returns want: the Transport gives back what
+	// it holds beyond its lease's size (a token estimate corrected down to
+	// the usage the provider counted), so that it never holds more than
+	// the fleet's bound counts.
 	Lease(ctx context.Context, key string, rate float64, burst, want int64) (int64, error)
 
 	// Publish tells every other process of the fleet of ev, within

@@ -223,7 +223,8 @@ func (s *Store) Close() error {
 
 // leaseScript takes up to ARGV[3] units from the bucket KEYS[1] (rate
 // ARGV[1] per second, burst ARGV[2]), on Redis's clock, and returns how
-// many it took.
+// many it took; a negative ARGV[3] gives units back (up to the burst) and
+// is returned as is.
 var leaseScript = redis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -240,18 +241,23 @@ end
 if now > at then
   level = math.min(burst, level + (now - at) * rate / 1000000)
 end
-local granted = math.floor(math.min(want, level))
-if granted < 0 then granted = 0 end
-level = level - granted
+local granted = want
+if want < 0 then
+  level = math.min(burst, level - want)
+else
+  granted = math.floor(math.min(want, level))
+  if granted < 0 then granted = 0 end
+  level = level - granted
+end
 redis.call('HSET', KEYS[1], 'level', tostring(level), 'at', tostring(now))
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
 return granted
 `)
 
-// Lease takes up to want units from the bucket key; see
-// [failover.Shared].
+// Lease takes up to want units from the bucket key, or gives -want back;
+// see [failover.Shared].
 func (s *Store) Lease(ctx context.Context, key string, rate float64, burst, want int64) (int64, error) {
-	if rate <= 0 || math.IsNaN(rate) || math.IsInf(rate, 0) || burst < 1 || want < 1 {
+	if rate <= 0 || math.IsNaN(rate) || math.IsInf(rate, 0) || burst < 1 || want == 0 {
 		return 0, fmt.Errorf("redisshare: lease of %d from a bucket of rate %v and burst %d", want, rate, burst)
 	}
 	n, err := leaseScript.Run(ctx, s.c, []string{s.prefix + key},

@@ -128,7 +128,7 @@ func TestProxyFleetSharesTheRateLimit(t *testing.T) {
 		}
 		most = max(most, i-j+1)
 	}
-	limit := r + b + int(math.Ceil(n*1.5*math.Ceil(r/10.0)))
+	limit := r + b + n*min(b, max(int(math.Ceil(r/10.0)), 2)) // the README's bound: each process holds at most min(B, max(ceil(R/10), 2))
 	t.Logf("%d requests through %d proxies; up got %d, at most %d in a second (bound %d with every process on Redis; unshared it would take %d a second)",
 		sent.Load(), n, len(at), most, limit, n*r)
 	for _, p := range procs {
