@@ -121,15 +121,27 @@ func (e *endpoint) admit(clk *lazyClock, st *requestState, p *pickResult, done f
 	if b.tpm != nil || b.tpmLease != nil {
 		est = st.tokens.get()
 	}
-	if b.tpm != nil && !e.bud.tpm.take(b.tpm, e.clock, est) {
+	if wait, ok := e.takeBudgets(b, now, est); !ok {
 		p.limited++
-		return refuse(time.Duration(e.bud.tpm.until(b.tpm, e.clock, est)), waitRateLimit)
+		return refuse(wait, waitRateLimit)
+	}
+	st.charged = est
+	e.bud.pace.spend(ns, st.tokens.n)
+	return true
+}
+
+// takeBudgets takes a request's share of b's token limiter and shared
+// leases at now: est tokens and one request. When one of them refuses, it
+// gives back what the others took and returns how long until that one may
+// have it.
+func (e *endpoint) takeBudgets(b *endpointBudget, now time.Time, est int64) (time.Duration, bool) {
+	if b.tpm != nil && !e.bud.tpm.take(b.tpm, e.clock, est) {
+		return time.Duration(e.bud.tpm.until(b.tpm, e.clock, est)), false
 	}
 	if b.rpsLease != nil {
 		if ok, wait := b.rpsLease.take(now, 1); !ok {
 			e.bud.tpm.refund(b.tpm, e.clock, est)
-			p.limited++
-			return refuse(wait, waitRateLimit)
+			return wait, false
 		}
 	}
 	if b.tpmLease != nil {
@@ -138,13 +150,10 @@ func (e *endpoint) admit(clk *lazyClock, st *requestState, p *pickResult, done f
 			if b.rpsLease != nil {
 				b.rpsLease.refund(now, 1)
 			}
-			p.limited++
-			return refuse(wait, waitRateLimit)
+			return wait, false
 		}
 	}
-	st.charged = est
-	e.bud.pace.spend(ns, st.tokens.n)
-	return true
+	return 0, true
 }
 
 // refund gives back n tokens taken for a request not sent; lim may be nil.
