@@ -16,6 +16,8 @@ import (
 	"unicode/utf8"
 
 	"golang.org/x/time/rate"
+
+	"github.com/failover-go/failover/internal/quote"
 )
 
 // Endpoint is one upstream that can serve the client's requests: a base URL,
@@ -29,7 +31,9 @@ type Endpoint struct {
 	// Name labels the endpoint in metrics, logs, health and errors, and
 	// identifies it across [Transport.Update]. The default is the host of
 	// BaseURL, suffixed with "-2", "-3", ... where several endpoints share
-	// a host. Names must be unique.
+	// a host. Names must be unique. Errors quote a name that looks like
+	// an API key (a key prefix such as sk-, or a long run of letters and
+	// digits) as its first three characters and its length only.
 	Name string
 
 	// BaseURL is the absolute http or https URL requests are sent to. It may
@@ -173,10 +177,7 @@ const minRPS = 1.0 / 3600
 // check returns every problem of e, each an error naming the endpoint by
 // its position i and its name, never by its key.
 func (e *Endpoint) check(i int) []error {
-	label := fmt.Sprintf("failover: endpoint %d", i)
-	if e.Name != "" && utf8.ValidString(e.Name) {
-		label = fmt.Sprintf("failover: endpoint %d (%q)", i, e.Name)
-	}
+	label := endpointLabel(i, e.Name)
 	var errs []error
 	bad := func(format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%s: "+format, append([]any{label}, args...)...))
@@ -235,6 +236,16 @@ func (e *Endpoint) check(i int) []error {
 	return errs
 }
 
+// endpointLabel names endpoint i in an error: by its position and, when it
+// has a valid name, by that name as [quote.Name] shows it, so that a key
+// pasted into Name is never printed in full.
+func endpointLabel(i int, name string) string {
+	if name == "" || !utf8.ValidString(name) {
+		return fmt.Sprintf("failover: endpoint %d", i)
+	}
+	return fmt.Sprintf("failover: endpoint %d (%s)", i, quote.Name(name))
+}
+
 // withDefaults returns e with its zero fields given their defaults (but
 // Name, which nameEndpoints gives) and its Header keys canonical.
 func (e Endpoint) withDefaults() Endpoint {
@@ -290,7 +301,7 @@ func nameEndpoints(eps []Endpoint, hosts []string) []error {
 	first := make(map[string]int, len(eps))
 	for i, e := range eps {
 		if j, dup := first[e.Name]; dup {
-			errs = append(errs, fmt.Errorf("failover: endpoint %d: name %q is already used by endpoint %d", i, e.Name, j))
+			errs = append(errs, fmt.Errorf("failover: endpoint %d: name %s is already used by endpoint %d", i, quote.Name(e.Name), j))
 			continue
 		}
 		first[e.Name] = i

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/failover-go/failover/internal/quote"
 )
 
 // unsafePathError refuses a routed request whose URL an upstream could
@@ -105,7 +107,7 @@ func (e *AttemptError) Error() string {
 	b.WriteString("attempt ")
 	b.WriteString(strconv.Itoa(e.Attempt))
 	b.WriteString(" on ")
-	b.WriteString(strconv.Quote(e.Endpoint))
+	b.WriteString(quote.Name(e.Endpoint))
 	b.WriteString(": ")
 	switch {
 	case e.Err != nil:
