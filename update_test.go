@@ -510,3 +510,84 @@ func (b silentBody) Read([]byte) (int, error) {
 }
 
 func (silentBody) Close() error { return nil }
+
+// TestUpdateLiveStateChangesInFlight: what Update documents as a kept
+// endpoint's live state (its breaker's FailureThreshold, its rate
+// limiter's MaxRPS) changes at the Update for every request, those in
+// flight included, while the rest of their configuration stays theirs.
+// Each case: a fails a first request over to b (a's first failure, b's
+// first token), a second request is in flight on a during the Update,
+// then fails over.
+func TestUpdateLiveStateChangesInFlight(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		before, after []Endpoint
+		breaker       [2]int // FailureThreshold before and after
+		check         func(t *testing.T, tr *Transport, base *scriptedBase, code int, body string)
+	}{
+		{"FailureThreshold", []Endpoint{hostEndpoint("a", 0), hostEndpoint("b", 1)},
+			[]Endpoint{hostEndpoint("a", 0), hostEndpoint("b", 1)}, [2]int{5, 2},
+			func(t *testing.T, tr *Transport, _ *scriptedBase, code int, body string) {
+				if code != 200 || body != "b" {
+					t.Errorf("the request in flight got %d %q, want 200 from b", code, body)
+				}
+				if st := healthOf(t, tr, "a").State; st != StateOpen {
+					t.Errorf("a is %v after its second failure, want open: the new FailureThreshold 2 applies to the attempt in flight", st)
+				}
+			}},
+		{"MaxRPS", []Endpoint{hostEndpoint("a", 0), withRate(hostEndpoint("b", 1), 1, 1)},
+			[]Endpoint{hostEndpoint("a", 0), withRate(hostEndpoint("b", 1), minRPS, 1)}, [2]int{5, 5},
+			func(t *testing.T, _ *Transport, base *scriptedBase, code int, body string) {
+				if code == 200 || base.Hits("b.test") != 1 {
+					t.Errorf("the request in flight got %d %q and b %d requests in all, want no second request on b: its new rate, one an hour, applies to the request in flight", code, body, base.Hits("b.test"))
+				}
+			}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			entered, release := make(chan struct{}), make(chan struct{})
+			var once sync.Once
+			base := newScriptedBase(func(req *http.Request, n int) (*http.Response, error) {
+				if req.URL.Host != "a.test" {
+					return reply(200, strings.TrimSuffix(req.URL.Host, ".test")), nil
+				}
+				if n == 2 {
+					once.Do(func() { close(entered) })
+					<-release
+				}
+				return reply(500, "a down"), nil
+			})
+			cfg := func(eps []Endpoint, threshold int) Config {
+				return Config{Base: base, MaxWait: -1, MaxRetries: 1, Breaker: BreakerConfig{FailureThreshold: threshold}, Endpoints: eps}
+			}
+			tr, clk := newTestTransport(t, cfg(tc.before, tc.breaker[0]))
+			if code, body := chat(t, tr); code != 200 || body != "b" {
+				t.Fatalf("first request: %d %q, want 200 from b", code, body)
+			}
+			done := make(chan [2]any, 1)
+			go func() {
+				resp, err := tr.RoundTrip(chatRequest(t, context.Background(), clientBase, false))
+				if err != nil {
+					done <- [2]any{0, err.Error()}
+					return
+				}
+				defer resp.Body.Close()
+				b, _ := io.ReadAll(resp.Body)
+				done <- [2]any{resp.StatusCode, string(b)}
+			}()
+			<-entered
+			if err := tr.Update(cfg(tc.after, tc.breaker[1])); err != nil {
+				t.Fatalf("Update: %v", err)
+			}
+			clk.Advance(time.Second) // b's old rate would give it a token again
+			close(release)
+			r := <-done
+			tc.check(t, tr, base, r[0].(int), r[1].(string))
+		})
+	}
+}
+
+// withRate returns e with MaxRPS and Burst set.
+func withRate(e Endpoint, rps float64, burst int) Endpoint {
+	e.MaxRPS, e.Burst = rps, burst
+	return e
+}
