@@ -87,7 +87,9 @@ func (e *timeoutError) Is(target error) bool {
 func (e *timeoutError) Timeout() bool { return true }
 
 // AttemptError is why one attempt of a request failed. Its message names
-// the endpoint, never its URL or key.
+// the endpoint, never its URL or key. The Transport fills every field it
+// knows; the zero value describes no attempt (attempt 0 on an endpoint
+// named "", with OutcomeSuccess and no cause) and is never returned.
 type AttemptError struct {
 	// Endpoint is the Name of the endpoint tried.
 	Endpoint string
