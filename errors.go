@@ -11,16 +11,6 @@ import (
 	"github.com/failover-go/failover/internal/quote"
 )
 
-// unsafePathError refuses a routed request whose URL an upstream could
-// resolve outside the endpoint's base path; it matches [ErrUnsafePath].
-type unsafePathError struct{ reason string }
-
-func (e *unsafePathError) Error() string {
-	return "failover: request path has " + e.reason + "; not sent"
-}
-
-func (e *unsafePathError) Is(target error) bool { return target == ErrUnsafePath }
-
 // errNilResponse stands for what a base RoundTripper that broke its
 // contract returned: neither a response nor an error.
 var errNilResponse = errors.New("failover: the base RoundTripper returned neither a response nor an error")
