@@ -21,13 +21,7 @@ func TestNewValidation(t *testing.T) {
 		f(&e)
 		return e
 	}
-	for _, tc := range []struct {
-		name    string
-		cfg     Config
-		wantIs  error
-		wantIn  []string // substrings of the error
-		wantOut []string // never in the error (the key always)
-	}{
+	for _, tc := range []newErrorCase{
 		{name: "no endpoints", cfg: Config{}, wantIs: ErrNoEndpoints},
 		{name: "empty BaseURL", cfg: Config{Endpoints: []Endpoint{with("e1", func(e *Endpoint) { e.BaseURL = "" })}},
 			wantIn: []string{"BaseURL", `"e1"`}},
@@ -76,32 +70,46 @@ func TestNewValidation(t *testing.T) {
 		{name: "bad EndpointHeader", cfg: Config{Endpoints: []Endpoint{good("e1")}, EndpointHeader: "Failover Endpoint"},
 			wantIn: []string{"EndpointHeader"}},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			tr, err := New(tc.cfg)
-			if err == nil {
-				t.Fatalf("New succeeded (%d endpoints), want an error", len(endpointsOf(tr)))
-			}
-			if tr != nil {
-				t.Errorf("New returned a Transport with its error")
-			}
-			if tc.wantIs != nil && !errors.Is(err, tc.wantIs) {
-				t.Errorf("error %v does not match %v", err, tc.wantIs)
-			}
-			msg := err.Error()
-			if !strings.HasPrefix(msg, "failover: ") {
-				t.Errorf("error %q lacks the failover: prefix", msg)
-			}
-			for _, s := range tc.wantIn {
-				if !strings.Contains(msg, s) {
-					t.Errorf("error %q does not mention %s", msg, s)
-				}
-			}
-			for _, s := range append([]string{"SECRET"}, tc.wantOut...) {
-				if strings.Contains(msg, s) {
-					t.Errorf("error %q contains %q", msg, s)
-				}
-			}
-		})
+		t.Run(tc.name, func(t *testing.T) { tc.check(t) })
+	}
+}
+
+// newErrorCase is a Config that New must refuse, and what its error must
+// and must not say.
+type newErrorCase struct {
+	name    string
+	cfg     Config
+	wantIs  error
+	wantIn  []string // substrings of the error
+	wantOut []string // never in the error ("SECRET" always)
+}
+
+// check asserts that New refuses tc.cfg with an error as tc says.
+func (tc newErrorCase) check(t *testing.T) {
+	t.Helper()
+	tr, err := New(tc.cfg)
+	if err == nil {
+		t.Fatalf("New succeeded (%d endpoints), want an error", len(endpointsOf(tr)))
+	}
+	if tr != nil {
+		t.Errorf("New returned a Transport with its error")
+	}
+	if tc.wantIs != nil && !errors.Is(err, tc.wantIs) {
+		t.Errorf("error %v does not match %v", err, tc.wantIs)
+	}
+	msg := err.Error()
+	if !strings.HasPrefix(msg, "failover: ") {
+		t.Errorf("error %q lacks the failover: prefix", msg)
+	}
+	for _, s := range tc.wantIn {
+		if !strings.Contains(msg, s) {
+			t.Errorf("error %q does not mention %s", msg, s)
+		}
+	}
+	for _, s := range append([]string{"SECRET"}, tc.wantOut...) {
+		if strings.Contains(msg, s) {
+			t.Errorf("error %q contains %q", msg, s)
+		}
 	}
 }
 
