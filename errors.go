@@ -77,7 +77,8 @@ func (e *timeoutError) Is(target error) bool {
 func (e *timeoutError) Timeout() bool { return true }
 
 // AttemptError is why one attempt of a request failed. Its message names
-// the endpoint, never its URL or key. The Transport fills every field it
+// the endpoint, never its URL or key (a Name that looks like a key, as
+// [Endpoint].Name says, shows as its first characters and its length). The Transport fills every field it
 // knows; the zero value describes no attempt (attempt 0 on an endpoint
 // named "", with OutcomeSuccess and no cause) and is never returned.
 type AttemptError struct {
