@@ -16,6 +16,8 @@ import (
 	"unicode/utf8"
 
 	"golang.org/x/time/rate"
+
+	"github.com/failover-go/failover/internal/quote"
 )
 
 // Endpoint is one upstream that can serve the client's requests: a base URL,
@@ -29,7 +31,9 @@ type Endpoint struct {
 	// Name labels the endpoint in metrics, logs, health and errors, and
 	// identifies it across [Transport.Update]. The default is the host of
 	// BaseURL, suffixed with "-2", "-3", ... where several endpoints share
-	// a host. Names must be unique.
+	// a host. Names must be unique. Errors quote a name that looks like
+	// an API key (a key prefix such as sk-, or a long run of letters and
+	// digits) as its first three characters and its length only.
 	Name string
 
 	// BaseURL is the absolute http or https URL requests are sent to. It may
@@ -185,68 +189,120 @@ type Endpoint struct {
 const minRPS = 1.0 / 3600
 
 // check returns every problem of e, each an error naming the endpoint by
-// its position i and its name, never by its key.
+// its position i and its name, never by its key. The problems come in the
+// order of the steps: BaseURL, traffic, timeouts, Name and APIKey, Probe,
+// Header, Models.
 func (e *Endpoint) check(i int) []error {
-	label := fmt.Sprintf("failover: endpoint %d", i)
-	if e.Name != "" && utf8.ValidString(e.Name) {
-		label = fmt.Sprintf("failover: endpoint %d (%q)", i, e.Name)
+	var problems []error
+	problems = append(problems, e.baseURLProblems()...)
+	problems = append(problems, e.trafficProblems()...)
+	problems = append(problems, e.timeoutProblems()...)
+	problems = append(problems, e.textProblems()...)
+	problems = append(problems, stringProblems(e.probeProblems())...)
+	problems = append(problems, e.headerProblems()...)
+	problems = append(problems, stringProblems(e.checkModels())...)
+	if len(problems) == 0 {
+		return nil
 	}
+	label := endpointLabel(i, e.Name)
+	errs := make([]error, len(problems))
+	for j, p := range problems {
+		errs[j] = fmt.Errorf("%s: %w", label, p)
+	}
+	return errs
+}
+
+// stringProblems turns problems told as text into errors.
+func stringProblems(problems []string) []error {
 	var errs []error
-	bad := func(format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%s: "+format, append([]any{label}, args...)...))
+	for _, p := range problems {
+		errs = append(errs, errors.New(p))
 	}
+	return errs
+}
+
+// baseURLProblems checks BaseURL with parseBaseURL.
+func (e *Endpoint) baseURLProblems() []error {
 	if _, err := parseBaseURL(e.BaseURL); err != nil {
-		bad("BaseURL: %w", err)
+		return []error{fmt.Errorf("BaseURL: %w", err)}
 	}
+	return nil
+}
+
+// trafficProblems checks how much traffic the endpoint takes: Weight,
+// MaxRPS and Burst, MaxTPM and TokenBurst.
+func (e *Endpoint) trafficProblems() []error {
+	var errs []error
 	if e.Weight < 0 {
-		bad("Weight %d is negative", e.Weight)
+		errs = append(errs, fmt.Errorf("Weight %d is negative", e.Weight))
 	}
 	switch {
 	case e.MaxRPS < 0 || math.IsNaN(e.MaxRPS) || math.IsInf(e.MaxRPS, 0):
-		bad("MaxRPS %v is not a non-negative finite number", e.MaxRPS)
+		errs = append(errs, fmt.Errorf("MaxRPS %v is not a non-negative finite number", e.MaxRPS))
 	case e.MaxRPS > 0 && e.MaxRPS < minRPS:
-		bad("MaxRPS %v is below one request an hour (%.6g); for an endpoint that takes no traffic, set Disabled", e.MaxRPS, minRPS)
+		errs = append(errs, fmt.Errorf("MaxRPS %v is below one request an hour (%.6g); for an endpoint that takes no traffic, set Disabled", e.MaxRPS, minRPS))
 	}
 	if e.Burst < 0 {
-		bad("Burst %d is negative", e.Burst)
+		errs = append(errs, fmt.Errorf("Burst %d is negative", e.Burst))
 	}
 	if e.MaxTPM < 0 || math.IsNaN(e.MaxTPM) || math.IsInf(e.MaxTPM, 0) || e.MaxTPM > math.MaxInt32 {
-		bad("MaxTPM %v is not a non-negative finite number of at most %d", e.MaxTPM, math.MaxInt32)
+		errs = append(errs, fmt.Errorf("MaxTPM %v is not a non-negative finite number of at most %d", e.MaxTPM, math.MaxInt32))
 	}
 	if e.TokenBurst < 0 || e.TokenBurst > math.MaxInt32 {
-		bad("TokenBurst %d is negative or above %d", e.TokenBurst, math.MaxInt32)
+		errs = append(errs, fmt.Errorf("TokenBurst %d is negative or above %d", e.TokenBurst, math.MaxInt32))
 	}
-	if e.Timeout < 0 {
-		bad("Timeout %v is negative", e.Timeout)
+	return errs
+}
+
+// timeoutProblems checks Timeout, FirstTokenTimeout and StreamIdleTimeout.
+func (e *Endpoint) timeoutProblems() []error {
+	var errs []error
+	for _, f := range []struct {
+		name string
+		d    time.Duration
+	}{{"Timeout", e.Timeout}, {"FirstTokenTimeout", e.FirstTokenTimeout}, {"StreamIdleTimeout", e.StreamIdleTimeout}} {
+		if f.d < 0 {
+			errs = append(errs, fmt.Errorf("%s %v is negative", f.name, f.d))
+		}
 	}
-	if e.FirstTokenTimeout < 0 {
-		bad("FirstTokenTimeout %v is negative", e.FirstTokenTimeout)
-	}
-	if e.StreamIdleTimeout < 0 {
-		bad("StreamIdleTimeout %v is negative", e.StreamIdleTimeout)
-	}
+	return errs
+}
+
+// textProblems checks Name and APIKey.
+func (e *Endpoint) textProblems() []error {
+	var errs []error
 	if !utf8.ValidString(e.Name) {
-		bad("Name is not valid UTF-8")
+		errs = append(errs, errors.New("Name is not valid UTF-8"))
 	}
 	if strings.ContainsAny(e.APIKey, "\r\n") {
-		bad("APIKey contains a line break")
+		errs = append(errs, errors.New("APIKey contains a line break"))
 	}
-	for _, problem := range e.probeProblems() {
-		bad("%s", problem)
-	}
+	return errs
+}
+
+// headerProblems checks Header's names and values, in the names' order.
+func (e *Endpoint) headerProblems() []error {
+	var errs []error
 	for _, k := range slices.Sorted(maps.Keys(e.Header)) {
 		if !validHeaderName(k) {
-			bad("Header: %q is not a valid header name", k)
+			errs = append(errs, fmt.Errorf("Header: %q is not a valid header name", k))
 			continue
 		}
 		if slices.ContainsFunc(e.Header[k], func(v string) bool { return strings.ContainsAny(v, "\r\n") }) {
-			bad("Header %q: value contains a line break", k)
+			errs = append(errs, fmt.Errorf("Header %q: value contains a line break", k))
 		}
 	}
-	for _, problem := range e.checkModels() {
-		bad("%s", problem)
-	}
 	return errs
+}
+
+// endpointLabel names endpoint i in an error: by its position and, when it
+// has a valid name, by that name as [quote.Name] shows it, so that a key
+// pasted into Name is never printed in full.
+func endpointLabel(i int, name string) string {
+	if name == "" || !utf8.ValidString(name) {
+		return fmt.Sprintf("failover: endpoint %d", i)
+	}
+	return fmt.Sprintf("failover: endpoint %d (%s)", i, quote.Name(name))
 }
 
 // withDefaults returns e with its zero fields given their defaults (but
@@ -304,7 +360,7 @@ func nameEndpoints(eps []Endpoint, hosts []string) []error {
 	first := make(map[string]int, len(eps))
 	for i, e := range eps {
 		if j, dup := first[e.Name]; dup {
-			errs = append(errs, fmt.Errorf("failover: endpoint %d: name %q is already used by endpoint %d", i, e.Name, j))
+			errs = append(errs, fmt.Errorf("failover: endpoint %d: name %s is already used by endpoint %d", i, quote.Name(e.Name), j))
 			continue
 		}
 		first[e.Name] = i

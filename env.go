@@ -14,6 +14,8 @@ import (
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/failover-go/failover/internal/quote"
 )
 
 // ErrNoEnvConfig is returned (possibly joined with other errors) by
@@ -339,6 +341,9 @@ var endpointVars = []endpointVar{
 	})},
 	{"OPENAI_MAX_RPS_", problemOf(func(e *Endpoint, v string) (problem string) {
 		e.MaxRPS, problem = parseEnvRate(v)
+		if problem == "" && e.MaxRPS > 0 && e.MaxRPS < minRPS {
+			return fmt.Sprintf("%s is below one request an hour (%.6g); to take no traffic, set OPENAI_ENABLED_N=false", quoteEnv(v), minRPS)
+		}
 		return problem
 	})},
 	{"OPENAI_BURST_", problemOf(func(e *Endpoint, v string) (problem string) {
@@ -400,10 +405,16 @@ var endpointVars = []endpointVar{
 	})},
 	{"OPENAI_MAX_TPM_", problemOf(func(e *Endpoint, v string) (problem string) {
 		e.MaxTPM, problem = parseEnvRate(v)
+		if problem == "" && e.MaxTPM > math.MaxInt32 {
+			return fmt.Sprintf("%s is above %d", quoteEnv(v), math.MaxInt32)
+		}
 		return problem
 	})},
 	{"OPENAI_TOKEN_BURST_", problemOf(func(e *Endpoint, v string) (problem string) {
 		e.TokenBurst, problem = parseEnvNonNegative(v)
+		if problem == "" && e.TokenBurst > math.MaxInt32 {
+			return fmt.Sprintf("%s is above %d", quoteEnv(v), math.MaxInt32)
+		}
 		return problem
 	})},
 }
@@ -626,19 +637,8 @@ func sameBaseURL(a, b string) bool {
 
 // quoteEnv quotes a value for an error message without echoing a secret
 // pasted into the wrong variable: a value of up to 8 bytes whole, a longer
-// one as its first 3 characters and its length.
-func quoteEnv(v string) string {
-	const whole, prefix = 8, 3
-	if len(v) <= whole {
-		return strconv.Quote(v)
-	}
-	cut := 0
-	for range prefix {
-		_, size := utf8.DecodeRuneInString(v[cut:])
-		cut += size
-	}
-	return fmt.Sprintf("%s... (%d bytes)", strconv.Quote(v[:cut]), len(v))
-}
+// one as its first 3 characters and its length (see [quote.Value]).
+func quoteEnv(v string) string { return quote.Value(v) }
 
 // EnvVariables returns the names of the variables [ConfigFromEnviron]
 // reads, sorted: the global ones as they are, and the per-endpoint ones

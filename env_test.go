@@ -424,6 +424,10 @@ func TestConfigFromEnvironErrorText(t *testing.T) {
 		{[]string{"OPENAI_WEIGHT_1=sk-proj-SECRET0123456789"}, `failover: OPENAI_WEIGHT_1: "sk-"... (24 bytes) is not an integer`},
 		{[]string{"OPENAI_NAME_1=sk-proj-\xffSECRET0123456789"}, `failover: OPENAI_NAME_1: "sk-"... (25 bytes) is not valid UTF-8`},
 		{[]string{"OPENAI_WEIGHT_1=1.5"}, `failover: OPENAI_WEIGHT_1: "1.5" is not an integer`},
+		{[]string{"OPENAI_NAME_1=" + pastedKey, "OPENAI_MAX_RPS_1=0.0001"},
+			`failover: OPENAI_MAX_RPS_1: "0.0001" is below one request an hour (0.000277778); to take no traffic, set OPENAI_ENABLED_N=false`},
+		{[]string{"OPENAI_MAX_TPM_1=3e9"}, `failover: OPENAI_MAX_TPM_1: "3e9" is above 2147483647`},
+		{[]string{"OPENAI_TOKEN_BURST_1=3000000000"}, `failover: OPENAI_TOKEN_BURST_1: "300"... (10 bytes) is above 2147483647`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.want, func(t *testing.T) {

@@ -7,17 +7,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/failover-go/failover/internal/quote"
 )
-
-// unsafePathError refuses a routed request whose URL an upstream could
-// resolve outside the endpoint's base path; it matches [ErrUnsafePath].
-type unsafePathError struct{ reason string }
-
-func (e *unsafePathError) Error() string {
-	return "failover: request path has " + e.reason + "; not sent"
-}
-
-func (e *unsafePathError) Is(target error) bool { return target == ErrUnsafePath }
 
 // errNilResponse stands for what a base RoundTripper that broke its
 // contract returned: neither a response nor an error.
@@ -85,7 +77,10 @@ func (e *timeoutError) Is(target error) bool {
 func (e *timeoutError) Timeout() bool { return true }
 
 // AttemptError is why one attempt of a request failed. Its message names
-// the endpoint, never its URL or key.
+// the endpoint, never its URL or key (a Name that looks like a key, as
+// [Endpoint].Name says, shows as its first characters and its length). The Transport fills every field it
+// knows; the zero value describes no attempt (attempt 0 on an endpoint
+// named "", with OutcomeSuccess and no cause) and is never returned.
 type AttemptError struct {
 	// Endpoint is the Name of the endpoint tried.
 	Endpoint string
@@ -105,7 +100,7 @@ func (e *AttemptError) Error() string {
 	b.WriteString("attempt ")
 	b.WriteString(strconv.Itoa(e.Attempt))
 	b.WriteString(" on ")
-	b.WriteString(strconv.Quote(e.Endpoint))
+	b.WriteString(quote.Name(e.Endpoint))
 	b.WriteString(": ")
 	switch {
 	case e.Err != nil:

@@ -58,7 +58,9 @@ func (s *State) UnmarshalText(b []byte) error {
 }
 
 // EndpointHealth is a snapshot of one endpoint's live state, for health
-// pages and decisions. It never carries a key.
+// pages and decisions. It never carries a key. [Transport.Health] fills
+// it; the zero value names no endpoint and, its State being "", is not
+// eligible.
 type EndpointHealth struct {
 	// Name is the endpoint's Name (defaulted as [Endpoint] says).
 	Name string `json:"name"`
@@ -210,7 +212,9 @@ func (h EndpointHealth) Eligible() bool {
 	return h.State == StateClosed || h.State == StateHalfOpen
 }
 
-// HealthReport is the JSON document [Transport.HealthHandler] serves.
+// HealthReport is the JSON document [Transport.HealthHandler] serves. The
+// handler fills it; the zero value, with an empty Status and no
+// endpoints, is never served.
 type HealthReport struct {
 	// Status is "ok" while at least one endpoint is eligible, else
 	// "unavailable".

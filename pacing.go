@@ -242,7 +242,10 @@ func (p *pacing) pause(until int64) {
 }
 
 // ProviderLimits is what the provider's x-ratelimit-* headers said last of
-// an endpoint's limits, as [EndpointHealth] reports it.
+// an endpoint's limits, as [EndpointHealth] reports it. The zero value,
+// which Health never reports (it reports -1 for a count it does not
+// know), would mean no request or token left, out of limits of zero,
+// with no reset time.
 type ProviderLimits struct {
 	// RemainingRequests and RemainingTokens are the counts the newest
 	// response gave, less the requests sent since (and their token

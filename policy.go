@@ -26,15 +26,17 @@ const (
 	// is working.
 	OutcomeCallerError
 	// OutcomeFailure: the endpoint failed (connection error, per-attempt
-	// timeout, 5xx, 403, ...). The request fails over and the breaker
+	// timeout, 408, 409, 5xx, ...). The request fails over and the breaker
 	// counts a failure.
 	OutcomeFailure
 	// OutcomeThrottled: the endpoint is rate limiting (429). It cools down
 	// for the time its headers ask, the request fails over, and the
 	// breaker is not touched.
 	OutcomeThrottled
-	// OutcomeKeyRejected: the endpoint refuses the key (401, or a 429 whose
-	// error code is insufficient_quota). Its breaker opens at once, since
+	// OutcomeKeyRejected: the endpoint refuses the key (401, a 403 that
+	// names the key or the account, such as
+	// unsupported_country_region_territory, or a 429 whose error code is
+	// insufficient_quota). Its breaker opens at once, since
 	// retrying does not heal a revoked key, and the request fails over.
 	// Within one request only the first such refusal opens a breaker at
 	// once; a second counts as an OutcomeFailure, so that one request

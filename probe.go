@@ -435,18 +435,36 @@ func (h *healer) send(s *snapshot, e *endpoint) (*http.Response, probeResult, er
 	if resp.Body == nil {
 		resp.Body = http.NoBody
 	}
-	_, rerr := io.Copy(io.Discard, io.LimitReader(resp.Body, probeBodyLimit))
+	var prefix bytes.Buffer
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		_, _ = io.CopyN(&prefix, resp.Body, min(s.maxErrBody, probeBodyLimit))
+	}
+	_, rerr := io.Copy(io.Discard, io.LimitReader(resp.Body, probeBodyLimit-int64(prefix.Len())))
 	_ = resp.Body.Close()
 	resp.Body = http.NoBody
 	switch {
-	case resp.StatusCode == http.StatusUnauthorized:
-		return resp, probeKeyRejected, nil
 	case resp.StatusCode < 200 || resp.StatusCode > 299:
-		return resp, probeFailure, nil
+		return resp, probeRefusal(s.classify(resp, decodedPrefix(resp, prefix.Bytes(), s.maxErrBody), nil)), nil
 	case rerr != nil:
 		return resp, probeError, s.redact.error(rerr)
 	}
 	return resp, probeSuccess, nil
+}
+
+// probeRefusal is what a probe answered with a status outside 2xx means,
+// by the request's own rules (the Classifier): the key refused when the
+// classifier says so (a 401 with no scope named, a 403 naming the
+// account); a success of the trial when it says the endpoint refused this
+// request only (a 401 missing_scope: a restricted key without the models
+// scope still answered and authenticated); else a failure.
+func probeRefusal(v Verdict) probeResult {
+	switch v.Outcome {
+	case OutcomeKeyRejected:
+		return probeKeyRejected
+	case OutcomeRequestRefused:
+		return probeSuccess
+	}
+	return probeFailure
 }
 
 // newProbeRequest builds the probe of e, an endpoint of s (its

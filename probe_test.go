@@ -681,3 +681,67 @@ func TestAzureChatProbeAgainstFake(t *testing.T) {
 		t.Errorf("a's last probe %q, want success", h.LastProbeResult)
 	}
 }
+
+// TestProbeClassifiedLikeRequests: a probe's answer is classified by the
+// request rules (the Classifier), so that a refusal of the probe request
+// only (a restricted key without the models scope: 401 missing_scope)
+// does not count as the key refused: the endpoint answered and
+// authenticated, and the trial succeeds. Before, every 401 to a probe was
+// a refused key, and such an endpoint never came back.
+func TestProbeClassifiedLikeRequests(t *testing.T) {
+	const (
+		missingScope = `{"error":{"message":"You have insufficient permissions for this operation. Missing scopes: api.model.read.","type":"invalid_request_error","code":"missing_scope"}}`
+		invalidKey   = `{"error":{"message":"Incorrect API key provided","type":"invalid_request_error","code":"invalid_api_key"}}`
+		region       = `{"error":{"message":"Country, region, or territory not supported","type":"request_forbidden","code":"unsupported_country_region_territory"}}`
+		forbidden    = `{"error":{"message":"Project does not have access to model","type":"invalid_request_error","code":"model_not_found"}}`
+	)
+	allRefused := func(resp *http.Response, body []byte, err error) Verdict {
+		if resp != nil && resp.StatusCode == http.StatusUnauthorized {
+			return Verdict{Outcome: OutcomeRequestRefused}
+		}
+		return DefaultClassifier(resp, body, err)
+	}
+	for _, tc := range []struct {
+		name       string
+		code       int
+		body       string
+		classifier Classifier
+		want       string // the probe's result
+		wantState  State
+	}{
+		{"401 missing_scope", 401, missingScope, nil, "success", StateClosed},
+		{"401 invalid_api_key", 401, invalidKey, nil, "key_rejected", StateOpen},
+		{"401 without a body", 401, "", nil, "key_rejected", StateOpen},
+		{"403 naming the account", 403, region, nil, "key_rejected", StateOpen},
+		{"403 refusing the request", 403, forbidden, nil, "success", StateClosed},
+		{"500", 500, `{"error":{"message":"boom"}}`, nil, "failure", StateOpen},
+		{"401 refused by a custom Classifier", 401, invalidKey, allRefused, "success", StateClosed},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			hosts := newProbeHosts()
+			base := newScriptedBase(func(req *http.Request, n int) (*http.Response, error) {
+				if isProbe(req) && req.URL.Host == "a.test" {
+					return reply(tc.code, tc.body, "Content-Type", "application/json"), nil
+				}
+				return hosts.script(req, n)
+			})
+			clk := newStepClock()
+			tr := newTestTransportOn(t, Config{Base: base, MaxWait: -1, Classifier: tc.classifier,
+				Breaker: BreakerConfig{FailureThreshold: 2}, Probe: ProbeConfig{Interval: 10 * time.Second},
+				Endpoints: []Endpoint{hostEndpoint("a", 0), hostEndpoint("b", 1)}}, clk)
+			ps := &probeSetup{tr: tr, clk: clk, base: base, hosts: hosts}
+			ps.openA(t)
+			ps.clk.AdvanceTo(ps.nextProbe(t))
+			if tc.wantState == StateClosed {
+				waitState(t, tr, "a", StateClosed)
+			} else {
+				ps.nextProbe(t) // the probe settled, and the next is planned
+			}
+			h := healthOf(t, tr, "a")
+			if h.LastProbeResult != tc.want || h.State != tc.wantState {
+				t.Fatalf("after a probe answered %d %s: result %q, state %v; want %q, %v",
+					tc.code, tc.body, h.LastProbeResult, h.State, tc.want, tc.wantState)
+			}
+		})
+	}
+}

@@ -190,3 +190,34 @@ func TestUnroutedAPIRequestWarnsOncePerHost(t *testing.T) {
 		t.Errorf("gateway.test got %d requests, want both, untouched", got)
 	}
 }
+
+// TestRewriteRefusesDotSegments: a routed path with a . or .. segment,
+// escaped or not, is never sent; an upstream that cleans paths would serve
+// it from outside the endpoint's base path, with the endpoint's key.
+func TestRewriteRefusesDotSegments(t *testing.T) {
+	base := newScriptedBase(alwaysOK)
+	tr, _ := newTestTransport(t, Config{Base: base, Endpoints: []Endpoint{{Name: "p", BaseURL: "https://p.test/openai/v1", APIKey: "k"}}})
+	for _, path := range []string{"/../../admin", "/%2e%2e/%2E%2E/admin", "/..%2f..%2fadmin", "/files/./x", "/files/.."} {
+		t.Run(path, func(t *testing.T) {
+			body := &countingBody{r: strings.NewReader(chatBody(false))}
+			req := post(t, clientBase+path, body)
+			resp, err := tr.RoundTrip(req)
+			if resp != nil {
+				_ = resp.Body.Close()
+			}
+			if !errors.Is(err, ErrUnsafePath) {
+				t.Errorf("error %v, want ErrUnsafePath", err)
+			}
+			if body.closes.Load() != 1 {
+				t.Errorf("request body closed %d times, want 1", body.closes.Load())
+			}
+		})
+	}
+	if n := len(base.Seen()); n != 0 {
+		t.Fatalf("%d request(s) with dot segments sent", n)
+	}
+	// A segment that merely starts with a dot is an ordinary name.
+	if status, _ := roundTrip(t, tr, post(t, clientBase+"/files/.well-known", nil)); status != 200 {
+		t.Errorf("/files/.well-known: status %d, want 200", status)
+	}
+}

@@ -22,7 +22,8 @@ import (
 // and to its own breakers, logs that once, and tries again once a second
 // until a call succeeds.
 //
-// An implementation must be safe for concurrent use.
+// An implementation must be safe for concurrent use. The zero value, a
+// nil Shared, means no fleet: each process alone.
 type Shared interface {
 	// Lease takes up to want units from the token bucket named key,
 	// shared by the fleet, which holds at most burst units and refills

@@ -7,7 +7,9 @@ import (
 )
 
 // AttemptInfo describes one attempt of a routed request, as
-// [Config].OnAttempt receives it. It never carries a key or a body.
+// [Config].OnAttempt receives it. It never carries a key or a body. The
+// Transport fills it; the zero value describes no attempt (attempt 0 on
+// an endpoint named "") and is never passed to OnAttempt.
 type AttemptInfo struct {
 	// Endpoint is the Name of the endpoint tried.
 	Endpoint string

@@ -13,6 +13,17 @@ import (
 // limits, timeouts and policies apply from the next request on, while
 // requests in flight finish on the configuration they started with.
 //
+// The exception is what belongs to a kept endpoint's live state rather
+// than to a configuration: it changes when Update is called, for every
+// request at once, those in flight included. That is the endpoint's
+// breaker settings ([BreakerConfig] FailureThreshold and OpenTimeout: an
+// attempt in flight settles against the new threshold, and a breaker
+// opened after the Update stays open the new OpenTimeout), its rate
+// limiter's MaxRPS and Burst and its token budget's MaxTPM and TokenBurst
+// (an in-flight request's next attempt takes its token at the new rate),
+// and, with Shared, its fleet leases. An endpoint whose MaxRPS or MaxTPM
+// goes from zero to a limit is limited from the next request on only.
+//
 // Endpoints are matched by Name (defaulted as [Endpoint] says): an endpoint
 // whose Name is kept keeps its live state (breaker state, cooldown,
 // statistics, rate limiter tokens and metric series) under its new

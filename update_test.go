@@ -334,3 +334,260 @@ func TestUpdateConcurrentWithRoundTrip(t *testing.T) {
 		t.Errorf("%d requests reached the endpoints, want 800", total)
 	}
 }
+
+// TestUpdatePoliciesApplyToTheNextRequest changes one timeout or policy
+// per case with Update and checks that the next request follows the new
+// value: each endpoint's Timeout and FirstTokenTimeout, and the
+// Classifier, Backoff, MaxWait, MaxRetries and an endpoint's Weight.
+func TestUpdatePoliciesApplyToTheNextRequest(t *testing.T) {
+	// blockUntilDone answers a request only when it is cut.
+	blockUntilDone := func(req *http.Request, _ int) (*http.Response, error) {
+		select {
+		case <-req.Context().Done():
+			return nil, context.Cause(req.Context())
+		case <-time.After(10 * time.Second): // generous: the test fails without hanging
+			return nil, errors.New("never cut")
+		}
+	}
+	// silentStream answers a stream that sends no content until closed.
+	silentStream := func(req *http.Request, _ int) (*http.Response, error) {
+		resp := reply(200, "", "Content-Type", "text/event-stream")
+		resp.Body, resp.ContentLength = silentBody{req.Context()}, -1
+		return resp, nil
+	}
+	// send sends one chat, returning its error or the status and body. (No
+	// deadline: the waits run on the fake clock, which a real deadline
+	// would not fit.)
+	send := func(t *testing.T, tr *Transport) (int, string, error) {
+		t.Helper()
+		resp, err := tr.RoundTrip(chatRequest(t, context.Background(), clientBase, false))
+		if err != nil {
+			return 0, "", err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), nil
+	}
+	one := func(f func(e *Endpoint)) []Endpoint {
+		e := hostEndpoint("a", 0)
+		if f != nil {
+			f(&e)
+		}
+		return []Endpoint{e}
+	}
+	backoff := func(d time.Duration) func(_, _ time.Duration, _ int, _ *http.Response) time.Duration {
+		return func(_, _ time.Duration, _ int, _ *http.Response) time.Duration { return d }
+	}
+	for _, tc := range []struct {
+		name   string
+		script func(req *http.Request, n int) (*http.Response, error)
+		cfg    func(updated bool) Config // before and after Update
+		check  func(t *testing.T, tr *Transport, clk *fakeClock, base *scriptedBase)
+	}{
+		{"Timeout", blockUntilDone, func(updated bool) Config {
+			return Config{MaxRetries: -1, Endpoints: one(func(e *Endpoint) {
+				if updated {
+					e.Timeout = 50 * time.Millisecond
+				}
+			})}
+		}, func(t *testing.T, tr *Transport, _ *fakeClock, _ *scriptedBase) {
+			if _, _, err := send(t, tr); !errors.Is(err, ErrAttemptTimeout) {
+				t.Errorf("error %v, want the new Timeout's ErrAttemptTimeout", err)
+			}
+		}},
+		{"FirstTokenTimeout", silentStream, func(updated bool) Config {
+			return Config{MaxRetries: -1, Endpoints: one(func(e *Endpoint) {
+				if updated {
+					e.FirstTokenTimeout = 50 * time.Millisecond
+				}
+			})}
+		}, func(t *testing.T, tr *Transport, _ *fakeClock, _ *scriptedBase) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second) // generous: fails without hanging
+			defer cancel()
+			resp, err := tr.RoundTrip(chatRequest(t, ctx, clientBase, true))
+			if err == nil {
+				resp.Body.Close()
+			}
+			if !errors.Is(err, ErrFirstTokenTimeout) {
+				t.Errorf("error %v, want the new FirstTokenTimeout's ErrFirstTokenTimeout", err)
+			}
+		}},
+		{"Classifier", statusScript(map[string][]int{"a": {418}, "b": {200}}), func(updated bool) Config {
+			cfg := Config{Endpoints: []Endpoint{hostEndpoint("a", 0), hostEndpoint("b", 1)}}
+			if updated {
+				cfg.Classifier = func(resp *http.Response, body []byte, err error) Verdict {
+					if resp != nil && resp.StatusCode == http.StatusTeapot {
+						return Verdict{Outcome: OutcomeFailure}
+					}
+					return DefaultClassifier(resp, body, err)
+				}
+			}
+			return cfg
+		}, func(t *testing.T, tr *Transport, _ *fakeClock, base *scriptedBase) {
+			if code, _, err := send(t, tr); err != nil || code != 200 || base.Hits("b.test") != 1 {
+				t.Errorf("status %d, error %v, %d hits on b; want a's 418 failed over to b by the new Classifier", code, err, base.Hits("b.test"))
+			}
+		}},
+		{"Backoff", statusScript(map[string][]int{"a": {500, 200}}), func(updated bool) Config {
+			cfg := Config{MaxRetries: 1, Backoff: backoff(time.Second), Endpoints: one(nil)}
+			if updated {
+				cfg.Backoff = backoff(3 * time.Second)
+			}
+			return cfg
+		}, func(t *testing.T, tr *Transport, clk *fakeClock, _ *scriptedBase) {
+			if code, _, err := send(t, tr); err != nil || code != 200 {
+				t.Fatalf("status %d, error %v; want 200 on the second attempt", code, err)
+			}
+			if got := clk.Sleeps(); len(got) != 1 || got[0] != 3*time.Second {
+				t.Errorf("pauses %v, want the new Backoff's [3s]", got)
+			}
+		}},
+		{"MaxWait", func(req *http.Request, n int) (*http.Response, error) {
+			if n == 1 {
+				return reply(429, `{"error":{"message":"slow down"}}`, "Retry-After", "2"), nil
+			}
+			return reply(200, "ok"), nil
+		}, func(updated bool) Config {
+			cfg := Config{MaxWait: -1, Endpoints: one(nil)}
+			if updated {
+				cfg.MaxWait = 10 * time.Second
+			}
+			return cfg
+		}, func(t *testing.T, tr *Transport, clk *fakeClock, _ *scriptedBase) {
+			if code, _, err := send(t, tr); err != nil || code != 200 {
+				t.Errorf("status %d, error %v; want 200 after waiting out the cooldown within the new MaxWait", code, err)
+			}
+		}},
+		{"MaxRetries", statusScript(map[string][]int{"a": {500, 500, 500, 500}}), func(updated bool) Config {
+			cfg := Config{MaxRetries: -1, Breaker: BreakerConfig{FailureThreshold: 10}, Endpoints: one(nil)}
+			if updated {
+				cfg.MaxRetries = 2
+			}
+			return cfg
+		}, func(t *testing.T, tr *Transport, _ *fakeClock, base *scriptedBase) {
+			_, _, _ = send(t, tr)
+			if got := base.Hits("a.test"); got != 3 {
+				t.Errorf("%d attempts, want the new MaxRetries' 3", got)
+			}
+		}},
+		{"Weight", alwaysOK, func(updated bool) Config {
+			a, b := hostEndpoint("a", 0), hostEndpoint("b", 0)
+			if updated {
+				a.Weight = 3
+			}
+			return Config{Endpoints: []Endpoint{a, b}}
+		}, func(t *testing.T, tr *Transport, _ *fakeClock, base *scriptedBase) {
+			for range 4 {
+				if code, _, err := send(t, tr); err != nil || code != 200 {
+					t.Fatalf("status %d, error %v", code, err)
+				}
+			}
+			if a, b := base.Hits("a.test"), base.Hits("b.test"); a != 3 || b != 1 {
+				t.Errorf("a got %d and b %d of 4 requests, want 3 and 1 (the new weights 3:1)", a, b)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			base := newScriptedBase(tc.script)
+			before := tc.cfg(false)
+			before.Base = base
+			tr, clk := newTestTransport(t, before)
+			if err := tr.Update(tc.cfg(true)); err != nil {
+				t.Fatalf("Update: %v", err)
+			}
+			tc.check(t, tr, clk, base)
+		})
+	}
+}
+
+// silentBody is a response body that sends nothing until its request's
+// context ends, as a connection's body would.
+type silentBody struct{ ctx context.Context }
+
+func (b silentBody) Read([]byte) (int, error) {
+	<-b.ctx.Done()
+	return 0, context.Cause(b.ctx)
+}
+
+func (silentBody) Close() error { return nil }
+
+// TestUpdateLiveStateChangesInFlight: what Update documents as a kept
+// endpoint's live state (its breaker's FailureThreshold, its rate
+// limiter's MaxRPS) changes at the Update for every request, those in
+// flight included, while the rest of their configuration stays theirs.
+// Each case: a fails a first request over to b (a's first failure, b's
+// first token), a second request is in flight on a during the Update,
+// then fails over.
+func TestUpdateLiveStateChangesInFlight(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		before, after []Endpoint
+		breaker       [2]int // FailureThreshold before and after
+		check         func(t *testing.T, tr *Transport, base *scriptedBase, code int, body string)
+	}{
+		{"FailureThreshold", []Endpoint{hostEndpoint("a", 0), hostEndpoint("b", 1)},
+			[]Endpoint{hostEndpoint("a", 0), hostEndpoint("b", 1)}, [2]int{5, 2},
+			func(t *testing.T, tr *Transport, _ *scriptedBase, code int, body string) {
+				if code != 200 || body != "b" {
+					t.Errorf("the request in flight got %d %q, want 200 from b", code, body)
+				}
+				if st := healthOf(t, tr, "a").State; st != StateOpen {
+					t.Errorf("a is %v after its second failure, want open: the new FailureThreshold 2 applies to the attempt in flight", st)
+				}
+			}},
+		{"MaxRPS", []Endpoint{hostEndpoint("a", 0), withRate(hostEndpoint("b", 1), 1, 1)},
+			[]Endpoint{hostEndpoint("a", 0), withRate(hostEndpoint("b", 1), minRPS, 1)}, [2]int{5, 5},
+			func(t *testing.T, _ *Transport, base *scriptedBase, code int, body string) {
+				if code == 200 || base.Hits("b.test") != 1 {
+					t.Errorf("the request in flight got %d %q and b %d requests in all, want no second request on b: its new rate, one an hour, applies to the request in flight", code, body, base.Hits("b.test"))
+				}
+			}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			entered, release := make(chan struct{}), make(chan struct{})
+			var once sync.Once
+			base := newScriptedBase(func(req *http.Request, n int) (*http.Response, error) {
+				if req.URL.Host != "a.test" {
+					return reply(200, strings.TrimSuffix(req.URL.Host, ".test")), nil
+				}
+				if n == 2 {
+					once.Do(func() { close(entered) })
+					<-release
+				}
+				return reply(500, "a down"), nil
+			})
+			cfg := func(eps []Endpoint, threshold int) Config {
+				return Config{Base: base, MaxWait: -1, MaxRetries: 1, Breaker: BreakerConfig{FailureThreshold: threshold}, Endpoints: eps}
+			}
+			tr, clk := newTestTransport(t, cfg(tc.before, tc.breaker[0]))
+			if code, body := chat(t, tr); code != 200 || body != "b" {
+				t.Fatalf("first request: %d %q, want 200 from b", code, body)
+			}
+			done := make(chan [2]any, 1)
+			go func() {
+				resp, err := tr.RoundTrip(chatRequest(t, context.Background(), clientBase, false))
+				if err != nil {
+					done <- [2]any{0, err.Error()}
+					return
+				}
+				defer resp.Body.Close()
+				b, _ := io.ReadAll(resp.Body)
+				done <- [2]any{resp.StatusCode, string(b)}
+			}()
+			<-entered
+			if err := tr.Update(cfg(tc.after, tc.breaker[1])); err != nil {
+				t.Fatalf("Update: %v", err)
+			}
+			clk.Advance(time.Second) // b's old rate would give it a token again
+			close(release)
+			r := <-done
+			tc.check(t, tr, base, r[0].(int), r[1].(string))
+		})
+	}
+}
+
+// withRate returns e with MaxRPS and Burst set.
+func withRate(e Endpoint, rps float64, burst int) Endpoint {
+	e.MaxRPS, e.Burst = rps, burst
+	return e
+}

@@ -20,6 +20,7 @@ import (
 const ModelHeader = "X-Fake-Model"
 
 // Azure configures a Server that answers as Azure OpenAI (see WithAzure).
+// The zero value accepts any key, any api-version and any deployment.
 type Azure struct {
 	// APIKey is the key every request must present in its api-key header
 	// (an Authorization header does not count); others get Azure's 401.

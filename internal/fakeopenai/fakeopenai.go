@@ -85,7 +85,7 @@ func replyParts(name string) []string { return []string{"hello ", "from ", name}
 // chat completions, streamed or not: "hello from <name>".
 func Reply(name string) string { return strings.Join(replyParts(name), "") }
 
-// Option configures a Server in New.
+// Option configures a Server in New. A nil Option must not be passed.
 type Option func(*config)
 
 type config struct {
@@ -129,7 +129,8 @@ func WithAPIKey(key string) Option { return func(c *config) { c.apiKey = key } }
 // on OpenAI-compatible servers that do not list their models.
 func WithoutModels() Option { return func(c *config) { c.noModels = true } }
 
-// Request is a copy of a request a Server received.
+// Request is a copy of a request a Server received. Server.Requests fills
+// it; the zero value records no request.
 type Request struct {
 	// Method is the HTTP method, e.g. "POST".
 	Method string
@@ -153,7 +154,7 @@ func (r Request) clone() Request {
 }
 
 // Server is one fake upstream on a loopback port. Create it with New and
-// release it with Close.
+// release it with Close; the zero value is not usable.
 type Server struct {
 	name     string
 	prefix   string

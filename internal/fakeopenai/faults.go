@@ -10,6 +10,7 @@ import (
 )
 
 // Kind selects how a Server treats the requests that follow a SetFault.
+// The zero value is KindHealthy.
 type Kind int
 
 // The kinds of fault a Server can simulate. KindHealthy is the zero value.

@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/failover-go/failover"
+	"github.com/failover-go/failover/internal/quote"
 )
 
 // HopHeader is the request header a proxy adds to every request it sends
@@ -87,7 +88,7 @@ func CheckNoLoop(endpoints []failover.Endpoint, addr net.Addr) error {
 		if name == "" {
 			name = fmt.Sprintf("%d (%s)", i+1, u.Host)
 		} else {
-			name = strconv.Quote(name)
+			name = quote.Name(name)
 		}
 		shown := url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path}
 		return fmt.Errorf("endpoint %s (%s) is this proxy itself, so its requests would loop; "+

@@ -74,6 +74,23 @@ func TestCheckNoLoopRedacts(t *testing.T) {
 	}
 }
 
+// TestCheckNoLoopHidesAKeyInTheName checks that a key pasted into the
+// looping endpoint's Name is shown as a short prefix and its length.
+func TestCheckNoLoopHidesAKeyInTheName(t *testing.T) {
+	const key = "sk-proj-ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+	err := CheckNoLoop([]failover.Endpoint{{Name: key, BaseURL: "http://127.0.0.1:8080/v1"}},
+		&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 8080})
+	if err == nil {
+		t.Fatal("no loop found")
+	}
+	if strings.Contains(err.Error(), key[4:]) {
+		t.Errorf("the error prints the key pasted into the name: %v", err)
+	}
+	if !strings.Contains(err.Error(), `endpoint "sk-"... (44 bytes)`) {
+		t.Errorf("the error %q does not name the endpoint by its name's prefix and length", err)
+	}
+}
+
 func TestLooped(t *testing.T) {
 	const id = "0123456789abcdef"
 	many := strings.TrimSuffix(strings.Repeat("other, ", maxHops+1), ", ")

@@ -232,7 +232,9 @@ func (u *upgrades) inFlight() (int, <-chan struct{}) {
 }
 
 // EndpointInfo describes one configured endpoint for a start-up log. It
-// carries the key only as a fingerprint.
+// carries the key only as a fingerprint. [Proxy.Endpoints] fills it; the
+// zero value describes an unnamed enabled endpoint of priority and
+// weight 0 with no key.
 type EndpointInfo struct {
 	// Name is the endpoint's name, defaulted as [failover.Endpoint] says.
 	Name string

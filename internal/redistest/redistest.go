@@ -31,7 +31,8 @@ const EnvURL = "FAILOVER_TEST_REDIS_URL"
 const startBound = 10 * time.Second
 
 // Server is a redis-server process on a loopback port, stopped at the
-// end of the test that started it.
+// end of the test that started it. The zero value is not usable: Start
+// one.
 type Server struct {
 	t    testing.TB
 	bin  string
