@@ -60,6 +60,9 @@ func TestErrorsNeverPrintAKeyPastedIntoName(t *testing.T) {
 		{"AttemptError", func(t *testing.T) error {
 			return &AttemptError{Endpoint: pastedKey, Attempt: 1, Outcome: OutcomeFailure, StatusCode: 503}
 		}},
+		{"a stream's error", func(t *testing.T) error {
+			return &streamError{endpoint: pastedKey, detail: "stalled", err: ErrStreamStalled}
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.err(t)

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/failover-go/failover/internal/quote"
 )
 
 var (
@@ -516,7 +518,7 @@ type streamError struct {
 }
 
 func (e *streamError) Error() string {
-	return fmt.Sprintf("failover: stream from endpoint %q %s: %v", e.endpoint, e.detail, e.err)
+	return fmt.Sprintf("failover: stream from endpoint %s %s: %v", quote.Name(e.endpoint), e.detail, e.err)
 }
 
 func (e *streamError) Unwrap() error { return e.err }
