@@ -416,6 +416,57 @@ func BenchmarkLoopbackStream(b *testing.B) {
 	}
 }
 
+// benchChunk is a chat completion chunk as OpenAI streams it.
+var benchChunk = []byte(`data: {"id":"chatcmpl-x","object":"chat.completion.chunk","created":1700000000,"model":"m","choices":[{"index":0,"delta":{"content":"tok "},"finish_reason":null}]}` + "\n\n")
+
+// eventReader yields a stream of n chunks and [DONE], one event per Read,
+// as a network connection flushed after each event delivers it.
+type eventReader struct{ left int }
+
+func (r *eventReader) Read(p []byte) (int, error) {
+	switch {
+	case r.left > 0:
+		r.left--
+		return copy(p, benchChunk), nil
+	case r.left == 0:
+		r.left--
+		return copy(p, "data: [DONE]\n\n"), nil
+	}
+	return 0, io.EOF
+}
+
+func (r *eventReader) Close() error { return nil }
+
+// streamBase answers every request with a 20-chunk event stream, with no
+// network.
+type streamBase struct{}
+
+func (streamBase) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.Body != nil {
+		_ = req.Body.Close()
+	}
+	h := http.Header{"Content-Type": {"text/event-stream"}}
+	return &http.Response{StatusCode: http.StatusOK, Header: h, Body: &eventReader{left: 20}, Request: req}, nil
+}
+
+// BenchmarkStream is BenchmarkLoopbackStream without the network: the
+// transport's whole cost for a streamed chat completion of 20 chunks read
+// one event per Read (the choice, the copy, and watching the stream for
+// its first token, its terminal event and, with the timeouts, stalls),
+// beside the same stream read from the base directly.
+func BenchmarkStream(b *testing.B) {
+	url := clientBase + "/chat/completions"
+	body := chatBody(true)
+	b.Run("base", func(b *testing.B) { runRTBody(b, streamBase{}, url, body, false) })
+	b.Run("failover", func(b *testing.B) {
+		runRTBody(b, mustNew(b, Config{Base: streamBase{}, Endpoints: benchEndpoints(1)}), url, body, false)
+	})
+	b.Run("failover-timeouts", func(b *testing.B) {
+		cfg := Config{Base: streamBase{}, Endpoints: benchEndpoints(1), FirstTokenTimeout: time.Minute, StreamIdleTimeout: time.Minute}
+		runRTBody(b, mustNew(b, cfg), url, body, false)
+	})
+}
+
 // BenchmarkFailoverRefused measures a request whose preferred endpoint
 // refuses connections on loopback (a closed port) and fails over to a
 // healthy one, against a request to the healthy endpoint alone. The

@@ -105,6 +105,12 @@ type sseScanner struct {
 	terminal bool
 
 	ended bool // a terminal event went by
+
+	// terminalOnly is set once no one needs to know which events carry
+	// content (the first one went by, and no idle timer runs): from then
+	// on every event counts as carrying content, and only the terminal
+	// event is looked for, without reading the chunks' fields.
+	terminalOnly bool
 }
 
 // feed scans p and returns how many events ended in it that carried
@@ -170,7 +176,7 @@ func (s *sseScanner) data(v []byte) {
 			s.terminal = true
 			return
 		}
-		s.content = s.content || s.long || chatContent(v)
+		s.content = s.content || s.terminalOnly || s.long || chatContent(v)
 	case streamResponses:
 		typ := s.evType
 		if len(typ) == 0 {
@@ -404,6 +410,7 @@ func (b *streamBody) gotContent() {
 	if !b.first {
 		b.first = true
 		b.e.observeFirstToken(b.e.clock.since() - b.start)
+		b.scan.terminalOnly = b.idle <= 0
 		if b.timer != nil && b.idle <= 0 {
 			b.stop()
 			return

@@ -79,6 +79,21 @@ func TestSSEScannerLongLine(t *testing.T) {
 	}
 }
 
+// TestSSEScannerTerminalOnly: once no one needs to tell content events
+// apart (terminalOnly: the first went by and no idle timer runs), every
+// event counts, comments still do not, and the terminal event is still
+// spotted, so a truncated stream is still told from a complete one.
+func TestSSEScannerTerminalOnly(t *testing.T) {
+	s := sseScanner{kind: streamChat, terminalOnly: true}
+	roleOnly := `data: {"choices":[{"index":0,"delta":{"role":"assistant"}}]}` + "\n\n"
+	if n := s.feed([]byte(roleOnly + ": ping\n\n")); n != 1 || s.ended {
+		t.Fatalf("%d events counted, ended %v; want the chunk counted and the comment not, not ended", n, s.ended)
+	}
+	if n := s.feed([]byte("data: [DONE]\n\n")); n != 1 || !s.ended {
+		t.Fatalf("%d events counted, ended %v; want [DONE] counted and the stream ended", n, s.ended)
+	}
+}
+
 // streamRequest posts a streamed request for path through tr and returns
 // the response.
 func streamRequest(t *testing.T, ctx context.Context, tr http.RoundTripper, path, body string) *http.Response {
@@ -615,6 +630,16 @@ func TestStreamStallAfterContent(t *testing.T) {
 	}
 	if _, _, resets := timer.state(); resets != 1 {
 		t.Fatal("a keep-alive reset the stall timer")
+	}
+	// Nor does a chunk without output after the first content (the
+	// scanner still reads the chunks while an idle timer runs).
+	empty := `data: {"choices":[{"index":0,"delta":{"content":""},"finish_reason":null}]}` + "\n\n"
+	u.events <- empty
+	if r := result(t, readAsync(resp.Body)); r.err != nil || r.data != empty {
+		t.Fatalf("read %q, %v; want the empty chunk", r.data, r.err)
+	}
+	if _, _, resets := timer.state(); resets != 1 {
+		t.Fatal("a chunk without output reset the stall timer")
 	}
 	read := readAsync(resp.Body)
 	u.waitBlocked(t)
