@@ -403,6 +403,12 @@ func BenchmarkLoopbackStream(b *testing.B) {
 		defer base.CloseIdleConnections()
 		run(b, base, srv.URL+"/v1/chat/completions")
 	})
+	b.Run("copy-floor", func(b *testing.B) {
+		base := newBase()
+		defer base.CloseIdleConnections()
+		host := strings.TrimPrefix(srv.URL, "http://")
+		run(b, copyFloor{base: base, scheme: "http", host: host, auth: []string{"Bearer sk-bench"}}, clientBase+"/chat/completions")
+	})
 	for _, mode := range []string{"failover", "failover-timeouts"} {
 		b.Run(mode, func(b *testing.B) {
 			base := newBase()
