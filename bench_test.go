@@ -332,39 +332,7 @@ func BenchmarkLoopback(b *testing.B) {
 		_, _ = io.WriteString(w, body)
 	}))
 	defer srv.Close()
-	newBase := func() *http.Transport {
-		return &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true}
-	}
-	run := func(b *testing.B, rt http.RoundTripper, url string) {
-		b.SetParallelism(16) // 32 goroutines at GOMAXPROCS=2
-		start := time.Now()
-		cpu0, cpuOK := cputime.Process()
-		runRT(b, rt, url, true)
-		b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "req/s")
-		// CPU time per request, client and upstream together: on a
-		// shared machine it varies less than req/s, which also moves
-		// with the CPU other tenants take.
-		if cpu1, ok := cputime.Process(); ok && cpuOK {
-			b.ReportMetric(float64(cpu1-cpu0)/float64(b.N), "cpu-ns/op")
-		}
-	}
-	b.Run("direct", func(b *testing.B) {
-		base := newBase()
-		defer base.CloseIdleConnections()
-		run(b, base, srv.URL+"/v1/chat/completions")
-	})
-	b.Run("copy-floor", func(b *testing.B) {
-		base := newBase()
-		defer base.CloseIdleConnections()
-		host := strings.TrimPrefix(srv.URL, "http://")
-		run(b, copyFloor{base: base, scheme: "http", host: host, auth: []string{"Bearer sk-bench"}}, clientBase+"/chat/completions")
-	})
-	b.Run("failover", func(b *testing.B) {
-		base := newBase()
-		defer base.CloseIdleConnections()
-		tr := mustNew(b, Config{Base: base, Endpoints: []Endpoint{{Name: "up", BaseURL: srv.URL + "/v1", APIKey: "sk-bench"}}})
-		run(b, tr, clientBase+"/chat/completions")
-	})
+	benchLoopbackCases(b, srv.URL, loopbackCase{"failover", nil})
 }
 
 // BenchmarkLoopbackStream is BenchmarkLoopback for streamed chat
@@ -373,52 +341,71 @@ func BenchmarkLoopback(b *testing.B) {
 // (truncation), "failover-timeouts" also for its first token and stalls.
 func BenchmarkLoopbackStream(b *testing.B) {
 	const events = 20
-	chunk := []byte(`data: {"id":"chatcmpl-x","object":"chat.completion.chunk","created":1700000000,"model":"m","choices":[{"index":0,"delta":{"content":"tok "},"finish_reason":null}]}` + "\n\n")
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.Copy(io.Discard, r.Body)
 		w.Header().Set("Content-Type", "text/event-stream")
 		rc := http.NewResponseController(w)
 		for range events {
-			_, _ = w.Write(chunk)
+			_, _ = w.Write(benchChunk)
 			_ = rc.Flush()
 		}
 		_, _ = io.WriteString(w, "data: [DONE]\n\n")
 	}))
 	defer srv.Close()
-	newBase := func() *http.Transport {
-		return &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true}
-	}
-	run := func(b *testing.B, rt http.RoundTripper, url string) {
-		b.SetParallelism(16)
-		start := time.Now()
-		cpu0, cpuOK := cputime.Process()
-		runRT(b, rt, url, true)
-		b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "req/s")
-		if cpu1, ok := cputime.Process(); ok && cpuOK {
-			b.ReportMetric(float64(cpu1-cpu0)/float64(b.N), "cpu-ns/op")
-		}
-	}
+	benchLoopbackCases(b, srv.URL, loopbackCase{"failover", nil}, loopbackCase{"failover-timeouts", func(cfg *Config) {
+		cfg.FirstTokenTimeout, cfg.StreamIdleTimeout = time.Minute, time.Minute
+	}})
+}
+
+// loopbackCase is a loopback benchmark's case through the transport: its
+// name and what it changes in the configuration (nil: nothing).
+type loopbackCase struct {
+	name  string
+	tweak func(*Config)
+}
+
+// benchLoopbackCases runs a loopback benchmark against the upstream at
+// srvURL: "direct" (its own http.Transport), "copy-floor", and each of
+// failovers through a transport with one endpoint, the upstream.
+func benchLoopbackCases(b *testing.B, srvURL string, failovers ...loopbackCase) {
 	b.Run("direct", func(b *testing.B) {
-		base := newBase()
-		defer base.CloseIdleConnections()
-		run(b, base, srv.URL+"/v1/chat/completions")
+		runLoopback(b, func(base http.RoundTripper) http.RoundTripper { return base }, srvURL+"/v1/chat/completions")
 	})
 	b.Run("copy-floor", func(b *testing.B) {
-		base := newBase()
-		defer base.CloseIdleConnections()
-		host := strings.TrimPrefix(srv.URL, "http://")
-		run(b, copyFloor{base: base, scheme: "http", host: host, auth: []string{"Bearer sk-bench"}}, clientBase+"/chat/completions")
+		host := strings.TrimPrefix(srvURL, "http://")
+		runLoopback(b, func(base http.RoundTripper) http.RoundTripper {
+			return copyFloor{base: base, scheme: "http", host: host, auth: []string{"Bearer sk-bench"}}
+		}, clientBase+"/chat/completions")
 	})
-	for _, mode := range []string{"failover", "failover-timeouts"} {
-		b.Run(mode, func(b *testing.B) {
-			base := newBase()
-			defer base.CloseIdleConnections()
-			cfg := Config{Base: base, Endpoints: []Endpoint{{Name: "up", BaseURL: srv.URL + "/v1", APIKey: "sk-bench"}}}
-			if mode == "failover-timeouts" {
-				cfg.FirstTokenTimeout, cfg.StreamIdleTimeout = time.Minute, time.Minute
-			}
-			run(b, mustNew(b, cfg), clientBase+"/chat/completions")
+	for _, c := range failovers {
+		b.Run(c.name, func(b *testing.B) {
+			runLoopback(b, func(base http.RoundTripper) http.RoundTripper {
+				cfg := Config{Base: base, Endpoints: []Endpoint{{Name: "up", BaseURL: srvURL + "/v1", APIKey: "sk-bench"}}}
+				if c.tweak != nil {
+					c.tweak(&cfg)
+				}
+				return mustNew(b, cfg)
+			}, clientBase+"/chat/completions")
 		})
+	}
+}
+
+// runLoopback sends to url, from 32 goroutines at GOMAXPROCS=2, through
+// the RoundTripper wrap makes of a fresh http.Transport, and reports
+// requests per second and the CPU time per request, client and upstream
+// together: on a shared machine it varies less than req/s, which also
+// moves with the CPU other tenants take.
+func runLoopback(b *testing.B, wrap func(http.RoundTripper) http.RoundTripper, url string) {
+	base := &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true}
+	defer base.CloseIdleConnections()
+	rt := wrap(base)
+	b.SetParallelism(16)
+	start := time.Now()
+	cpu0, cpuOK := cputime.Process()
+	runRT(b, rt, url, true)
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "req/s")
+	if cpu1, ok := cputime.Process(); ok && cpuOK {
+		b.ReportMetric(float64(cpu1-cpu0)/float64(b.N), "cpu-ns/op")
 	}
 }
 

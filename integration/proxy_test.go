@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"testing"
@@ -19,12 +20,12 @@ import (
 	"github.com/failover-go/failover/internal/proxy"
 )
 
-// startFailoverProxy serves the proxy of `failover proxy` over cfg on a
-// loopback port until the test ends, with sdkKey as its proxy key, and
-// returns the base URL an SDK points at: http://127.0.0.1:<port>/v1.
-func startFailoverProxy(t *testing.T, cfg failover.Config) string {
+// startLoggedProxy starts a failover proxy of cfg on a loopback port,
+// with the proxy's logs (its access log) going to logger (nil: none), and
+// returns its base URL; the test's cleanup stops it.
+func startLoggedProxy(t *testing.T, cfg failover.Config, logger *slog.Logger) string {
 	t.Helper()
-	p, err := proxy.New(proxy.Config{Failover: cfg, ProxyKey: sdkKey})
+	p, err := proxy.New(proxy.Config{Failover: cfg, ProxyKey: sdkKey, Logger: logger})
 	if err != nil {
 		t.Fatalf("proxy.New: %v", err)
 	}
@@ -49,6 +50,14 @@ func startFailoverProxy(t *testing.T, cfg failover.Config) string {
 		p.Close()
 	})
 	return "http://" + ln.Addr().String() + "/v1"
+}
+
+// startFailoverProxy serves the proxy of `failover proxy` over cfg on a
+// loopback port until the test ends, with sdkKey as its proxy key, and
+// returns the base URL an SDK points at: http://127.0.0.1:<port>/v1.
+func startFailoverProxy(t *testing.T, cfg failover.Config) string {
+	t.Helper()
+	return startLoggedProxy(t, cfg, nil)
 }
 
 // openAIGoViaProxy returns an openai-go client of the proxy at baseURL,

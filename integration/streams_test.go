@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -16,7 +15,6 @@ import (
 
 	"github.com/failover-go/failover"
 	"github.com/failover-go/failover/internal/fakeopenai"
-	"github.com/failover-go/failover/internal/proxy"
 )
 
 // The stream faults of the first endpoint: it sends its headers and then
@@ -150,37 +148,6 @@ func (b *lockedBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
-}
-
-// startLoggedProxy is startFailoverProxy with the proxy's logs (its access
-// log) going to logger.
-func startLoggedProxy(t *testing.T, cfg failover.Config, logger *slog.Logger) string {
-	t.Helper()
-	p, err := proxy.New(proxy.Config{Failover: cfg, ProxyKey: sdkKey, Logger: logger})
-	if err != nil {
-		t.Fatalf("proxy.New: %v", err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		p.Close()
-		t.Fatal(err)
-	}
-	ctx, stop := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- p.Serve(ctx, ln, nil) }()
-	t.Cleanup(func() {
-		stop()
-		select {
-		case err := <-served:
-			if err != nil {
-				t.Errorf("proxy Serve: %v", err)
-			}
-		case <-time.After(requestTimeout):
-			t.Errorf("the proxy did not stop within %v", requestTimeout)
-		}
-		p.Close()
-	})
-	return "http://" + ln.Addr().String() + "/v1"
 }
 
 // TestLegacyCompletionsTruncatedThroughGoOpenAI: a legacy completions
