@@ -60,16 +60,11 @@ Flags:
 // error to stderr.
 func parseCheckFlags(args []string, stderr io.Writer) (checkFlags, error) {
 	var f checkFlags
-	fs := flag.NewFlagSet("failover check", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := commandFlags("failover check", checkUsage, stderr)
 	fs.DurationVar(&f.timeout, "timeout", 10*time.Second, "bound each probe request, connection included, to this `duration`")
 	fs.StringVar(&f.model, "model", "", "also send a max_tokens 1 chat completion to this `model` (billed)")
 	fs.BoolVar(&f.json, "json", false, "print the result as JSON, for scripts and CI")
 	fs.StringVar(&f.envFile, "env-file", "", "dotenv `file` of the same variables as the environment, which it overrides")
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), checkUsage)
-		fs.PrintDefaults()
-	}
 	if err := fs.Parse(args); err != nil {
 		return f, err // reported by fs
 	}

@@ -35,13 +35,8 @@ const (
 	demoFailureThreshold = 3
 )
 
-// runDemoCommand runs "failover demo".
-func runDemoCommand(ctx context.Context, args, environ []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("failover demo", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	duration := fs.Duration("duration", 15*time.Second, "how long to send requests")
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), `Usage: failover demo [-duration 15s]
+// demoUsage is the help of "failover demo", before its flags.
+const demoUsage = `Usage: failover demo [-duration 15s]
 
 Starts three fake OpenAI-compatible upstreams on loopback, configured as the
 README teaches: a primary (priority 1), a backup (priority 2) and a third
@@ -53,9 +48,12 @@ once a second. Needs no API key. Exits 0 when every request succeeded (or
 was cut mid-stream, which no failover can mend), 1 otherwise.
 
 Flags:
-`)
-		fs.PrintDefaults()
-	}
+`
+
+// runDemoCommand runs "failover demo".
+func runDemoCommand(ctx context.Context, args, environ []string, stdout, stderr io.Writer) int {
+	fs := commandFlags("failover demo", demoUsage, stderr)
+	duration := fs.Duration("duration", 15*time.Second, "how long to send requests")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return exitOK

@@ -43,13 +43,8 @@ type proxyFlags struct {
 // to stderr.
 func parseProxyFlags(args []string, stderr io.Writer) (proxyFlags, error) {
 	var f proxyFlags
-	fs := flag.NewFlagSet("failover proxy", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := commandFlags("failover proxy", proxyUsage, stderr)
 	f.define(fs)
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), proxyUsage)
-		fs.PrintDefaults()
-	}
 	if err := fs.Parse(args); err != nil {
 		return f, err // reported by fs
 	}

@@ -2,12 +2,26 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
 	"syscall"
 )
+
+// commandFlags returns the flag set of the command name ("failover
+// proxy"), which reports to stderr and answers -h with usage and then the
+// flags' defaults.
+func commandFlags(name, usage string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), usage)
+		fs.PrintDefaults()
+	}
+	return fs
+}
 
 // Exit codes of the command.
 const (
