@@ -5,7 +5,6 @@ import (
 	"io"
 	"math"
 	"net/http"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -98,21 +97,7 @@ func load(t testing.TB, ms []member, workers, most int, stop <-chan struct{}) (s
 // maxPerSecond returns the most requests up received within any second
 // (a window sliding over their arrivals) between from and to.
 func maxPerSecond(up *fakeopenai.Server, from, to time.Time) int {
-	var at []time.Time
-	for _, r := range up.Requests() {
-		if !r.At.Before(from) && r.At.Before(to) {
-			at = append(at, r.At)
-		}
-	}
-	slices.SortFunc(at, func(a, b time.Time) int { return a.Compare(b) })
-	most, j := 0, 0
-	for i := range at {
-		for at[i].Sub(at[j]) >= time.Second {
-			j++
-		}
-		most = max(most, i-j+1)
-	}
-	return most
+	return up.MostWithin(time.Second, from, to)
 }
 
 // gauge returns the value of an unlabelled gauge or the sum of a

@@ -6,7 +6,6 @@ import (
 	"io"
 	"math"
 	"net/http"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -219,21 +218,7 @@ func callErrors(t testing.TB, reg *prometheus.Registry) float64 {
 // (a window sliding over the arrivals) between from and to, each request
 // counted at est.
 func tokensPerSecond(up *fakeopenai.Server, from, to time.Time, est int) int {
-	var at []time.Time
-	for _, r := range up.Requests() {
-		if !r.At.Before(from) && r.At.Before(to) {
-			at = append(at, r.At)
-		}
-	}
-	slices.SortFunc(at, func(a, b time.Time) int { return a.Compare(b) })
-	most, j := 0, 0
-	for i := range at {
-		for at[i].Sub(at[j]) >= time.Second {
-			j++
-		}
-		most = max(most, i-j+1)
-	}
-	return most * est
+	return up.MostWithin(time.Second, from, to) * est
 }
 
 // TestFleetSharesTheTokenLimit: three processes, each configured with

@@ -328,6 +328,28 @@ func (s *Server) Requests() []Request {
 	return out
 }
 
+// MostWithin returns the most requests that arrived within any window of
+// length d > 0 (sliding over the arrivals) between from and to, among those
+// Requests still holds: a limit's test compares it with the rate the
+// upstream was promised.
+func (s *Server) MostWithin(d time.Duration, from, to time.Time) int {
+	var at []time.Time
+	for _, r := range s.Requests() {
+		if !r.At.Before(from) && r.At.Before(to) {
+			at = append(at, r.At)
+		}
+	}
+	slices.SortFunc(at, func(a, b time.Time) int { return a.Compare(b) })
+	most, j := 0, 0
+	for i := range at {
+		for at[i].Sub(at[j]) >= d {
+			j++
+		}
+		most = max(most, i-j+1)
+	}
+	return most
+}
+
 // Last returns a copy of the most recent request that reached a handler,
 // and false if there is none.
 func (s *Server) Last() (Request, bool) {

@@ -1154,3 +1154,30 @@ func TestWaitOpenConns(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestMostWithin: the most requests within any window of the length
+// given, sliding over the arrivals, counting only those between from and
+// to (to excluded).
+func TestMostWithin(t *testing.T) {
+	s := &Server{}
+	t0 := time.Unix(1000, 0)
+	for _, ms := range []int{0, 100, 900, 1000, 1050, 1100, 2500} {
+		s.reqs = append(s.reqs, Request{At: t0.Add(time.Duration(ms) * time.Millisecond)})
+	}
+	for _, tc := range []struct {
+		d        time.Duration
+		from, to time.Time
+		want     int
+	}{
+		{time.Second, t0, t0.Add(time.Hour), 4},                             // 100, 900, 1000, 1050 (or 900..1100)
+		{200 * time.Millisecond, t0, t0.Add(time.Hour), 3},                  // 900, 1000, 1050 or 1000, 1050, 1100
+		{time.Second, t0.Add(950 * time.Millisecond), t0.Add(time.Hour), 3}, // 1000, 1050, 1100
+		{time.Second, t0, t0.Add(1000 * time.Millisecond), 3},               // 0, 100, 900
+		{time.Hour, t0, t0.Add(time.Hour), 7},
+		{time.Second, t0.Add(time.Hour), t0.Add(2 * time.Hour), 0},
+	} {
+		if got := s.MostWithin(tc.d, tc.from, tc.to); got != tc.want {
+			t.Errorf("MostWithin(%v, +%v, +%v) = %d, want %d", tc.d, tc.from.Sub(t0), tc.to.Sub(t0), got, tc.want)
+		}
+	}
+}
