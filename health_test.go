@@ -129,16 +129,7 @@ func TestHealthHandler(t *testing.T) {
 // the endpoint for the fleet: Health shows it open until the fleet's
 // period ends, as the choice skips it, not half-open and eligible.
 func TestHealthFleetReopened(t *testing.T) {
-	clk := newFakeClock()
-	hub := newMemHub(clk)
-	repA, repB := newHostReplies(), newHostReplies()
-	baseA, baseB := newScriptedBase(repA.script), newScriptedBase(repB.script)
-	cfg := func(base http.RoundTripper) Config {
-		return Config{Base: base, Shared: hub.join(), Breaker: BreakerConfig{FailureThreshold: 1, OpenTimeout: 10 * time.Second},
-			Endpoints: []Endpoint{hostEndpoint("x", 0), hostEndpoint("y", 1)}}
-	}
-	a := newTestTransportOn(t, cfg(baseA), clk)
-	b := newTestTransportOn(t, cfg(baseB), clk)
+	clk, repA, repB, baseA, baseB, a, b := newFleetPair(t)
 	repA.set("x", 500, `{}`)
 	repB.set("x", 500, `{}`)
 	answeredBy(t, a, "y") // a's breaker opens

@@ -139,21 +139,29 @@ func (m *memShared) Processes() int {
 // settle waits for tr's background calls to the shared state.
 func settle(tr *Transport) { tr.fleet.wg.Wait() }
 
+// newFleetPair returns two processes, a and b, sharing one in-memory
+// fleet state on the fake clock clk, each over its own scripted hosts
+// (repA, repB; their bases baseA, baseB count the hits): endpoints x
+// (preferred) and y, a breaker that opens at the first failure for 10s.
+func newFleetPair(t *testing.T) (clk *fakeClock, repA, repB *hostReplies, baseA, baseB *scriptedBase, a, b *Transport) {
+	t.Helper()
+	clk = newFakeClock()
+	hub := newMemHub(clk)
+	repA, repB = newHostReplies(), newHostReplies()
+	baseA, baseB = newScriptedBase(repA.script), newScriptedBase(repB.script)
+	cfg := func(base http.RoundTripper) Config {
+		return Config{Base: base, Shared: hub.join(), Breaker: BreakerConfig{FailureThreshold: 1, OpenTimeout: 10 * time.Second},
+			Endpoints: []Endpoint{hostEndpoint("x", 0), hostEndpoint("y", 1)}}
+	}
+	return clk, repA, repB, baseA, baseB, newTestTransportOn(t, cfg(baseA), clk), newTestTransportOn(t, cfg(baseB), clk)
+}
+
 // TestSharedHealth: one process's open breaker, cooldown and spent
 // provider window keep the other process off the endpoint at once, though
 // it saw no failure; at the end of the open period exactly one process
 // sends the trial, and its success reopens the endpoint to both.
 func TestSharedHealth(t *testing.T) {
-	clk := newFakeClock()
-	hub := newMemHub(clk)
-	repA, repB := newHostReplies(), newHostReplies()
-	baseA, baseB := newScriptedBase(repA.script), newScriptedBase(repB.script)
-	cfg := func(base http.RoundTripper) Config {
-		return Config{Base: base, Shared: hub.join(), Breaker: BreakerConfig{FailureThreshold: 1, OpenTimeout: 10 * time.Second},
-			Endpoints: []Endpoint{hostEndpoint("x", 0), hostEndpoint("y", 1)}}
-	}
-	a := newTestTransportOn(t, cfg(baseA), clk)
-	b := newTestTransportOn(t, cfg(baseB), clk)
+	clk, repA, _, baseA, baseB, a, b := newFleetPair(t)
 
 	repA.set("x", 500, `{"error":{"message":"down"}}`)
 	answeredBy(t, a, "y") // x failed, and its breaker opened
