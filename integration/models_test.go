@@ -194,17 +194,9 @@ var openAIGoModelCalls = []modelCall[openai.Client]{
 		return resp.Choices[0].Message.Content, nil
 	}},
 	{"stream", "/chat/completions", "gpt-4o-mini", func(ctx context.Context, api openai.Client) (string, error) {
-		stream := api.Chat.Completions.NewStreaming(ctx, openai.ChatCompletionNewParams{
+		return openAIGoStreamOf(ctx, api, openai.ChatCompletionNewParams{
 			Model: openai.ChatModelGPT4oMini, Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("hi")},
-		}, openAIGoKey)
-		defer stream.Close()
-		var content strings.Builder
-		for stream.Next() {
-			for _, c := range stream.Current().Choices {
-				content.WriteString(c.Delta.Content)
-			}
-		}
-		return content.String(), stream.Err()
+		})
 	}},
 	{"embeddings", "/embeddings", "text-embedding-3-small", func(ctx context.Context, api openai.Client) (string, error) {
 		resp, err := api.Embeddings.New(ctx, openai.EmbeddingNewParams{

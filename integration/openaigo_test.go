@@ -68,7 +68,12 @@ func openAIGoChatContent(ctx context.Context, api openai.Client, opts ...option.
 // openAIGoStreamContent sends a streaming chat completion, reads every
 // chunk through the SDK's stream and returns the concatenated content.
 func openAIGoStreamContent(ctx context.Context, api openai.Client, opts ...option.RequestOption) (string, error) {
-	stream := api.Chat.Completions.NewStreaming(ctx, openAIGoChat, append([]option.RequestOption{openAIGoKey}, opts...)...)
+	return openAIGoStreamOf(ctx, api, openAIGoChat, opts...)
+}
+
+// openAIGoStreamOf is openAIGoStreamContent for the request params.
+func openAIGoStreamOf(ctx context.Context, api openai.Client, params openai.ChatCompletionNewParams, opts ...option.RequestOption) (string, error) {
+	stream := api.Chat.Completions.NewStreaming(ctx, params, append([]option.RequestOption{openAIGoKey}, opts...)...)
 	defer stream.Close()
 	var content strings.Builder
 	for stream.Next() {
