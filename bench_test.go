@@ -93,13 +93,8 @@ func (f copyFloor) RoundTrip(in *http.Request) (*http.Response, error) {
 	return f.base.RoundTrip(&o.req)
 }
 
-// benchRequest is a chat completion request like an SDK's: a body with
-// GetBody, JSON content type and an Authorization header.
-func benchRequest(b *testing.B, url string) *http.Request {
-	return benchRequestBody(b, url, chatBody(false))
-}
-
-// benchRequestBody is benchRequest with the body body.
+// benchRequestBody is a chat completion request like an SDK's, with the
+// body body: GetBody, JSON content type and an Authorization header.
 func benchRequestBody(b *testing.B, url, body string) *http.Request {
 	b.Helper()
 	req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(body))

@@ -314,10 +314,6 @@ func cleanBasePath(p string) (string, error) {
 // its health and tests.
 func (p *Proxy) Transport() *failover.Transport { return p.transport }
 
-// Registry returns the Prometheus registry served on /metrics: the
-// transport's metrics and the Go and process collectors.
-func (p *Proxy) Registry() *prometheus.Registry { return p.registry }
-
 // BasePath returns the cleaned base path, "/" for the root.
 func (p *Proxy) BasePath() string {
 	if p.basePath == "" {
