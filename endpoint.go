@@ -395,6 +395,7 @@ type endpoint struct {
 type endpointState struct {
 	name    string
 	clock   clock
+	timers  timerClock // the clock when it makes the stream timers (a test's), else nil
 	logger  *slog.Logger
 	breaker breaker
 	cooling cooldown
@@ -422,6 +423,7 @@ type endpointState struct {
 // breaker closed.
 func newEndpointState(name string, c clock, logger *slog.Logger, m *metrics, bc BreakerConfig) *endpointState {
 	s := &endpointState{name: name, clock: c, logger: logger}
+	s.timers, _ = c.(timerClock)
 	s.breaker.init(s, bc)
 	s.m = m.forEndpoint(name)
 	return s

@@ -129,7 +129,10 @@ func (s *sseScanner) feed(p []byte) int {
 			s.keep(line)
 			line = s.carry
 		}
-		if s.line(bytes.TrimSuffix(line, []byte{'\r'})) {
+		if n := len(line); n > 0 && line[n-1] == '\r' {
+			line = line[:n-1]
+		}
+		if s.line(line) {
 			events++
 		}
 		s.carry, s.long = s.carry[:0], false
@@ -137,9 +140,15 @@ func (s *sseScanner) feed(p []byte) int {
 	return events
 }
 
-// keep adds part of an unfinished line to carry, up to maxSSELine.
+// keep adds part of an unfinished line to carry, up to maxSSELine, or
+// maxDoneLine in terminalOnly mode for a chat stream (which has only short
+// lines left to look at).
 func (s *sseScanner) keep(p []byte) {
-	room := maxSSELine - len(s.carry)
+	limit := maxSSELine
+	if s.skipsChunks() {
+		limit = maxDoneLine
+	}
+	room := max(limit-len(s.carry), 0)
 	if len(p) > room {
 		p, s.long = p[:room], true
 	}
@@ -155,24 +164,51 @@ func (s *sseScanner) line(l []byte) bool {
 		s.evType, s.content, s.terminal = s.evType[:0], false, false
 		return counted
 	}
+	if len(l) > maxDoneLine && s.skipsChunks() {
+		// A chunk: not the terminal event, and content (as every
+		// event is in this mode).
+		s.content = s.content || isField(l, "data:")
+		return false
+	}
 	switch {
 	case l[0] == ':': // a comment: keep-alive
-	case bytes.HasPrefix(l, []byte("data:")):
-		s.data(bytes.TrimPrefix(l[5:], []byte{' '}))
-	case bytes.HasPrefix(l, []byte("event:")):
+	case isField(l, "data:"):
+		v := l[5:]
+		if len(v) > 0 && v[0] == ' ' {
+			v = v[1:]
+		}
+		s.data(v)
+	case isField(l, "event:"):
 		s.evType = append(s.evType[:0], bytes.TrimSpace(l[6:])...)
 	}
 	return false
 }
 
+// isField reports whether the line l starts with the field name and colon
+// f (a constant, which the compiler compares in a word or two).
+func isField(l []byte, f string) bool {
+	return len(l) >= len(f) && string(l[:len(f)]) == f
+}
+
+// maxDoneLine is the longest line the scanner reads in a chat stream in
+// terminalOnly mode: the terminal line, "data: [DONE]", is short, and a
+// longer line is a chunk (or padding no server sends), passed over without
+// reading its fields.
+const maxDoneLine = 64
+
+// skipsChunks reports whether the scanner passes over a chat stream's long
+// lines: in terminalOnly mode only "data: [DONE]" matters.
+func (s *sseScanner) skipsChunks() bool { return s.terminalOnly && s.kind == streamChat }
+
 // data takes the value of a data line of the current event.
 func (s *sseScanner) data(v []byte) {
-	if len(bytes.TrimSpace(v)) == 0 {
+	trimmed := bytes.TrimSpace(v)
+	if len(trimmed) == 0 {
 		return
 	}
 	switch s.kind {
 	case streamChat:
-		if bytes.Equal(bytes.TrimSpace(v), []byte("[DONE]")) {
+		if bytes.Equal(trimmed, []byte("[DONE]")) {
 			s.terminal = true
 			return
 		}
@@ -197,9 +233,6 @@ func (s *sseScanner) data(v []byte) {
 // text, a refusal, reasoning, a tool call, an error, or a finish reason.
 // A chunk with only a role or an empty content does not.
 func chatContent(v []byte) bool {
-	if bytes.Contains(v, []byte(`"error"`)) {
-		return true
-	}
 	for _, key := range []string{`"content"`, `"text"`, `"refusal"`, `"reasoning_content"`, `"reasoning"`, `"finish_reason"`} {
 		for rest := v; ; {
 			val, after, ok := valueAfter(rest, key)
@@ -217,7 +250,7 @@ func chatContent(v []byte) bool {
 			return true
 		}
 	}
-	return false
+	return bytes.Contains(v, []byte(`"error"`))
 }
 
 // valueAfter finds key (a quoted JSON name) in v followed by a colon and
@@ -274,14 +307,28 @@ type streamTimer interface {
 // with any other clock they are real timers, as they bound real I/O.
 type timerClock interface {
 	afterFunc(d time.Duration, f func()) streamTimer
+	since() time.Duration
 }
 
 // afterFunc starts a stream timer of s: f runs in its own goroutine after d.
 func (s *endpointState) afterFunc(d time.Duration, f func()) streamTimer {
-	if c, ok := s.clock.(timerClock); ok {
-		return c.afterFunc(d, f)
+	if s.timers != nil {
+		return s.timers.afterFunc(d, f)
 	}
 	return time.AfterFunc(d, f)
+}
+
+// timerEpoch is the origin of timerSince's real readings.
+var timerEpoch = time.Now()
+
+// timerSince reads the time on the clock of s's stream timers (see
+// afterFunc), for the idle periods they bound: the test's clock when it
+// makes them, else the monotonic clock (whatever the Transport's clock).
+func (s *endpointState) timerSince() time.Duration {
+	if s.timers != nil {
+		return s.timers.since()
+	}
+	return time.Since(timerEpoch)
 }
 
 // streamBody is the body of an event stream the caller reads: what the
@@ -324,6 +371,11 @@ type streamBody struct {
 	cut        atomic.Uint32 // the timeout that cut the stream
 	reading    atomic.Bool   // the caller (or the first-token wait) waits in a read
 	due        atomic.Bool   // the timeout passed while the caller was away
+	// lastContent is when the idle period began (the last content
+	// event, or the headers), on timerSince: the timer is not
+	// reset at each event, but finds on firing that content came and
+	// runs on for what is left of the period.
+	lastContent atomic.Int64
 
 	ended atomic.Bool // the outcome is recorded
 }
@@ -344,6 +396,7 @@ func newStreamBody(e *endpoint, rc io.ReadCloser, kind streamKind, strict bool, 
 		b.timer = e.afterFunc(max(b.firstToken-(e.clock.since()-start), 0), b.fire)
 	} else {
 		b.watching.Store(watchIdle)
+		b.lastContent.Store(int64(e.timerSince()))
 		b.timer = e.afterFunc(b.idle, b.fire)
 	}
 	return b
@@ -405,7 +458,11 @@ func (b *streamBody) Read(p []byte) (int, error) {
 }
 
 // gotContent notes an event that carried content: the first one's time
-// (which ends the first-token deadline), and a new idle period.
+// (which ends the first-token deadline), and a new idle period. The timer
+// is reset only when it changes what it watches, or when it passed while
+// the caller was away; otherwise the new period is only noted
+// (lastContent), which costs a clock reading instead of a timer reset per
+// event.
 func (b *streamBody) gotContent() {
 	if !b.first {
 		b.first = true
@@ -413,13 +470,20 @@ func (b *streamBody) gotContent() {
 		b.scan.terminalOnly = b.idle <= 0
 		if b.timer != nil && b.idle <= 0 {
 			b.stop()
-			return
 		}
 	}
-	if b.timer != nil && b.idle > 0 {
-		b.watching.Store(watchIdle)
+	if b.timer == nil || b.idle <= 0 {
+		return
+	}
+	b.lastContent.Store(int64(b.e.timerSince()))
+	if b.watching.Load() == watchFirst && b.watching.CompareAndSwap(watchFirst, watchIdle) {
+		// The first content ends the first-token deadline.
 		b.due.Store(false)
 		b.timer.Reset(b.idle)
+		return
+	}
+	if b.due.Load() && b.due.CompareAndSwap(true, false) {
+		b.timer.Reset(b.idle) // it passed, found no content and stopped
 	}
 }
 
@@ -438,13 +502,21 @@ func (b *streamBody) enterRead() {
 	}
 }
 
-// fire runs when the timer passes: the stream is cut if the caller is
-// waiting, else at the end of the caller's next period (enterRead). It
-// marks due before looking again at reading, so that a caller entering
-// meanwhile either sees due or is seen waiting.
+// fire runs when the timer passes. Watching for a stall, it first looks
+// whether content came since the period began (lastContent): then the
+// timer runs on for what is left of the period from it. Otherwise the
+// stream is cut if the caller is waiting, else at the end of the caller's
+// next period (enterRead). It marks due before looking again at reading,
+// so that a caller entering meanwhile either sees due or is seen waiting.
 func (b *streamBody) fire() {
-	if b.watching.Load() == watchNone {
+	switch b.watching.Load() {
+	case watchNone:
 		return
+	case watchIdle:
+		if quiet := b.e.timerSince() - time.Duration(b.lastContent.Load()); quiet < b.idle {
+			b.timer.Reset(b.idle - quiet) // content came: the period runs from it
+			return
+		}
 	}
 	if !b.reading.Load() {
 		b.due.Store(true)

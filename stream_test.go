@@ -82,15 +82,39 @@ func TestSSEScannerLongLine(t *testing.T) {
 // TestSSEScannerTerminalOnly: once no one needs to tell content events
 // apart (terminalOnly: the first went by and no idle timer runs), every
 // event counts, comments still do not, and the terminal event is still
-// spotted, so a truncated stream is still told from a complete one.
+// spotted, so a truncated stream is still told from a complete one, with
+// the stream split at every byte (a chat stream's chunks are passed over
+// unread, and keep only a short carry when split).
 func TestSSEScannerTerminalOnly(t *testing.T) {
-	s := sseScanner{kind: streamChat, terminalOnly: true}
 	roleOnly := `data: {"choices":[{"index":0,"delta":{"role":"assistant"}}]}` + "\n\n"
-	if n := s.feed([]byte(roleOnly + ": ping\n\n")); n != 1 || s.ended {
-		t.Fatalf("%d events counted, ended %v; want the chunk counted and the comment not, not ended", n, s.ended)
-	}
-	if n := s.feed([]byte("data: [DONE]\n\n")); n != 1 || !s.ended {
-		t.Fatalf("%d events counted, ended %v; want [DONE] counted and the stream ended", n, s.ended)
+	long := `data: {"choices":[{"delta":{"content":"` + strings.Repeat("x", 300) + `"}}]}` + "\n\n"
+	for _, tc := range []struct {
+		name   string
+		stream string
+		events int
+		ended  bool
+	}{
+		{"chunk and comment", roleOnly + ": ping\n\n", 1, false},
+		{"long chunk", long, 1, false},
+		{"done", "data: [DONE]\n\n", 1, true},
+		{"done without space", "data:[DONE]\n\n", 1, true},
+		{"chunks then done", roleOnly + long + ": ping\n\ndata: [DONE]\r\n\r\n", 3, true},
+		{"done without blank line", long + "data: [DONE]\n", 1, false},
+		{"done in a chunk's text", `data: {"choices":[{"delta":{"content":"data: [DONE]"}}]}` + "\n\n", 1, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for cut := 0; cut <= len(tc.stream); cut++ {
+				s := sseScanner{kind: streamChat, terminalOnly: true}
+				n := s.feed([]byte(tc.stream[:cut]))
+				if len(s.carry) > maxDoneLine {
+					t.Fatalf("split at %d: carry holds %d bytes, want at most %d", cut, len(s.carry), maxDoneLine)
+				}
+				n += s.feed([]byte(tc.stream[cut:]))
+				if n != tc.events || s.ended != tc.ended {
+					t.Fatalf("split at %d: %d events counted, ended %v; want %d, %v", cut, n, s.ended, tc.events, tc.ended)
+				}
+			}
+		})
 	}
 }
 
@@ -366,7 +390,7 @@ func newManualTimers() *manualTimers {
 }
 
 func (m *manualTimers) afterFunc(d time.Duration, f func()) streamTimer {
-	t := &manualTimer{f: f, d: d, armed: true}
+	t := &manualTimer{clk: m.fakeClock, f: f, d: d, due: m.Now().Add(d), armed: true}
 	m.made <- t
 	return t
 }
@@ -384,11 +408,13 @@ func (m *manualTimers) next(t *testing.T) *manualTimer {
 }
 
 // manualTimer is a stream timer that runs its function when the test
-// fires it, if it is armed.
+// fires it, if it is armed, with the clock moved on to when it was due.
 type manualTimer struct {
+	clk    *fakeClock
 	f      func()
 	mu     sync.Mutex
 	d      time.Duration // the period last set
+	due    time.Time     // when it passes: d after it was last set
 	armed  bool
 	resets int
 }
@@ -397,7 +423,7 @@ func (t *manualTimer) Reset(d time.Duration) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	was := t.armed
-	t.d, t.armed = d, true
+	t.d, t.due, t.armed = d, t.clk.Now().Add(d), true
 	t.resets++
 	return was
 }
@@ -419,15 +445,19 @@ func (t *manualTimer) state() (d time.Duration, armed bool, resets int) {
 }
 
 // fire runs the timer's function, as its expiry would, in the test's
-// goroutine; it fails the test if the timer is not armed.
+// goroutine, after moving the clock on to when the timer was due (if it
+// is not there yet); it fails the test if the timer is not armed.
 func (t *manualTimer) fire(tb testing.TB) {
 	tb.Helper()
 	t.mu.Lock()
-	armed := t.armed
+	armed, due := t.armed, t.due
 	t.armed = false
 	t.mu.Unlock()
 	if !armed {
 		tb.Fatal("firing a stream timer that is not armed")
+	}
+	if wait := due.Sub(t.clk.Now()); wait > 0 {
+		t.clk.Advance(wait)
 	}
 	t.f()
 }
@@ -609,41 +639,51 @@ func TestStreamIdleCoversTheFirstTokenWithoutFirstTokenTimeout(t *testing.T) {
 	checkCut(t, tr, u, reg, "stalled")
 }
 
-// TestStreamStallAfterContent: after a content event the stall timer
-// runs StreamIdleTimeout anew; keep-alives do not reset it; when it passes
-// while the caller reads, the read fails with ErrStreamStalled naming the
-// endpoint, and the upstream body is closed.
+// TestStreamStallAfterContent: after a content event the stall timeout
+// runs StreamIdleTimeout anew (the timer, not reset at each event, runs on
+// when it finds content came); keep-alives and chunks without output do
+// not renew it; when it passes while the caller reads, the read fails with
+// ErrStreamStalled naming the endpoint, and the upstream body is closed.
 func TestStreamStallAfterContent(t *testing.T) {
 	reg, clk, u := prometheus.NewRegistry(), newManualTimers(), newPipeUpstream()
 	tr, resp := pipedStream(t, u, clk, reg, Config{StreamIdleTimeout: 7 * time.Second})
 	timer := clk.next(t)
+	clk.Advance(5 * time.Second)
 	u.events <- contentEvent
 	if r := result(t, readAsync(resp.Body)); r.err != nil || r.data != contentEvent {
 		t.Fatalf("read %q, %v; want the content event", r.data, r.err)
 	}
-	if d, armed, resets := timer.state(); d != 7*time.Second || !armed || resets != 1 {
-		t.Fatalf("after content the timer runs for %v (armed %v, %d resets), want 7s anew", d, armed, resets)
-	}
+	clk.Advance(time.Second)
 	u.events <- keepAlive
 	if r := result(t, readAsync(resp.Body)); r.err != nil || r.data != keepAlive {
 		t.Fatalf("read %q, %v; want the keep-alive", r.data, r.err)
 	}
-	if _, _, resets := timer.state(); resets != 1 {
-		t.Fatal("a keep-alive reset the stall timer")
-	}
 	// Nor does a chunk without output after the first content (the
 	// scanner still reads the chunks while an idle timer runs).
 	empty := `data: {"choices":[{"index":0,"delta":{"content":""},"finish_reason":null}]}` + "\n\n"
+	clk.Advance(500 * time.Millisecond)
 	u.events <- empty
 	if r := result(t, readAsync(resp.Body)); r.err != nil || r.data != empty {
 		t.Fatalf("read %q, %v; want the empty chunk", r.data, r.err)
 	}
-	if _, _, resets := timer.state(); resets != 1 {
-		t.Fatal("a chunk without output reset the stall timer")
+	if _, _, resets := timer.state(); resets != 0 {
+		t.Fatalf("the timer was reset %d times by the events, want none (it runs on when it passes)", resets)
 	}
 	read := readAsync(resp.Body)
 	u.waitBlocked(t)
-	timer.fire(t)
+	timer.fire(t) // 7s after the headers, 2s after the content
+	if d, armed, _ := timer.state(); d != 5*time.Second || !armed {
+		t.Fatalf("2s after the content the timer runs for %v (armed %v), want the rest of the period, 5s", d, armed)
+	}
+	select {
+	case r := <-read:
+		t.Fatalf("the read ended (%q, %v) 2s after content, want it to wait", r.data, r.err)
+	default:
+	}
+	if u.isClosed() {
+		t.Fatal("the upstream body was closed 2s after content")
+	}
+	timer.fire(t) // 7s after the content, keep-alives and empty chunks only since
 	r := result(t, read)
 	if !errors.Is(r.err, ErrStreamStalled) || !strings.Contains(r.err.Error(), `"a"`) {
 		t.Fatalf("read error %v, want ErrStreamStalled naming endpoint a", r.err)
