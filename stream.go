@@ -106,16 +106,26 @@ type sseScanner struct {
 
 	ended bool // a terminal event went by
 
+	// firstOnly says that only the first event carrying content needs
+	// telling apart (no idle timer watches the others): when it ends,
+	// terminalOnly is set, from that event on, in the same read.
+	firstOnly bool
 	// terminalOnly is set once no one needs to know which events carry
-	// content (the first one went by, and no idle timer runs): from then
-	// on every event counts as carrying content, and only the terminal
-	// event is looked for, without reading the chunks' fields.
+	// content: from then on every event counts as carrying content, and
+	// only the terminal event is looked for, without reading the chunks'
+	// fields.
 	terminalOnly bool
+	// readCounted is set when an event that carries content ended in the
+	// current read (feed): its reader needs to know only that one did,
+	// so the rest of the read is read as in terminalOnly mode.
+	readCounted bool
 }
 
 // feed scans p and returns how many events ended in it that carried
-// content or ended the stream.
+// content or ended the stream; after the first of them, every event of p
+// counts (it is not read for content).
 func (s *sseScanner) feed(p []byte) int {
+	s.readCounted = false
 	events := 0
 	for len(p) > 0 {
 		i := bytes.IndexByte(p, '\n')
@@ -145,7 +155,7 @@ func (s *sseScanner) feed(p []byte) int {
 // lines left to look at).
 func (s *sseScanner) keep(p []byte) {
 	limit := maxSSELine
-	if s.skipsChunks() {
+	if s.terminalOnly && s.kind == streamChat {
 		limit = maxDoneLine
 	}
 	room := max(limit-len(s.carry), 0)
@@ -161,6 +171,8 @@ func (s *sseScanner) line(l []byte) bool {
 	if len(l) == 0 {
 		counted := s.content || s.terminal
 		s.ended = s.ended || s.terminal
+		s.terminalOnly = s.terminalOnly || (counted && s.firstOnly)
+		s.readCounted = s.readCounted || counted
 		s.evType, s.content, s.terminal = s.evType[:0], false, false
 		return counted
 	}
@@ -197,8 +209,11 @@ func isField(l []byte, f string) bool {
 const maxDoneLine = 64
 
 // skipsChunks reports whether the scanner passes over a chat stream's long
-// lines: in terminalOnly mode only "data: [DONE]" matters.
-func (s *sseScanner) skipsChunks() bool { return s.terminalOnly && s.kind == streamChat }
+// lines: in terminalOnly mode, or for the rest of a read in which an event
+// carrying content ended, only "data: [DONE]" matters.
+func (s *sseScanner) skipsChunks() bool {
+	return (s.terminalOnly || s.readCounted) && s.kind == streamChat
+}
 
 // data takes the value of a data line of the current event.
 func (s *sseScanner) data(v []byte) {
@@ -212,7 +227,7 @@ func (s *sseScanner) data(v []byte) {
 			s.terminal = true
 			return
 		}
-		s.content = s.content || s.terminalOnly || s.long || chatContent(v)
+		s.content = s.content || s.terminalOnly || s.readCounted || s.long || chatContent(v)
 	case streamResponses:
 		typ := s.evType
 		if len(typ) == 0 {
@@ -386,10 +401,11 @@ type streamBody struct {
 // starts the timer: for the first-token deadline, or else for the stall
 // timeout from now.
 func newStreamBody(e *endpoint, rc io.ReadCloser, kind streamKind, strict bool, start time.Duration, cancel context.CancelCauseFunc) *streamBody {
-	b := &streamBody{rc: rc, scan: sseScanner{kind: kind}, e: e, strict: strict && kind != streamOther, start: start}
+	b := &streamBody{rc: rc, scan: sseScanner{kind: kind, firstOnly: true}, e: e, strict: strict && kind != streamOther, start: start}
 	if cancel == nil || (e.firstToken <= 0 && e.streamIdle <= 0) {
 		return b
 	}
+	b.scan.firstOnly = e.streamIdle <= 0
 	b.firstToken, b.idle, b.cancel = e.firstToken, e.streamIdle, cancel
 	if b.firstToken > 0 {
 		b.watching.Store(watchFirst)
@@ -467,7 +483,6 @@ func (b *streamBody) gotContent() {
 	if !b.first {
 		b.first = true
 		b.e.observeFirstToken(b.e.clock.since() - b.start)
-		b.scan.terminalOnly = b.idle <= 0
 		if b.timer != nil && b.idle <= 0 {
 			b.stop()
 		}

@@ -79,6 +79,46 @@ func TestSSEScannerLongLine(t *testing.T) {
 	}
 }
 
+// TestSSEScannerFirstOnly: a scanner that needs only the first content
+// event (no idle timer) turns terminal-only as that event ends: the events
+// of the reads after it count without being read, even a chunk without
+// output, which a scanner still telling content apart does not count.
+func TestSSEScannerFirstOnly(t *testing.T) {
+	roleOnly := `data: {"choices":[{"index":0,"delta":{"role":"assistant"}}]}` + "\n\n"
+	for _, tc := range []struct {
+		firstOnly bool
+		events    int
+	}{{true, 4}, {false, 3}} {
+		s := sseScanner{kind: streamChat, firstOnly: tc.firstOnly}
+		n := 0
+		for _, ev := range []string{roleOnly, contentEvent, roleOnly, contentEvent, "data: [DONE]\n\n"} {
+			n += s.feed([]byte(ev))
+		}
+		if n != tc.events || !s.ended || s.terminalOnly != tc.firstOnly {
+			t.Errorf("firstOnly %v: %d events counted, ended %v, terminalOnly %v; want %d, true, %v",
+				tc.firstOnly, n, s.ended, s.terminalOnly, tc.events, tc.firstOnly)
+		}
+	}
+}
+
+// TestSSEScannerRestOfRead: in a read where an event carrying content
+// ended, the events after it count without being read (the reader only
+// needs to know one did), and the terminal event is still spotted; the
+// next read is read for content again.
+func TestSSEScannerRestOfRead(t *testing.T) {
+	roleOnly := `data: {"choices":[{"index":0,"delta":{"role":"assistant"}}]}` + "\n\n"
+	s := sseScanner{kind: streamChat}
+	if n := s.feed([]byte(roleOnly + contentEvent + roleOnly + ": ping\n\n")); n != 2 || s.ended {
+		t.Fatalf("%d events counted, ended %v; want the content and the chunk after it, not ended", n, s.ended)
+	}
+	if n := s.feed([]byte(roleOnly)); n != 0 {
+		t.Fatalf("a read of a chunk without output counted %d events, want 0", n)
+	}
+	if n := s.feed([]byte(contentEvent + "data: [DONE]\n\n")); n != 2 || !s.ended {
+		t.Fatalf("%d events counted, ended %v; want 2, ended", n, s.ended)
+	}
+}
+
 // TestSSEScannerTerminalOnly: once no one needs to tell content events
 // apart (terminalOnly: the first went by and no idle timer runs), every
 // event counts, comments still do not, and the terminal event is still
