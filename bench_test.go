@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -361,39 +362,103 @@ type loopbackCase struct {
 
 // benchLoopbackCases runs a loopback benchmark against the upstream at
 // srvURL: "direct" (its own http.Transport), "copy-floor", and each of
-// failovers through a transport with one endpoint, the upstream.
+// failovers through a transport with one endpoint, the upstream; then
+// "paired", all of them again taking turns (see runLoopbackPaired).
 func benchLoopbackCases(b *testing.B, srvURL string, failovers ...loopbackCase) {
-	b.Run("direct", func(b *testing.B) {
-		runLoopback(b, func(base http.RoundTripper) http.RoundTripper { return base }, srvURL+"/v1/chat/completions")
-	})
-	b.Run("copy-floor", func(b *testing.B) {
-		host := strings.TrimPrefix(srvURL, "http://")
-		runLoopback(b, func(base http.RoundTripper) http.RoundTripper {
-			return copyFloor{base: base, scheme: "http", host: host, auth: []string{"Bearer sk-bench"}}
-		}, clientBase+"/chat/completions")
-	})
-	for _, c := range failovers {
+	direct := loopbackCase{name: "direct"}
+	floor := loopbackCase{name: "copy-floor"}
+	all := append([]loopbackCase{direct, floor}, failovers...)
+	for _, c := range all {
 		b.Run(c.name, func(b *testing.B) {
-			runLoopback(b, func(base http.RoundTripper) http.RoundTripper {
-				cfg := Config{Base: base, Endpoints: []Endpoint{{Name: "up", BaseURL: srvURL + "/v1", APIKey: "sk-bench"}}}
-				if c.tweak != nil {
-					c.tweak(&cfg)
-				}
-				return mustNew(b, cfg)
-			}, clientBase+"/chat/completions")
+			base := &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true}
+			defer base.CloseIdleConnections()
+			rt, url := c.sender(b, srvURL, base)
+			runLoopback(b, rt, url)
 		})
+	}
+	b.Run("paired", func(b *testing.B) { runLoopbackPaired(b, srvURL, all) })
+}
+
+// sender returns the RoundTripper of case c around base, and the URL to
+// send to, for the upstream at srvURL.
+func (c loopbackCase) sender(b *testing.B, srvURL string, base *http.Transport) (http.RoundTripper, string) {
+	switch c.name {
+	case "direct":
+		return base, srvURL + "/v1/chat/completions"
+	case "copy-floor":
+		host := strings.TrimPrefix(srvURL, "http://")
+		return copyFloor{base: base, scheme: "http", host: host, auth: []string{"Bearer sk-bench"}}, clientBase + "/chat/completions"
+	}
+	cfg := Config{Base: base, Endpoints: []Endpoint{{Name: "up", BaseURL: srvURL + "/v1", APIKey: "sk-bench"}}}
+	if c.tweak != nil {
+		c.tweak(&cfg)
+	}
+	return mustNew(b, cfg), clientBase + "/chat/completions"
+}
+
+// loopbackPhase is how many requests one case sends in its turn in a
+// paired loopback run: about 30 to 100 ms, longer than a garbage
+// collection cycle of these benchmarks, so that what one case allocates is
+// mostly collected in its own turn.
+const loopbackPhase = 1024
+
+// runLoopbackPaired sends b.N requests through each of cases, from 32
+// goroutines, in turns of loopbackPhase requests, the case that starts a
+// round turning with each round. It reports each case's throughput over
+// its turns as a percentage of the first case's ("direct"): the machine's
+// drift, which moves one run's req/s by several percent, then touches
+// every case alike, where a case run after another sees another machine.
+func runLoopbackPaired(b *testing.B, srvURL string, cases []loopbackCase) {
+	const workers = 32
+	type sender struct {
+		rt   http.RoundTripper
+		reqs []*http.Request
+		busy time.Duration
+	}
+	senders := make([]*sender, len(cases))
+	for i, c := range cases {
+		base := &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true}
+		defer base.CloseIdleConnections()
+		rt, url := c.sender(b, srvURL, base)
+		s := &sender{rt: rt, reqs: make([]*http.Request, workers)}
+		for w := range s.reqs {
+			s.reqs[w] = benchRequestBody(b, url, chatBody(false))
+		}
+		senders[i] = s
+	}
+	b.ResetTimer()
+	for round := 0; round*loopbackPhase < b.N; round++ {
+		for k := range senders {
+			s := senders[(round+k)%len(senders)]
+			var left atomic.Int64
+			left.Store(loopbackPhase)
+			start := time.Now()
+			var wg sync.WaitGroup
+			for _, req := range s.reqs {
+				wg.Go(func() {
+					for left.Add(-1) >= 0 {
+						if err := send1(s.rt, req); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			s.busy += time.Since(start)
+		}
+	}
+	b.StopTimer()
+	for i, c := range cases[1:] {
+		b.ReportMetric(100*senders[0].busy.Seconds()/senders[i+1].busy.Seconds(), c.name+"-%direct")
 	}
 }
 
-// runLoopback sends to url, from 32 goroutines at GOMAXPROCS=2, through
-// the RoundTripper wrap makes of a fresh http.Transport, and reports
-// requests per second and the CPU time per request, client and upstream
-// together: on a shared machine it varies less than req/s, which also
-// moves with the CPU other tenants take.
-func runLoopback(b *testing.B, wrap func(http.RoundTripper) http.RoundTripper, url string) {
-	base := &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true}
-	defer base.CloseIdleConnections()
-	rt := wrap(base)
+// runLoopback sends to url through rt, from 32 goroutines at
+// GOMAXPROCS=2, and reports requests per second and the CPU time per
+// request, client and upstream together: on a shared machine it varies
+// less than req/s, which also moves with the CPU other tenants take.
+func runLoopback(b *testing.B, rt http.RoundTripper, url string) {
 	b.SetParallelism(16)
 	start := time.Now()
 	cpu0, cpuOK := cputime.Process()

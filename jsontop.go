@@ -60,6 +60,8 @@ func topFields(doc []byte, f func(key []byte, start, end int) bool) bool {
 	return false
 }
 
+// skipSpace returns the index of the first byte of doc from i on that is
+// not JSON white space (len(doc) if none).
 func skipSpace(doc []byte, i int) int {
 	for i < len(doc) && (doc[i] == ' ' || doc[i] == '\t' || doc[i] == '\n' || doc[i] == '\r') {
 		i++

@@ -26,12 +26,15 @@ type outgoing struct {
 // configuration; the http.RoundTripper contract forbids a transport to
 // modify its request, so none is written to.
 func rewrite(ctx context.Context, in *http.Request, tg *target, m match) *http.Request {
-	// One allocation for the request and its URL.
-	o := &outgoing{req: *in, url: *in.URL}
-	out, u := &o.req, &o.url
+	// One allocation for the request and its URL. WithContext's copy,
+	// inlined, is copied in turn without a second allocation.
+	o := &outgoing{url: *in.URL}
 	if ctx != in.Context() {
-		out = out.WithContext(ctx)
+		o.req = *in.WithContext(ctx)
+	} else {
+		o.req = *in
 	}
+	out, u := &o.req, &o.url
 	u.Scheme = tg.scheme
 	u.Host = tg.host
 	u.User = nil

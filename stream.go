@@ -278,9 +278,9 @@ func valueAfter(v []byte, key string) (val, after []byte, ok bool) {
 			return nil, nil, false
 		}
 		v = v[i+len(key):]
-		rest := bytes.TrimLeft(v, " \t")
+		rest := v[skipSpace(v, 0):]
 		if len(rest) > 0 && rest[0] == ':' {
-			return bytes.TrimLeft(rest[1:], " \t"), v, true
+			return rest[skipSpace(rest, 1):], v, true
 		}
 	}
 }

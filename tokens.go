@@ -334,9 +334,10 @@ func lastTotal(p []byte) (int64, bool) {
 		if i < 0 {
 			return 0, false
 		}
-		rest := bytes.TrimLeft(p[i+len(totalTokensKey):], " \t\r\n")
+		rest := p[i+len(totalTokensKey):]
+		rest = rest[skipSpace(rest, 0):]
 		if len(rest) > 0 && rest[0] == ':' {
-			rest = bytes.TrimLeft(rest[1:], " \t\r\n")
+			rest = rest[skipSpace(rest, 1):]
 			d := 0
 			for d < len(rest) && rest[d] >= '0' && rest[d] <= '9' {
 				d++

@@ -123,12 +123,18 @@ func (r *request) attempt(n int, e *endpoint, done func(error)) *http.Response {
 		r.cause = err
 		return nil
 	}
-	out := rewrite(r.ctx, r.req, &e.target, r.m)
+	ctx, cancel := r.ctx, context.CancelCauseFunc(nil)
+	if e.timeout > 0 || e.firstToken > 0 || e.streamIdle > 0 {
+		// The attempt's own context, which its timeouts cancel; made
+		// before the copy, which carries it.
+		ctx, cancel = context.WithCancelCause(ctx)
+	}
+	out := rewrite(ctx, r.req, &e.target, r.m)
 	out.Body, out.GetBody = rc, r.body.getBody
 	if r.st.model != nil {
 		r.st.model.apply(out, e)
 	}
-	resp, errBody, err := r.send(e, out)
+	resp, errBody, err := r.send(e, out, cancel)
 	if r.ctx.Err() != nil {
 		r.canceled(n, e, resp)
 		return nil
@@ -224,24 +230,18 @@ func (s *snapshot) deliver(resp *http.Response, req *http.Request, e *endpoint) 
 	return resp
 }
 
-// send makes one attempt on e. For a response with status 300 or above it
+// send makes one attempt on e with out, whose context cancel ends (nil
+// when e has no timeout: then out has the caller's context). For a
+// response with status 300 or above it
 // reads up to MaxErrorBody bytes of the body into errBody. The per-attempt
 // timeout, if any, covers the wait for the headers and that read; it never
 // cuts a body returned to the caller. For an event stream, when e has a
 // FirstTokenTimeout, it also waits for the first event that carries
 // content, holding back what it reads. Its error never carries the
 // outgoing URL's query, which may hold a key.
-func (r *request) send(e *endpoint, out *http.Request) (resp *http.Response, errBody []byte, err error) {
+func (r *request) send(e *endpoint, out *http.Request, cancel context.CancelCauseFunc) (resp *http.Response, errBody []byte, err error) {
 	s := r.s
-	var (
-		ctx    context.Context
-		cancel context.CancelCauseFunc
-		timer  *time.Timer
-	)
-	if e.timeout > 0 || e.firstToken > 0 || e.streamIdle > 0 {
-		ctx, cancel = context.WithCancelCause(out.Context())
-		out = out.WithContext(ctx)
-	}
+	var timer *time.Timer
 	if e.timeout > 0 {
 		timer = time.AfterFunc(e.timeout, func() { cancel(ErrAttemptTimeout) })
 	}
