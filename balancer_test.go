@@ -120,10 +120,10 @@ func TestPeakEWMA(t *testing.T) {
 
 // TestDecayWeight: the weight an estimate keeps after an age is e^(-age/
 // latencyDecay), computed without math.Exp for recent ages, within a
-// relative 1e-6 on both sides of where it switches.
+// relative 1e-6 on both sides of where each approximation ends.
 func TestDecayWeight(t *testing.T) {
 	for _, age := range []time.Duration{0, time.Microsecond, time.Millisecond, latencyDecay / 1000, latencyDecay/1000 + 1,
-		10 * time.Millisecond, time.Second, 10 * time.Second, -time.Second} {
+		10 * time.Millisecond, 100 * time.Millisecond, latencyDecay/8 - 1, latencyDecay / 8, time.Second, 10 * time.Second, -time.Second} {
 		want := math.Exp(-max(age, 0).Seconds() / latencyDecay.Seconds())
 		if got := decayWeight(age); math.Abs(got-want) > 1e-6*want {
 			t.Errorf("decayWeight(%v) = %.12f, want %.12f", age, got, want)

@@ -46,11 +46,23 @@ func (realClock) sleep(ctx context.Context, d time.Duration) error {
 }
 
 // lazyClock reads its clock at most once, and only when asked: the happy
-// path (no cooldown, breaker closed, no limiter) reads no time at all.
+// path (no cooldown, breaker closed, no limiter) reads no time at all. It
+// keeps a since reading apart (the least-latency balancer's), also read
+// at most once.
 type lazyClock struct {
-	c   clock
-	t   time.Time
-	set bool
+	c       clock
+	t       time.Time
+	set     bool
+	mono    time.Duration
+	monoSet bool
+}
+
+// since returns the clock's since reading, read at the first call.
+func (l *lazyClock) since() time.Duration {
+	if !l.monoSet {
+		l.mono, l.monoSet = l.c.since(), true
+	}
+	return l.mono
 }
 
 func (l *lazyClock) get() time.Time {

@@ -245,7 +245,11 @@ func (r *request) send(e *endpoint, out *http.Request, cancel context.CancelCaus
 	if e.timeout > 0 {
 		timer = time.AfterFunc(e.timeout, func() { cancel(ErrAttemptTimeout) })
 	}
-	r.sent = s.clock.since()
+	if r.st.pickedSet {
+		r.sent, r.st.pickedSet = r.st.picked, false
+	} else {
+		r.sent = s.clock.since()
+	}
 	resp, err = s.roundTrip(e, out, r.sent)
 	switch {
 	case err != nil:
