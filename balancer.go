@@ -38,8 +38,9 @@ const (
 	// endpoint (a walk of the tier, until every one has answered once),
 	// and only then to the better of two drawn. Use it when the
 	// endpoints of a tier differ in speed (regions, providers, loaded
-	// servers); it costs a clock reading, two random draws and a few
-	// atomic loads per request, and takes no lock.
+	// servers); it costs two random draws and a few atomic loads per
+	// request (its clock reading doubles as the attempt's send time), and
+	// takes no lock.
 	BalancerLeastLatency Balancer = "least_latency"
 )
 

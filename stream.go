@@ -117,8 +117,12 @@ type sseScanner struct {
 	terminalOnly bool
 	// readCounted is set when an event that carries content ended in the
 	// current read (feed): its reader needs to know only that one did,
-	// so the rest of the read is read as in terminalOnly mode.
+	// so the events after it that end in the same read are read as in
+	// terminalOnly mode. countedLeft is how many bytes of the read are
+	// left when the last of those ends: the lines after it belong to an
+	// event that ends in a later read, and are read for content again.
 	readCounted bool
+	countedLeft int
 }
 
 // feed scans p and returns how many events ended in it that carried
@@ -128,6 +132,9 @@ func (s *sseScanner) feed(p []byte) int {
 	s.readCounted = false
 	events := 0
 	for len(p) > 0 {
+		if s.readCounted && len(p) <= s.countedLeft {
+			s.readCounted = false
+		}
 		i := bytes.IndexByte(p, '\n')
 		if i < 0 {
 			s.keep(p)
@@ -144,10 +151,35 @@ func (s *sseScanner) feed(p []byte) int {
 		}
 		if s.line(line) {
 			events++
+			if !s.readCounted && !s.terminalOnly {
+				s.readCounted = true
+				s.countedLeft = len(p) - lastEventEnd(p)
+			}
 		}
 		s.carry, s.long = s.carry[:0], false
 	}
 	return events
+}
+
+// lastEventEnd returns how many bytes of r, which begins at the start of a
+// line, run up to the end of its last empty line, the end of an event (0
+// for none).
+func lastEventEnd(r []byte) int {
+	end := 0
+	if i := bytes.LastIndex(r, []byte("\n\n")); i >= 0 {
+		end = i + 2
+	}
+	if i := bytes.LastIndex(r, []byte("\n\r\n")); i >= 0 && i+3 > end {
+		end = i + 3
+	}
+	switch {
+	case end > 0:
+	case len(r) > 0 && r[0] == '\n':
+		end = 1
+	case len(r) > 1 && r[0] == '\r' && r[1] == '\n':
+		end = 2
+	}
+	return end
 }
 
 // keep adds part of an unfinished line to carry, up to maxSSELine, or
@@ -172,7 +204,6 @@ func (s *sseScanner) line(l []byte) bool {
 		counted := s.content || s.terminal
 		s.ended = s.ended || s.terminal
 		s.terminalOnly = s.terminalOnly || (counted && s.firstOnly)
-		s.readCounted = s.readCounted || counted
 		s.evType, s.content, s.terminal = s.evType[:0], false, false
 		return counted
 	}
@@ -427,6 +458,12 @@ func (b *streamBody) awaitFirstToken() error {
 	b.held = make([]byte, 0, 1<<10) // the first events of a stream are small
 	b.reading.Store(true)
 	defer b.reading.Store(false)
+	if b.due.CompareAndSwap(true, false) {
+		// The deadline passed before the wait began (the headers
+		// came late): nothing reached the caller, the request fails
+		// over.
+		return &timeoutError{after: b.firstToken, firstToken: true}
+	}
 	for len(b.held) < maxHeld {
 		if len(b.held) == cap(b.held) {
 			b.held = append(b.held, 0)[:len(b.held)]
@@ -524,7 +561,8 @@ func (b *streamBody) enterRead() {
 // next period (enterRead). It marks due before looking again at reading,
 // so that a caller entering meanwhile either sees due or is seen waiting.
 func (b *streamBody) fire() {
-	switch b.watching.Load() {
+	w := b.watching.Load()
+	switch w {
 	case watchNone:
 		return
 	case watchIdle:
@@ -539,8 +577,9 @@ func (b *streamBody) fire() {
 			return
 		}
 	}
-	w := b.watching.Load()
-	if w == watchNone || !b.cut.CompareAndSwap(watchNone, w) {
+	// The first content may have switched the timer to a new idle
+	// period meanwhile (resetting it): then it is that period's to cut.
+	if b.watching.Load() != w || !b.cut.CompareAndSwap(watchNone, w) {
 		return
 	}
 	if w == watchFirst {

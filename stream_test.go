@@ -119,6 +119,25 @@ func TestSSEScannerRestOfRead(t *testing.T) {
 	}
 }
 
+// TestSSEScannerRestOfReadEndsWithTheRead: the events read without looking
+// at their content after a counted one are only those that end in the same
+// read: a chunk without output whose blank line comes in the next read is
+// read for content, and not counted, however the reads cut the stream.
+func TestSSEScannerRestOfReadEndsWithTheRead(t *testing.T) {
+	emptyData := `data: {"choices":[{"index":0,"delta":{"content":""},"finish_reason":null}]}` + "\n"
+	for _, eol := range []string{"\n", "\r\n"} {
+		s := sseScanner{kind: streamChat}
+		if n := s.feed([]byte(contentEvent + emptyData)); n != 1 {
+			t.Fatalf("%d events counted, want the content", n)
+		}
+		for i := range 3 {
+			if n := s.feed([]byte(eol + emptyData)); n != 0 {
+				t.Fatalf("read %d (%q line ends): a chunk without output that ended in it counted %d events, want 0", i, eol, n)
+			}
+		}
+	}
+}
+
 // TestSSEScannerTerminalOnly: once no one needs to tell content events
 // apart (terminalOnly: the first went by and no idle timer runs), every
 // event counts, comments still do not, and the terminal event is still
@@ -278,6 +297,68 @@ func TestStreamFirstTokenTimeoutFailsOver(t *testing.T) {
 				t.Errorf("first_token_timeout attempts = %v, want 1", n)
 			}
 		})
+	}
+}
+
+// firedTimers is manualTimers where a timer made for a time already passed
+// fires before afterFunc returns: a real timer's goroutine that runs ahead
+// of the request's.
+type firedTimers struct{ *manualTimers }
+
+func (m firedTimers) afterFunc(d time.Duration, f func()) streamTimer {
+	tm := m.manualTimers.afterFunc(d, f)
+	if d <= 0 {
+		tm.Stop()
+		f()
+	}
+	return tm
+}
+
+// TestStreamFirstTokenDeadlinePassedBeforeTheWait: when the headers come
+// after the first-token deadline and its timer fires before the wait for
+// the first token begins, the attempt still fails over, instead of waiting
+// for content that never comes.
+func TestStreamFirstTokenDeadlinePassedBeforeTheWait(t *testing.T) {
+	clk, u := firedTimers{newManualTimers()}, newPipeUpstream() // a sends nothing after its headers
+	complete := contentEvent + "data: [DONE]\n\n"
+	base := roundTripFunc(func(req *http.Request) (*http.Response, error) {
+		if req.URL.Host == "a.example" {
+			clk.Advance(31 * time.Second) // its headers come late
+			return u.base().RoundTrip(req)
+		}
+		return &http.Response{StatusCode: http.StatusOK, Header: http.Header{"Content-Type": {"text/event-stream"}},
+			Body: io.NopCloser(strings.NewReader(complete)), Request: req}, nil
+	})
+	tr := newTestTransportOn(t, Config{Base: base, FirstTokenTimeout: 30 * time.Second, Endpoints: []Endpoint{
+		{Name: "a", BaseURL: "https://a.example/v1", APIKey: "key-a"},
+		{Name: "b", BaseURL: "https://b.example/v1", APIKey: "key-b", Priority: 1}}}, clk)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel() // ends a wait that hangs, failing the test
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, clientBase+"/chat/completions", strings.NewReader(chatBody(true)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan readResult, 1)
+	go func() {
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			got <- readResult{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		data, err := io.ReadAll(resp.Body)
+		got <- readResult{string(data), err}
+	}()
+	select {
+	case r := <-got:
+		if r.err != nil || r.data != complete {
+			t.Fatalf("read %q, %v; want b's stream", r.data, r.err)
+		}
+	case <-time.After(waitBound):
+		t.Fatal("the request still waits for a first token whose deadline passed before the wait began")
+	}
+	if h := healthOf(t, tr, "a"); h.Failures != 1 {
+		t.Errorf("a counted %d failures, want 1", h.Failures)
 	}
 }
 
@@ -727,6 +808,35 @@ func TestStreamStallAfterContent(t *testing.T) {
 	r := result(t, read)
 	if !errors.Is(r.err, ErrStreamStalled) || !strings.Contains(r.err.Error(), `"a"`) {
 		t.Fatalf("read error %v, want ErrStreamStalled naming endpoint a", r.err)
+	}
+	checkCut(t, tr, u, reg, "stalled")
+}
+
+// TestStreamStallThroughSplitEvents: an upstream that flushes each chunk's
+// data line and sends its blank line with the next chunk still stalls when
+// its chunks carry no output: each read's counted content does not spill
+// into the event that ends in the next read.
+func TestStreamStallThroughSplitEvents(t *testing.T) {
+	reg, clk, u := prometheus.NewRegistry(), newManualTimers(), newPipeUpstream()
+	tr, resp := pipedStream(t, u, clk, reg, Config{StreamIdleTimeout: 7 * time.Second})
+	timer := clk.next(t)
+	emptyData := `data: {"choices":[{"index":0,"delta":{"content":""},"finish_reason":null}]}` + "\n"
+	u.events <- contentEvent + emptyData
+	if r := result(t, readAsync(resp.Body)); r.err != nil {
+		t.Fatalf("reading the content: %v", r.err)
+	}
+	for range 5 { // 20s of chunks without output
+		clk.Advance(4 * time.Second)
+		u.events <- "\n" + emptyData
+		if r := result(t, readAsync(resp.Body)); r.err != nil {
+			t.Fatalf("reading a chunk: %v", r.err)
+		}
+	}
+	read := readAsync(resp.Body)
+	u.waitBlocked(t)
+	timer.fire(t)
+	if r := result(t, read); !errors.Is(r.err, ErrStreamStalled) {
+		t.Fatalf("read %q, %v after 20s of chunks without output; want ErrStreamStalled", r.data, r.err)
 	}
 	checkCut(t, tr, u, reg, "stalled")
 }
