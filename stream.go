@@ -163,23 +163,17 @@ func (s *sseScanner) feed(p []byte) int {
 
 // lastEventEnd returns how many bytes of r, which begins at the start of a
 // line, run up to the end of its last empty line, the end of an event (0
-// for none).
+// for none). It walks back from the end a line at a time: a read of whole
+// events ends with one.
 func lastEventEnd(r []byte) int {
-	end := 0
-	if i := bytes.LastIndex(r, []byte("\n\n")); i >= 0 {
-		end = i + 2
+	for j := bytes.LastIndexByte(r, '\n'); j >= 0; {
+		i := bytes.LastIndexByte(r[:j], '\n') // the line r[i+1:j]
+		if line := r[i+1 : j]; len(line) == 0 || (len(line) == 1 && line[0] == '\r') {
+			return j + 1
+		}
+		j = i
 	}
-	if i := bytes.LastIndex(r, []byte("\n\r\n")); i >= 0 && i+3 > end {
-		end = i + 3
-	}
-	switch {
-	case end > 0:
-	case len(r) > 0 && r[0] == '\n':
-		end = 1
-	case len(r) > 1 && r[0] == '\r' && r[1] == '\n':
-		end = 2
-	}
-	return end
+	return 0
 }
 
 // keep adds part of an unfinished line to carry, up to maxSSELine, or

@@ -119,6 +119,24 @@ func TestSSEScannerRestOfRead(t *testing.T) {
 	}
 }
 
+// TestLastEventEnd: the end of a read's last empty line, LF or CRLF, at
+// its start or after other lines; 0 when it has none.
+func TestLastEventEnd(t *testing.T) {
+	for _, tc := range []struct {
+		r    string
+		want int
+	}{
+		{"", 0}, {"data: x", 0}, {"data: x\n", 0}, {"a\nb\n", 0},
+		{"\n", 1}, {"\r\n", 2}, {"\ndata: x\n", 1},
+		{"data: x\n\n", 9}, {"data: x\r\n\r\n", 11}, {"data: x\n\ndata: y\n\ndata: z\n", 18},
+		{"data: x\n\n: ping\n", 9},
+	} {
+		if got := lastEventEnd([]byte(tc.r)); got != tc.want {
+			t.Errorf("lastEventEnd(%q) = %d, want %d", tc.r, got, tc.want)
+		}
+	}
+}
+
 // TestSSEScannerRestOfReadEndsWithTheRead: the events read without looking
 // at their content after a counted one are only those that end in the same
 // read: a chunk without output whose blank line comes in the next read is
