@@ -126,8 +126,8 @@ type sseScanner struct {
 }
 
 // feed scans p and returns how many events ended in it that carried
-// content or ended the stream; after the first of them, every event of p
-// counts (it is not read for content).
+// content or ended the stream; after the first of them, the other events
+// that end in p count without being read for content (see readCounted).
 func (s *sseScanner) feed(p []byte) int {
 	s.readCounted = false
 	events := 0
