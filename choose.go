@@ -28,10 +28,9 @@ type requestState struct {
 	charged int64         // the tokens the chosen endpoint's budgets took for it
 	trial   bool          // the chosen attempt is the fleet's trial (shared.go)
 	// picked is the since reading the choice of the attempt's endpoint
-	// took (the least-latency balancer's), if any: the attempt's send
-	// time, a clock reading spared. pickedSet says it is there.
-	picked    time.Duration
-	pickedSet bool
+	// took (the least-latency balancer's), 0 if none: the attempt's send
+	// time, a clock reading spared.
+	picked time.Duration
 }
 
 // bitset is a set of endpoint indexes.
@@ -77,7 +76,7 @@ func (s *snapshot) choose(ctx context.Context, st *requestState) (*endpoint, fun
 		clk := lazyClock{c: s.clock}
 		e, done, p := s.pick(&clk, st)
 		if e != nil {
-			st.picked, st.pickedSet = clk.mono, clk.monoSet
+			st.picked = clk.mono
 			return e, done, nil
 		}
 		d, reason, err := s.waitFor(ctx, clk.get(), st, &p)

@@ -517,7 +517,7 @@ func (t *Transport) build(p *prepared, old *snapshot) *snapshot {
 		} else {
 			st.breaker.configure(cfg.Breaker)
 		}
-		s.endpoints[i] = &endpoint{
+		e := &endpoint{
 			endpointState: st,
 			cfg:           ec,
 			index:         i,
@@ -531,6 +531,8 @@ func (t *Transport) build(p *prepared, old *snapshot) *snapshot {
 			hrw:           nameHash(ec.Name),
 			budget:        st.budgetFor(ec, t.fleet),
 		}
+		e.timed = e.timeout > 0 || e.firstToken > 0 || e.streamIdle > 0
+		s.endpoints[i] = e
 	}
 	s.tiers = buildTiers(s.endpoints)
 	s.models = newModelRouting(s.endpoints)

@@ -380,11 +380,14 @@ type endpoint struct {
 	timeout    time.Duration
 	firstToken time.Duration // FirstTokenTimeout, defaulted; 0 for none
 	streamIdle time.Duration // StreamIdleTimeout, defaulted; 0 for none
-	cool       cooldownPolicy
-	limiter    *rate.Limiter   // the state's limiter; nil when unlimited
-	probes     bool            // recovery probes watch it (Config.Probe, not Disabled)
-	hrw        uint64          // its name's hash, for affinity's rendezvous scores
-	budget     *endpointBudget // MaxTPM and shared budgets; nil for none (budget.go)
+	// timed says an attempt has a context of its own, which a timeout
+	// cancels: timeout, firstToken or streamIdle is set.
+	timed   bool
+	cool    cooldownPolicy
+	limiter *rate.Limiter   // the state's limiter; nil when unlimited
+	probes  bool            // recovery probes watch it (Config.Probe, not Disabled)
+	hrw     uint64          // its name's hash, for affinity's rendezvous scores
+	budget  *endpointBudget // MaxTPM and shared budgets; nil for none (budget.go)
 }
 
 // endpointState is the live state of an endpoint: breaker, cooldown, rate
@@ -395,7 +398,7 @@ type endpoint struct {
 type endpointState struct {
 	name    string
 	clock   clock
-	timers  timerClock // the clock when it makes the stream timers (a test's), else nil
+	timers  timerClock // makes the stream timers and reads their time: a test's clock, or realTimers
 	logger  *slog.Logger
 	breaker breaker
 	cooling cooldown
@@ -423,7 +426,11 @@ type endpointState struct {
 // breaker closed.
 func newEndpointState(name string, c clock, logger *slog.Logger, m *metrics, bc BreakerConfig) *endpointState {
 	s := &endpointState{name: name, clock: c, logger: logger}
-	s.timers, _ = c.(timerClock)
+	if tc, ok := c.(timerClock); ok {
+		s.timers = tc
+	} else {
+		s.timers = realTimers{newRealClock()}
+	}
 	s.breaker.init(s, bc)
 	s.m = m.forEndpoint(name)
 	return s

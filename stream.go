@@ -343,33 +343,27 @@ type streamTimer interface {
 	Stop() bool
 }
 
-// timerClock is a clock that makes the stream timers itself (a test's);
-// with any other clock they are real timers, as they bound real I/O.
+// timerClock makes the stream timers and reads the time they run on. A
+// test's clock may be one; with any other clock the timers are real
+// (realTimers), as they bound real I/O.
 type timerClock interface {
 	afterFunc(d time.Duration, f func()) streamTimer
 	since() time.Duration
 }
 
+// realTimers are real timers on the monotonic clock.
+type realTimers struct{ realClock }
+
+func (realTimers) afterFunc(d time.Duration, f func()) streamTimer { return time.AfterFunc(d, f) }
+
 // afterFunc starts a stream timer of s: f runs in its own goroutine after d.
 func (s *endpointState) afterFunc(d time.Duration, f func()) streamTimer {
-	if s.timers != nil {
-		return s.timers.afterFunc(d, f)
-	}
-	return time.AfterFunc(d, f)
+	return s.timers.afterFunc(d, f)
 }
 
-// timerEpoch is the origin of timerSince's real readings.
-var timerEpoch = time.Now()
-
-// timerSince reads the time on the clock of s's stream timers (see
-// afterFunc), for the idle periods they bound: the test's clock when it
-// makes them, else the monotonic clock (whatever the Transport's clock).
-func (s *endpointState) timerSince() time.Duration {
-	if s.timers != nil {
-		return s.timers.since()
-	}
-	return time.Since(timerEpoch)
-}
+// timerSince reads the time the stream timers of s run on, for the idle
+// periods they bound (not the Transport's clock, unless it makes them).
+func (s *endpointState) timerSince() time.Duration { return s.timers.since() }
 
 // streamBody is the body of an event stream the caller reads: what the
 // first-token wait held back, then the rest as it arrives, unbuffered.

@@ -124,7 +124,7 @@ func (r *request) attempt(n int, e *endpoint, done func(error)) *http.Response {
 		return nil
 	}
 	ctx, cancel := r.ctx, context.CancelCauseFunc(nil)
-	if e.timeout > 0 || e.firstToken > 0 || e.streamIdle > 0 {
+	if e.timed {
 		// The attempt's own context, which its timeouts cancel; made
 		// before the copy, which carries it.
 		ctx, cancel = context.WithCancelCause(ctx)
@@ -232,10 +232,10 @@ func (s *snapshot) deliver(resp *http.Response, req *http.Request, e *endpoint) 
 
 // send makes one attempt on e with out, whose context cancel ends (nil
 // when e has no timeout: then out has the caller's context). For a
-// response with status 300 or above it
-// reads up to MaxErrorBody bytes of the body into errBody. The per-attempt
-// timeout, if any, covers the wait for the headers and that read; it never
-// cuts a body returned to the caller. For an event stream, when e has a
+// response with status 300 or above it reads up to MaxErrorBody bytes of
+// the body into errBody. The per-attempt timeout, if any, covers the wait
+// for the headers and that read; it never cuts a body returned to the
+// caller. For an event stream, when e has a
 // FirstTokenTimeout, it also waits for the first event that carries
 // content, holding back what it reads. Its error never carries the
 // outgoing URL's query, which may hold a key.
@@ -245,9 +245,7 @@ func (r *request) send(e *endpoint, out *http.Request, cancel context.CancelCaus
 	if e.timeout > 0 {
 		timer = time.AfterFunc(e.timeout, func() { cancel(ErrAttemptTimeout) })
 	}
-	if r.st.pickedSet {
-		r.sent, r.st.pickedSet = r.st.picked, false
-	} else {
+	if r.sent, r.st.picked = r.st.picked, 0; r.sent == 0 {
 		r.sent = s.clock.since()
 	}
 	resp, err = s.roundTrip(e, out, r.sent)
