@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -298,5 +299,43 @@ func TestLeastLatencyUnsampledFirstAnySize(t *testing.T) {
 				t.Fatal("every endpoint has a sample, but the tier is not marked sampled")
 			}
 		})
+	}
+}
+
+// sinceCounter is the fake clock counting its since readings.
+type sinceCounter struct {
+	*fakeClock
+	n atomic.Int64
+}
+
+func (c *sinceCounter) since() time.Duration {
+	c.n.Add(1)
+	return c.fakeClock.since()
+}
+
+// TestLeastLatencyClockReadings: the least-latency choice's clock reading
+// is the attempt's send time, so a request through it reads the clock no
+// more than one through the round robin: when it is sent and when its
+// headers arrive.
+func TestLeastLatencyClockReadings(t *testing.T) {
+	for _, bal := range []Balancer{BalancerRoundRobin, BalancerLeastLatency} {
+		clk := &sinceCounter{fakeClock: newFakeClock()}
+		clk.Advance(time.Second) // a since reading of 0 reads as none
+		base := newScriptedBase(func(req *http.Request, _ int) (*http.Response, error) { return reply(200, "ok"), nil })
+		eps := []Endpoint{hostEndpoint("a", 0), hostEndpoint("b", 0), hostEndpoint("c", 0)}
+		tr := newTestTransportOn(t, Config{Base: base, Balancer: bal, Endpoints: eps}, clk)
+		for range 10 { // every endpoint sampled
+			chat(t, tr)
+		}
+		before := clk.n.Load()
+		const requests = 20
+		for range requests {
+			if code, _ := chat(t, tr); code != 200 {
+				t.Fatalf("%s: got %d, want 200", bal, code)
+			}
+		}
+		if got := clk.n.Load() - before; got != 2*requests {
+			t.Errorf("%s: %d clock readings for %d requests, want 2 each", bal, got, requests)
+		}
 	}
 }
