@@ -370,13 +370,19 @@ func benchLoopbackCases(b *testing.B, srvURL string, failovers ...loopbackCase) 
 	all := append([]loopbackCase{direct, floor}, failovers...)
 	for _, c := range all {
 		b.Run(c.name, func(b *testing.B) {
-			base := &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true}
+			base := newLoopbackBase()
 			defer base.CloseIdleConnections()
 			rt, url := c.sender(b, srvURL, base)
 			runLoopback(b, rt, url)
 		})
 	}
 	b.Run("paired", func(b *testing.B) { runLoopbackPaired(b, srvURL, all) })
+}
+
+// newLoopbackBase is the http.Transport a loopback case sends through:
+// enough idle connections for its 32 clients.
+func newLoopbackBase() *http.Transport {
+	return &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true}
 }
 
 // sender returns the RoundTripper of case c around base, and the URL to
@@ -417,7 +423,7 @@ func runLoopbackPaired(b *testing.B, srvURL string, cases []loopbackCase) {
 	}
 	senders := make([]*sender, len(cases))
 	for i, c := range cases {
-		base := &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true}
+		base := newLoopbackBase()
 		defer base.CloseIdleConnections()
 		rt, url := c.sender(b, srvURL, base)
 		s := &sender{rt: rt, reqs: make([]*http.Request, workers)}

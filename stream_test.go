@@ -84,14 +84,13 @@ func TestSSEScannerLongLine(t *testing.T) {
 // of the reads after it count without being read, even a chunk without
 // output, which a scanner still telling content apart does not count.
 func TestSSEScannerFirstOnly(t *testing.T) {
-	roleOnly := `data: {"choices":[{"index":0,"delta":{"role":"assistant"}}]}` + "\n\n"
 	for _, tc := range []struct {
 		firstOnly bool
 		events    int
 	}{{true, 4}, {false, 3}} {
 		s := sseScanner{kind: streamChat, firstOnly: tc.firstOnly}
 		n := 0
-		for _, ev := range []string{roleOnly, contentEvent, roleOnly, contentEvent, "data: [DONE]\n\n"} {
+		for _, ev := range []string{roleOnlyEvent, contentEvent, roleOnlyEvent, contentEvent, "data: [DONE]\n\n"} {
 			n += s.feed([]byte(ev))
 		}
 		if n != tc.events || !s.ended || s.terminalOnly != tc.firstOnly {
@@ -106,12 +105,11 @@ func TestSSEScannerFirstOnly(t *testing.T) {
 // needs to know one did), and the terminal event is still spotted; the
 // next read is read for content again.
 func TestSSEScannerRestOfRead(t *testing.T) {
-	roleOnly := `data: {"choices":[{"index":0,"delta":{"role":"assistant"}}]}` + "\n\n"
 	s := sseScanner{kind: streamChat}
-	if n := s.feed([]byte(roleOnly + contentEvent + roleOnly + ": ping\n\n")); n != 2 || s.ended {
+	if n := s.feed([]byte(roleOnlyEvent + contentEvent + roleOnlyEvent + ": ping\n\n")); n != 2 || s.ended {
 		t.Fatalf("%d events counted, ended %v; want the content and the chunk after it, not ended", n, s.ended)
 	}
-	if n := s.feed([]byte(roleOnly)); n != 0 {
+	if n := s.feed([]byte(roleOnlyEvent)); n != 0 {
 		t.Fatalf("a read of a chunk without output counted %d events, want 0", n)
 	}
 	if n := s.feed([]byte(contentEvent + "data: [DONE]\n\n")); n != 2 || !s.ended {
@@ -142,14 +140,13 @@ func TestLastEventEnd(t *testing.T) {
 // read: a chunk without output whose blank line comes in the next read is
 // read for content, and not counted, however the reads cut the stream.
 func TestSSEScannerRestOfReadEndsWithTheRead(t *testing.T) {
-	emptyData := `data: {"choices":[{"index":0,"delta":{"content":""},"finish_reason":null}]}` + "\n"
 	for _, eol := range []string{"\n", "\r\n"} {
 		s := sseScanner{kind: streamChat}
-		if n := s.feed([]byte(contentEvent + emptyData)); n != 1 {
+		if n := s.feed([]byte(contentEvent + emptyDataLine)); n != 1 {
 			t.Fatalf("%d events counted, want the content", n)
 		}
 		for i := range 3 {
-			if n := s.feed([]byte(eol + emptyData)); n != 0 {
+			if n := s.feed([]byte(eol + emptyDataLine)); n != 0 {
 				t.Fatalf("read %d (%q line ends): a chunk without output that ended in it counted %d events, want 0", i, eol, n)
 			}
 		}
@@ -163,7 +160,6 @@ func TestSSEScannerRestOfReadEndsWithTheRead(t *testing.T) {
 // the stream split at every byte (a chat stream's chunks are passed over
 // unread, and keep only a short carry when split).
 func TestSSEScannerTerminalOnly(t *testing.T) {
-	roleOnly := `data: {"choices":[{"index":0,"delta":{"role":"assistant"}}]}` + "\n\n"
 	long := `data: {"choices":[{"delta":{"content":"` + strings.Repeat("x", 300) + `"}}]}` + "\n\n"
 	for _, tc := range []struct {
 		name   string
@@ -171,11 +167,11 @@ func TestSSEScannerTerminalOnly(t *testing.T) {
 		events int
 		ended  bool
 	}{
-		{"chunk and comment", roleOnly + ": ping\n\n", 1, false},
+		{"chunk and comment", roleOnlyEvent + ": ping\n\n", 1, false},
 		{"long chunk", long, 1, false},
 		{"done", "data: [DONE]\n\n", 1, true},
 		{"done without space", "data:[DONE]\n\n", 1, true},
-		{"chunks then done", roleOnly + long + ": ping\n\ndata: [DONE]\r\n\r\n", 3, true},
+		{"chunks then done", roleOnlyEvent + long + ": ping\n\ndata: [DONE]\r\n\r\n", 3, true},
 		{"done without blank line", long + "data: [DONE]\n", 1, false},
 		{"done in a chunk's text", `data: {"choices":[{"delta":{"content":"data: [DONE]"}}]}` + "\n\n", 1, false},
 	} {
@@ -732,6 +728,11 @@ func result(t *testing.T, ch <-chan readResult) readResult {
 const (
 	keepAlive    = ": keep-alive\n\n"
 	contentEvent = `data: {"choices":[{"delta":{"content":"Hi"}}]}` + "\n\n"
+	// roleOnlyEvent carries no output: a chat stream's first chunk.
+	roleOnlyEvent = `data: {"choices":[{"index":0,"delta":{"role":"assistant"}}]}` + "\n\n"
+	// emptyDataLine is the data line of a chunk without output, without
+	// the blank line that ends its event.
+	emptyDataLine = `data: {"choices":[{"index":0,"delta":{"content":""},"finish_reason":null}]}` + "\n"
 )
 
 // checkCut checks that a stream cut by a timeout has had its upstream body
@@ -838,14 +839,13 @@ func TestStreamStallThroughSplitEvents(t *testing.T) {
 	reg, clk, u := prometheus.NewRegistry(), newManualTimers(), newPipeUpstream()
 	tr, resp := pipedStream(t, u, clk, reg, Config{StreamIdleTimeout: 7 * time.Second})
 	timer := clk.next(t)
-	emptyData := `data: {"choices":[{"index":0,"delta":{"content":""},"finish_reason":null}]}` + "\n"
-	u.events <- contentEvent + emptyData
+	u.events <- contentEvent + emptyDataLine
 	if r := result(t, readAsync(resp.Body)); r.err != nil {
 		t.Fatalf("reading the content: %v", r.err)
 	}
 	for range 5 { // 20s of chunks without output
 		clk.Advance(4 * time.Second)
-		u.events <- "\n" + emptyData
+		u.events <- "\n" + emptyDataLine
 		if r := result(t, readAsync(resp.Body)); r.err != nil {
 			t.Fatalf("reading a chunk: %v", r.err)
 		}
